@@ -1,0 +1,14 @@
+"""fusedopt: fused multi-tensor optimizers for PyTorch.
+
+    import fusedopt
+    opt = fusedopt.AdamW(model.parameters(), lr=1e-3)   # as torch.optim.AdamW
+    print(fusedopt.report(opt))                          # which backend steps what
+"""
+
+from fusedopt import _extension, _fake, reference  # noqa: F401  (_fake registers fake ops)
+from fusedopt.adam import Adam, AdamW
+from fusedopt.backends import BACKEND_NAMES
+from fusedopt.report import report
+
+__all__ = ["Adam", "AdamW", "BACKEND_NAMES", "reference", "report"]
+__version__ = "0.1.0"

@@ -1,0 +1,89 @@
+"""Argument checks of the Python backends (reference, Triton), mirroring the
+C++ binding's (csrc/ops.cpp): they run before anything is written, so a refused
+step changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from fusedopt.reference import compute_dtype
+
+KERNEL_PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def is_dense(t: Tensor) -> bool:
+    """True when the tensor covers its memory with no gaps and no overlap
+    (contiguous, channels_last or any permutation of contiguous): then a flat
+    loop over its storage visits each element once. ATen's
+    is_non_overlapping_and_dense, which Python does not expose."""
+    if t.numel() == 0:
+        return True
+    expected = 1
+    for stride, size in sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def check_adam_lists(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    max_exp_avg_sqs: Sequence[Tensor],
+    state_steps: Sequence[Tensor],
+    *,
+    amsgrad: bool,
+    state_dtype: torch.dtype | None,
+    require_dense: bool,
+) -> None:
+    """`state_dtype` None means "the param's compute dtype" (the reference);
+    `require_dense` asks for the flat-loop layout of the kernels."""
+    n = len(params)
+    lengths = [len(grads), len(exp_avgs), len(exp_avg_sqs), len(state_steps)]
+    if any(length != n for length in lengths):
+        raise RuntimeError(
+            "fusedopt: params, grads, exp_avgs, exp_avg_sqs and state_steps must have the same "
+            f"length, got {[n, *lengths]}"
+        )
+    if len(max_exp_avg_sqs) != (n if amsgrad else 0):
+        raise RuntimeError(
+            "fusedopt: max_exp_avg_sqs must hold one tensor per param with amsgrad and none "
+            f"without, got {len(max_exp_avg_sqs)} for {n} params"
+        )
+    for i, p in enumerate(params):
+        if p.is_complex():
+            raise RuntimeError(f"fusedopt: complex params are not supported (param {i})")
+        if require_dense and not is_dense(p):
+            raise RuntimeError(
+                f"fusedopt: param {i} must be dense (contiguous or a permutation of it); got "
+                f"sizes {tuple(p.shape)} strides {p.stride()}"
+            )
+        want_state = state_dtype or compute_dtype(p.dtype)
+        others = [("grad", grads[i], p.dtype), ("exp_avg", exp_avgs[i], want_state),
+                  ("exp_avg_sq", exp_avg_sqs[i], want_state)]
+        if amsgrad:
+            others.append(("max_exp_avg_sq", max_exp_avg_sqs[i], want_state))
+        for name, t, dtype in others:
+            if t.layout != torch.strided:
+                raise RuntimeError(f"fusedopt: sparse {name} {i} is not supported")
+            if t.device != p.device or t.shape != p.shape or t.dtype != dtype:
+                raise RuntimeError(
+                    f"fusedopt: {name} {i} must be {dtype} of shape {tuple(p.shape)} on "
+                    f"{p.device}, got {t.dtype} of shape {tuple(t.shape)} on {t.device}"
+                )
+            if require_dense and t.stride() != p.stride():
+                raise RuntimeError(
+                    f"fusedopt: {name} {i} must have its param's strides {p.stride()}, "
+                    f"got {t.stride()}"
+                )
+        step = state_steps[i]
+        if step.numel() != 1 or step.dtype != torch.float32:
+            raise RuntimeError(
+                f"fusedopt: state_steps[{i}] must be a one-element float32 tensor, got "
+                f"{step.numel()} elements of {step.dtype}"
+            )

@@ -1,0 +1,229 @@
+"""Backends and how a param group's tensors are matched to one.
+
+A backend steps one bucket of tensors (one device, one dtype) of a group. The
+optimizers ask `resolve()` which backend serves a bucket:
+  - an explicit `backend=` name serves the bucket or raises, naming why: never
+    a silent fallback;
+  - "auto" tries, in this documented order, and takes the first that serves:
+      CUDA tensors: cuda -> triton -> reference
+      CPU tensors:  cpu -> reference
+    report() shows what it took and why the ones before it were passed over.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from fusedopt import _extension, reference
+from fusedopt._checks import KERNEL_PARAM_DTYPES, check_adam_lists
+
+BACKEND_NAMES = ("auto", "cuda", "triton", "cpu", "reference")
+AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """What a backend must serve: one device, one param dtype, and whether every
+    param is dense (the kernels' flat loop needs it; the reference does not)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    dense: bool
+
+
+class Backend:
+    name: str = ""
+    # True when the backend reads lr and step on the device and never syncs the
+    # host, so that step() can be captured in a CUDA graph.
+    supports_capturable: bool = False
+
+    def unavailable_reason(self) -> str | None:
+        """None when the backend can run on this machine, else why not."""
+        raise NotImplementedError
+
+    def unsupported_reason(self, bucket: Bucket) -> str | None:
+        """None when the backend can step this bucket, else why not."""
+        raise NotImplementedError
+
+    def adam_step(
+        self,
+        params: Sequence[Tensor],
+        grads: Sequence[Tensor],
+        exp_avgs: Sequence[Tensor],
+        exp_avg_sqs: Sequence[Tensor],
+        max_exp_avg_sqs: Sequence[Tensor],
+        state_steps: Sequence[Tensor],
+        *,
+        lr: float | Tensor,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        weight_decay: float,
+        weight_decay_mode: int,
+        lr_max: float,
+        amsgrad: bool,
+        maximize: bool,
+        grad_scale: Tensor | None = None,
+        found_inf: Tensor | None = None,
+    ) -> None:
+        """Steps every tensor once and increments its step count, after checking
+        all arguments: a refused call writes nothing. With `found_inf` nonzero
+        it writes nothing at all (GradScaler skips the step)."""
+        raise NotImplementedError
+
+
+def _kernel_dtype_reason(bucket: Bucket) -> str | None:
+    if bucket.dtype not in KERNEL_PARAM_DTYPES:
+        return f"params are {bucket.dtype}; the kernels take float32, bfloat16 and float16"
+    if not bucket.dense:
+        return "some params are not dense (a strided slice); the kernels' flat loop needs dense"
+    return None
+
+
+class _CompiledOpBackend(Backend):
+    """The C++ op torch.ops.fusedopt.adam_step_, which torch's dispatcher sends
+    to the CPU loops or the CUDA kernels by the tensors' device."""
+
+    device_type = ""
+
+    def adam_step(self, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
+                  lr, beta1, beta2, eps, weight_decay, weight_decay_mode, lr_max, amsgrad,
+                  maximize, grad_scale=None, found_inf=None):
+        op = torch.ops.fusedopt.adam_step_
+        op = op.tensor_lr if isinstance(lr, Tensor) else op.default
+        op(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr=lr,
+           beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+           weight_decay_mode=int(weight_decay_mode), lr_max=lr_max, amsgrad=amsgrad,
+           maximize=maximize, grad_scale=grad_scale, found_inf=found_inf)
+
+
+class CpuBackend(_CompiledOpBackend):
+    name = "cpu"
+    device_type = "cpu"
+
+    def unavailable_reason(self):
+        return None if _extension.loaded() else _extension.LOAD_ERROR
+
+    def unsupported_reason(self, bucket):
+        if bucket.device.type != "cpu":
+            return f"params are on {bucket.device}; the cpu backend steps CPU tensors"
+        return _kernel_dtype_reason(bucket)
+
+
+class CudaBackend(_CompiledOpBackend):
+    name = "cuda"
+    device_type = "cuda"
+    supports_capturable = True
+
+    def unavailable_reason(self):
+        if not _extension.loaded():
+            return _extension.LOAD_ERROR
+        if not _extension.cuda_built():
+            return ("fusedopt._C was built without CUDA kernels; rebuild with nvcc and a CUDA "
+                    "build of torch: FUSEDOPT_CUDA=1 pip install . --no-build-isolation")
+        return None
+
+    def unsupported_reason(self, bucket):
+        if bucket.device.type != "cuda":
+            return f"params are on {bucket.device}; the cuda backend steps CUDA tensors"
+        return _kernel_dtype_reason(bucket)
+
+
+class ReferenceBackend(Backend):
+    """The reference rules, one tensor at a time: correct anywhere, fast nowhere."""
+
+    name = "reference"
+    supports_capturable = False
+
+    def unavailable_reason(self):
+        return None
+
+    def unsupported_reason(self, bucket):
+        if not (bucket.dtype.is_floating_point):
+            return f"params are {bucket.dtype}; optimizers step floating-point params"
+        return None
+
+    def adam_step(self, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
+                  lr, beta1, beta2, eps, weight_decay, weight_decay_mode, lr_max, amsgrad,
+                  maximize, grad_scale=None, found_inf=None):
+        check_adam_lists(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
+                         amsgrad=amsgrad, state_dtype=None, require_dense=False)
+        if found_inf is not None and found_inf.item() != 0:
+            return
+        scale = None if grad_scale is None else grad_scale.item()
+        lr = lr.item() if isinstance(lr, Tensor) else lr
+        for i, param in enumerate(params):
+            reference.adam_step_(
+                param, grads[i], exp_avgs[i], exp_avg_sqs[i],
+                max_exp_avg_sqs[i] if amsgrad else None, state_steps[i],
+                lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                weight_decay_mode=reference.WeightDecayMode(weight_decay_mode), lr_max=lr_max,
+                amsgrad=amsgrad, maximize=maximize, grad_scale=scale)
+
+
+def _triton_backend() -> Backend:
+    from fusedopt.triton_backend import TritonBackend
+
+    return TritonBackend()
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def get(name: str) -> Backend:
+    """The backend object of that name (created once)."""
+    if name not in _BACKENDS:
+        factories = {"cpu": CpuBackend, "cuda": CudaBackend, "reference": ReferenceBackend,
+                     "triton": _triton_backend}
+        if name not in factories:
+            raise ValueError(f"fusedopt: unknown backend {name!r}; choose one of {BACKEND_NAMES}")
+        _BACKENDS[name] = factories[name]()
+    return _BACKENDS[name]
+
+
+def why_not(name: str, bucket: Bucket, capturable: bool) -> str | None:
+    """None when backend `name` can step `bucket`, else the reason."""
+    backend = get(name)
+    reason = backend.unavailable_reason() or backend.unsupported_reason(bucket)
+    if reason is None and capturable and not backend.supports_capturable:
+        reason = f"capturable=True needs a backend that reads lr and step on the device; {name} does not"
+    return reason
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: Backend
+    # (backend name, reason) for each backend "auto" passed over, in order.
+    passed_over: tuple[tuple[str, str], ...]
+
+
+def resolve(requested: str, bucket: Bucket, capturable: bool = False) -> Choice:
+    """The backend that steps `bucket`, or a ValueError that says why none can."""
+    if requested != "auto":
+        reason = why_not(requested, bucket, capturable)
+        if reason is not None:
+            raise ValueError(
+                f"fusedopt: backend={requested!r} cannot step {bucket.dtype} params on "
+                f"{bucket.device}: {reason}. Use backend='auto' to let fusedopt choose."
+            )
+        return Choice(get(requested), ())
+    order = AUTO_ORDER.get(bucket.device.type, ("reference",))
+    passed_over = []
+    for name in order:
+        reason = why_not(name, bucket, capturable)
+        if reason is None:
+            return Choice(get(name), tuple(passed_over))
+        passed_over.append((name, reason))
+    raise ValueError(
+        f"fusedopt: no backend can step {bucket.dtype} params on {bucket.device}: "
+        + "; ".join(f"{n}: {r}" for n, r in passed_over)
+    )
+
+
+def triton_interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
