@@ -146,7 +146,8 @@ class Adam(Optimizer):
 
     def _buckets(self, group: dict[str, Any]) -> dict[backends.Bucket, list[Tensor]]:
         """The group's params that have a grad, by (device, dtype, dense), after
-        the checks that must pass before any state is created or written."""
+        the checks that must pass before any state is created or written. The
+        loop is the per-step Python cost per param: keep it tight."""
         buckets: dict[tuple, list[Tensor]] = {}
         for p in group["params"]:
             grad = p.grad
@@ -156,31 +157,31 @@ class Adam(Optimizer):
                 raise RuntimeError(
                     "Adam does not support sparse gradients, please consider SparseAdam instead"
                 )
-            if torch.is_complex(p):
-                raise RuntimeError("fusedopt: complex params are not supported")
-            if grad.dtype != p.dtype or grad.shape != p.shape or grad.device != p.device:
+            if grad.dtype is not p.dtype or grad.shape != p.shape or grad.device != p.device:
                 raise RuntimeError(
                     f"fusedopt: a grad must match its param's dtype, shape and device; got grad "
                     f"{grad.dtype} {tuple(grad.shape)} on {grad.device} for param {p.dtype} "
                     f"{tuple(p.shape)} on {p.device}"
                 )
-            dense = is_dense(p) and grad.stride() == p.stride()
-            buckets.setdefault((p.device, p.dtype, dense), []).append(p)
+            # Contiguous pairs (nearly all) settle it without the slower general test.
+            dense = (p.is_contiguous() and grad.is_contiguous()) or (
+                is_dense(p) and grad.stride() == p.stride()
+            )
+            key = (p.device, p.dtype, dense)
+            params = buckets.get(key)
+            if params is None:
+                params = buckets[key] = []
+            params.append(p)
         return {backends.Bucket(*key): ps for key, ps in buckets.items()}
 
-    def _init_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
-        state = self.state[p]
-        if len(state) == 0:
-            # torch keeps `step` on the CPU unless capturable (note "special device
-            # hosting for step" in torch/optim/adam.py).
-            step_device = p.device if group["capturable"] else "cpu"
-            state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
-            state_dtype = compute_dtype(p.dtype)
-            keys = _STATE_KEYS if group["amsgrad"] else _STATE_KEYS[:2]
-            for key in keys:
-                state[key] = torch.zeros_like(
-                    p, dtype=state_dtype, memory_format=torch.preserve_format
-                )
+    def _new_state(self, group: dict[str, Any], p: Tensor) -> dict[str, Any]:
+        # torch keeps `step` on the CPU unless capturable (note "special device
+        # hosting for step" in torch/optim/adam.py).
+        step_device = p.device if group["capturable"] else "cpu"
+        state = {"step": torch.zeros((), dtype=torch.float32, device=step_device)}
+        state_dtype = compute_dtype(p.dtype)
+        for key in _STATE_KEYS if group["amsgrad"] else _STATE_KEYS[:2]:
+            state[key] = torch.zeros_like(p, dtype=state_dtype, memory_format=torch.preserve_format)
         return state
 
     def _resolve_all(self) -> list[tuple[int, backends.Bucket, list[Tensor], backends.Choice]]:
@@ -227,12 +228,15 @@ class Adam(Optimizer):
         work = self._resolve_all()
         for index, bucket, params, choice in work:
             group = self.param_groups[index]
-            backend = choice.backend
             self._log_choice(index, bucket, choice)
             amsgrad = group["amsgrad"]
             grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], []
+            created = []  # params whose state this step created: dropped again if it fails
             for p in params:
-                state = self._init_state(group, p)
+                state = self.state.get(p)
+                if not state:
+                    state = self.state[p] = self._new_state(group, p)
+                    created.append(p)
                 grads.append(p.grad)
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
@@ -240,14 +244,19 @@ class Adam(Optimizer):
                     max_exp_avg_sqs.append(state["max_exp_avg_sq"])
                 steps.append(state["step"])
             beta1, beta2 = group["betas"]
-            backend.adam_step(
-                params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                weight_decay_mode=self._weight_decay_mode(group), lr_max=1.0,
-                amsgrad=amsgrad, maximize=group["maximize"],
-                grad_scale=grad_scale, found_inf=found_inf,
-            )
+            try:
+                choice.backend.adam_step(
+                    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
+                    lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                    weight_decay=group["weight_decay"],
+                    weight_decay_mode=self._weight_decay_mode(group), lr_max=1.0,
+                    amsgrad=amsgrad, maximize=group["maximize"],
+                    grad_scale=grad_scale, found_inf=found_inf,
+                )
+            except Exception:
+                for p in created:
+                    del self.state[p]
+                raise
         return loss
 
 

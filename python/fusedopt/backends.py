@@ -144,7 +144,9 @@ class ReferenceBackend(Backend):
         return None
 
     def unsupported_reason(self, bucket):
-        if not (bucket.dtype.is_floating_point):
+        if bucket.dtype.is_complex:
+            return f"params are {bucket.dtype}; complex params are not supported yet"
+        if not bucket.dtype.is_floating_point:
             return f"params are {bucket.dtype}; optimizers step floating-point params"
         return None
 
