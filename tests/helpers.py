@@ -31,7 +31,7 @@ def set_grads(param_lists: Sequence[Sequence[torch.Tensor]], step: int, seed: in
     grads = [torch.randn(p.shape, generator=gen).to(p.dtype) for p in first]
     for params in param_lists:
         for p, g in zip(params, grads):
-            p.grad = g.to(p.dtype).clone()
+            p.grad = torch.empty_like(p).copy_(g)  # the param's layout, as autograd makes it
 
 
 def run_lockstep(optimizers: Sequence[torch.optim.Optimizer],

@@ -81,7 +81,8 @@ def _kernel_dtype_reason(bucket: Bucket) -> str | None:
     if bucket.dtype not in KERNEL_PARAM_DTYPES:
         return f"params are {bucket.dtype}; the kernels take float32, bfloat16 and float16"
     if not bucket.dense:
-        return "some params are not dense (a strided slice); the kernels' flat loop needs dense"
+        return ("some params are not dense (a strided slice, say) or their grads' strides differ; "
+                "the kernels' flat loop needs dense params with grads of the same layout")
     return None
 
 
