@@ -26,9 +26,17 @@ class CMakeBuild(build_ext):
         build_dir = Path(self.build_temp).resolve() / "cmake"
         jobs = str(os.cpu_count() or 1)
         subprocess.run(
-            ["cmake", "-S", str(Path(__file__).parent.resolve()), "-B", str(build_dir),
-             "-G", "Ninja", f"-DPython_EXECUTABLE={sys.executable}",
-             f"-DFUSEDOPT_OUTPUT_DIR={out_dir}"],
+            [
+                "cmake",
+                "-S",
+                str(Path(__file__).parent.resolve()),
+                "-B",
+                str(build_dir),
+                "-G",
+                "Ninja",
+                f"-DPython_EXECUTABLE={sys.executable}",
+                f"-DFUSEDOPT_OUTPUT_DIR={out_dir}",
+            ],
             check=True,
         )
         subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True)

@@ -26,9 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 import fusedopt
+import torch
 
 BYTES_PER_PARAM_ADAMW_FP32 = 28
 # The roofline array: 2 x 64M fp32 = 512 MiB, far beyond any cache.
@@ -40,8 +39,20 @@ def gpt2_small_shapes() -> list[tuple[int, ...]]:
     d, vocab, ctx, layers = 768, 50257, 1024, 12
     shapes: list[tuple[int, ...]] = [(vocab, d), (ctx, d)]
     for _ in range(layers):
-        shapes += [(d,), (d,), (d, 3 * d), (3 * d,), (d, d), (d,),
-                   (d,), (d,), (d, 4 * d), (4 * d,), (4 * d, d), (d,)]
+        shapes += [
+            (d,),
+            (d,),
+            (d, 3 * d),
+            (3 * d,),
+            (d, d),
+            (d,),
+            (d,),
+            (d,),
+            (d, 4 * d),
+            (4 * d,),
+            (4 * d, d),
+            (d,),
+        ]
     return shapes + [(d,), (d,)]
 
 
@@ -83,7 +94,9 @@ def make_optimizer(impl: str, shapes: list[tuple[int, ...]]) -> torch.optim.Opti
     return opt
 
 
-def time_workload(shapes: list[tuple[int, ...]], warmup: int, repeats: int) -> dict[str, list[float]]:
+def time_workload(
+    shapes: list[tuple[int, ...]], warmup: int, repeats: int
+) -> dict[str, list[float]]:
     """Seconds per step of each implementation, interleaved repetition by repetition."""
     optimizers = {impl: make_optimizer(impl, shapes) for impl in IMPLEMENTATIONS}
     times: dict[str, list[float]] = {impl: [] for impl in IMPLEMENTATIONS}
@@ -105,8 +118,13 @@ def provenance() -> dict[str, str]:
     except (OSError, StopIteration):
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     return {
@@ -125,21 +143,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small workloads, few repeats")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--csv", type=Path, default=Path(__file__).parent / "results" / "cpu_adamw.csv")
+    parser.add_argument(
+        "--csv", type=Path, default=Path(__file__).parent / "results" / "cpu_adamw.csv"
+    )
     args = parser.parse_args()
     workloads = QUICK_WORKLOADS if args.quick else WORKLOADS
     repeats = args.repeats or (3 if args.quick else 9)
     warmup = 1 if args.quick else 2
 
     info = provenance()
-    print("fusedopt CPU AdamW benchmark (fp32, median of %d interleaved steps)" % repeats)
+    print(f"fusedopt CPU AdamW benchmark (fp32, median of {repeats} interleaved steps)")
     for key, value in info.items():
         print(f"  {key}: {value}")
     roofline = measure_roofline_gbs(repeats=max(repeats, 5))
     print(f"  measured in-place bandwidth (a += s*b): {roofline:.1f} GB/s\n")
 
     rows = []
-    header = f"{'workload':<20} {'implementation':<15} {'ms/step':>9} {'GB/s':>7} {'% bw':>6} {'vs torch fused':>15}"
+    header = (
+        f"{'workload':<20} {'implementation':<15} {'ms/step':>9} {'GB/s':>7} {'% bw':>6} "
+        f"{'vs torch fused':>15}"
+    )
     print(header)
     print("-" * len(header))
     for name, make_shapes in workloads.items():
@@ -151,12 +174,24 @@ def main() -> int:
             ms = statistics.median(samples) * 1e3
             gbs = BYTES_PER_PARAM_ADAMW_FP32 * n_params / (ms / 1e3) / 1e9
             speedup = fused_ms / ms
-            print(f"{name:<20} {impl:<15} {ms:9.2f} {gbs:7.1f} {100 * gbs / roofline:5.0f}% {speedup:14.2f}x")
-            rows.append({"workload": name, "tensors": len(shapes), "params": n_params,
-                         "implementation": impl, "median_ms": f"{ms:.3f}",
-                         "min_ms": f"{min(samples) * 1e3:.3f}", "gb_per_s": f"{gbs:.2f}",
-                         "roofline_gb_per_s": f"{roofline:.2f}",
-                         "speedup_vs_torch_fused": f"{speedup:.3f}", **info})
+            print(
+                f"{name:<20} {impl:<15} {ms:9.2f} {gbs:7.1f} {100 * gbs / roofline:5.0f}% "
+                f"{speedup:14.2f}x"
+            )
+            rows.append(
+                {
+                    "workload": name,
+                    "tensors": len(shapes),
+                    "params": n_params,
+                    "implementation": impl,
+                    "median_ms": f"{ms:.3f}",
+                    "min_ms": f"{min(samples) * 1e3:.3f}",
+                    "gb_per_s": f"{gbs:.2f}",
+                    "roofline_gb_per_s": f"{roofline:.2f}",
+                    "speedup_vs_torch_fused": f"{speedup:.3f}",
+                    **info,
+                }
+            )
         print()
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     with open(args.csv, "w", newline="") as f:

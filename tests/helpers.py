@@ -12,14 +12,17 @@ import torch
 EDGE_SIZES = (0, 1, 3, 16, 4097, 7919, 65537, 3 * 65536 + 5)
 
 
-def make_params(sizes: Sequence[int | tuple[int, ...]], dtype: torch.dtype = torch.float32,
-                seed: int = 0) -> list[torch.Tensor]:
+def make_params(
+    sizes: Sequence[int | tuple[int, ...]], dtype: torch.dtype = torch.float32, seed: int = 0
+) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     shapes = [(s,) if isinstance(s, int) else s for s in sizes]
     return [torch.randn(s, generator=gen).to(dtype).requires_grad_() for s in shapes]
 
 
-def clone_params(params: Sequence[torch.Tensor], dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+def clone_params(
+    params: Sequence[torch.Tensor], dtype: torch.dtype | None = None
+) -> list[torch.Tensor]:
     return [p.detach().clone().to(dtype or p.dtype).requires_grad_() for p in params]
 
 
@@ -34,9 +37,12 @@ def set_grads(param_lists: Sequence[Sequence[torch.Tensor]], step: int, seed: in
             p.grad = torch.empty_like(p).copy_(g)  # the param's layout, as autograd makes it
 
 
-def run_lockstep(optimizers: Sequence[torch.optim.Optimizer],
-                 param_lists: Sequence[Sequence[torch.Tensor]], steps: int,
-                 before_step: Callable[[int], None] | None = None) -> None:
+def run_lockstep(
+    optimizers: Sequence[torch.optim.Optimizer],
+    param_lists: Sequence[Sequence[torch.Tensor]],
+    steps: int,
+    before_step: Callable[[int], None] | None = None,
+) -> None:
     for k in range(steps):
         set_grads(param_lists, k)
         if before_step is not None:

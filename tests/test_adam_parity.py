@@ -6,10 +6,9 @@ SIMD loops, and "reference"); the Triton backend has its own test files.
 
 import itertools
 
+import fusedopt
 import pytest
 import torch
-
-import fusedopt
 from helpers import EDGE_SIZES, clone_params, make_params, run_lockstep
 from tolerances import (
     FP64_ERROR_RATIO,
@@ -36,8 +35,14 @@ def torch_class(name: str):
 def test_fp32_matches_torch(backend, name, amsgrad, maximize, weight_decay):
     ours = make_params(EDGE_SIZES)
     theirs = clone_params(ours)
-    kwargs = dict(lr=1e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=weight_decay,
-                  amsgrad=amsgrad, maximize=maximize)
+    kwargs = dict(
+        lr=1e-2,
+        betas=(0.8, 0.95),
+        eps=1e-6,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        maximize=maximize,
+    )
     fp64 = clone_params(ours, torch.float64)
     opt = getattr(fusedopt, name)(ours, backend=backend, **kwargs)
     ref = torch_class(name)(theirs, foreach=False, **kwargs)
@@ -120,9 +125,11 @@ def test_param_groups_with_their_own_hyperparameters():
     theirs = clone_params(ours)
 
     def groups(ps):
-        return [{"params": [ps[0]], "lr": 1e-1, "betas": (0.5, 0.6)},
-                {"params": [ps[1]], "weight_decay": 0.3, "amsgrad": True},
-                {"params": [ps[2]], "eps": 1e-3, "maximize": True}]
+        return [
+            {"params": [ps[0]], "lr": 1e-1, "betas": (0.5, 0.6)},
+            {"params": [ps[1]], "weight_decay": 0.3, "amsgrad": True},
+            {"params": [ps[2]], "eps": 1e-3, "maximize": True},
+        ]
 
     opt = fusedopt.AdamW(groups(ours), lr=1e-2)
     ref = torch.optim.AdamW(groups(theirs), lr=1e-2, foreach=False)
@@ -137,8 +144,12 @@ def test_lr_scheduler_drives_fusedopt_as_torch():
     opt = fusedopt.AdamW(ours, lr=1e-2)
     ref = torch.optim.AdamW(theirs, lr=1e-2, foreach=False)
     scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=STEPS) for o in (opt, ref)]
-    run_lockstep([opt, ref], [ours, theirs], STEPS,
-                 before_step=lambda k: [s.step() for s in scheds] if k else None)
+    run_lockstep(
+        [opt, ref],
+        [ours, theirs],
+        STEPS,
+        before_step=lambda k: [s.step() for s in scheds] if k else None,
+    )
     assert opt.param_groups[0]["lr"] == ref.param_groups[0]["lr"] != 1e-2
     assert_normwise_close(ours[0], theirs[0])
 

@@ -5,10 +5,9 @@ import subprocess
 import sys
 import textwrap
 
+import fusedopt
 import pytest
 import torch
-
-import fusedopt
 from helpers import EDGE_SIZES, clone_params, make_params, run_lockstep
 from tolerances import assert_normwise_close
 
@@ -90,7 +89,7 @@ def test_isa_variants_agree_bit_for_bit(isa, tmp_path):
     CPU lacks is not chosen: FUSEDOPT_CPU_ISA only lowers.)"""
     script = textwrap.dedent(f"""
         import sys, torch, fusedopt
-        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+        sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
         from helpers import make_params, run_lockstep
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             ps = make_params({list(EDGE_SIZES)!r}, dtype=dtype)
@@ -102,8 +101,13 @@ def test_isa_variants_agree_bit_for_bit(isa, tmp_path):
     outputs = {}
     for name, env in [("default", {}), (isa, {"FUSEDOPT_CPU_ISA": isa})]:
         path = str(tmp_path / name)
-        run = subprocess.run([sys.executable, "-c", script, path], capture_output=True,
-                             text=True, env={**__import__("os").environ, **env}, check=True)
+        run = subprocess.run(
+            [sys.executable, "-c", script, path],
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, **env},
+            check=True,
+        )
         outputs[name] = (path, run.stdout.strip())
     assert outputs[isa][1] in (isa, "baseline")
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
@@ -121,10 +125,23 @@ def test_op_schema_and_fake_impl_pass_opcheck():
     exp_avg_sqs = [torch.zeros_like(p) for p in params]
     steps = [torch.zeros(()) for _ in params]
     args = ([p.detach() for p in params], grads, exp_avgs, exp_avg_sqs, [], steps)
-    kwargs = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
-                  weight_decay_mode=1, lr_max=1.0, amsgrad=False, maximize=False)
-    torch.library.opcheck(torch.ops.fusedopt.adam_step_.default, args, kwargs,
-                          test_utils=("test_schema", "test_faketensor"))
+    kwargs = dict(
+        lr=1e-3,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        weight_decay=0.01,
+        weight_decay_mode=1,
+        lr_max=1.0,
+        amsgrad=False,
+        maximize=False,
+    )
+    torch.library.opcheck(
+        torch.ops.fusedopt.adam_step_.default,
+        args,
+        kwargs,
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 def test_backend_cuda_on_cpu_params_is_an_error_naming_why():

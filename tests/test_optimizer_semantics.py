@@ -4,10 +4,9 @@ checkpoints, hyperparameter checks, GradScaler's contract, failure atomicity."""
 import copy
 import inspect
 
+import fusedopt
 import pytest
 import torch
-
-import fusedopt
 from helpers import clone_params, make_params, run_lockstep, set_grads
 from tolerances import assert_normwise_close
 
@@ -51,8 +50,9 @@ def test_state_dict_round_trip_with_torch(direction):
     first, second, straight = clone_params(start), clone_params(start), clone_params(start)
     make_ours = lambda ps: fusedopt.AdamW(ps, lr=1e-2, amsgrad=True)  # noqa: E731
     make_torch = lambda ps: torch.optim.AdamW(ps, lr=1e-2, amsgrad=True, foreach=False)  # noqa: E731
-    make_first, make_second = ((make_torch, make_ours) if direction == "torch_to_fusedopt"
-                               else (make_ours, make_torch))
+    make_first, make_second = (
+        (make_torch, make_ours) if direction == "torch_to_fusedopt" else (make_ours, make_torch)
+    )
     opt_first = make_first(first)
     reference = make_torch(straight)
     run_lockstep([opt_first, reference], [first, straight], 3)
@@ -75,8 +75,9 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
     resumed, straight = clone_params(start), clone_params(start)
     opt = fusedopt.AdamW(resumed, lr=1e-2)
     run_lockstep([opt], [resumed], 3)
-    torch.save({"params": [p.detach() for p in resumed], "opt": opt.state_dict()},
-               tmp_path / "ckpt.pt")
+    torch.save(
+        {"params": [p.detach() for p in resumed], "opt": opt.state_dict()}, tmp_path / "ckpt.pt"
+    )
     checkpoint = torch.load(tmp_path / "ckpt.pt")
     restored = [p.clone().requires_grad_() for p in checkpoint["params"]]
     opt2 = fusedopt.AdamW(restored, lr=1e-2)
@@ -94,18 +95,21 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
         assert torch.equal(opt2.state[p]["exp_avg_sq"], uninterrupted.state[q]["exp_avg_sq"])
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"lr": -1.0}, "Invalid learning rate"),
-    ({"eps": -1e-8}, "Invalid epsilon value"),
-    ({"betas": (1.0, 0.999)}, "Invalid beta parameter at index 0"),
-    ({"betas": (0.9, -0.1)}, "Invalid beta parameter at index 1"),
-    ({"weight_decay": -0.1}, "Invalid weight_decay value"),
-    ({"lr": torch.tensor([1e-3, 1e-3])}, "Tensor lr must be 1-element"),
-    ({"differentiable": True}, "not differentiable"),
-    ({"foreach": True}, "foreach=True"),
-    ({"fused": False}, "always fused"),
-    ({"backend": "gpu"}, "unknown backend"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"lr": -1.0}, "Invalid learning rate"),
+        ({"eps": -1e-8}, "Invalid epsilon value"),
+        ({"betas": (1.0, 0.999)}, "Invalid beta parameter at index 0"),
+        ({"betas": (0.9, -0.1)}, "Invalid beta parameter at index 1"),
+        ({"weight_decay": -0.1}, "Invalid weight_decay value"),
+        ({"lr": torch.tensor([1e-3, 1e-3])}, "Tensor lr must be 1-element"),
+        ({"differentiable": True}, "not differentiable"),
+        ({"foreach": True}, "foreach=True"),
+        ({"fused": False}, "always fused"),
+        ({"backend": "gpu"}, "unknown backend"),
+    ],
+)
 @pytest.mark.parametrize("name", ["Adam", "AdamW"])
 def test_invalid_arguments_raise_value_error(name, kwargs, message):
     torch_only = {"differentiable", "foreach", "fused", "backend"}

@@ -32,8 +32,9 @@ itself (a relative 1e-6 of an update that is smaller than ulp(|p|)).
 import torch
 
 
-def assert_normwise_close(actual: torch.Tensor, expected: torch.Tensor,
-                          rel: float | None = None) -> None:
+def assert_normwise_close(
+    actual: torch.Tensor, expected: torch.Tensor, rel: float | None = None
+) -> None:
     """||actual - expected||_2 <= rel * ||expected||_2 (0-size tensors pass)."""
     rel = PARITY_FP32_NORMWISE if rel is None else rel
     if expected.numel() == 0:
@@ -41,6 +42,7 @@ def assert_normwise_close(actual: torch.Tensor, expected: torch.Tensor,
     err = (actual.double() - expected.double()).norm().item()
     scale = expected.double().norm().item()
     assert err <= rel * scale, f"normwise error {err / max(scale, 1e-300):.3g} > {rel:g}"
+
 
 PARITY_FP32_NORMWISE = 1e-6
 FP64_ERROR_RATIO = 2.0
@@ -69,5 +71,7 @@ def ulps(dtype: torch.dtype, magnitudes: torch.Tensor) -> torch.Tensor:
 def ulp(dtype: torch.dtype, magnitude: float) -> float:
     """The spacing of `dtype` numbers at `magnitude` (its unit in the last place)."""
     finfo = torch.finfo(dtype)
-    exponent = torch.floor(torch.log2(torch.tensor(max(magnitude, finfo.tiny), dtype=torch.float64)))
+    exponent = torch.floor(
+        torch.log2(torch.tensor(max(magnitude, finfo.tiny), dtype=torch.float64))
+    )
     return float(2.0**exponent * finfo.eps)

@@ -1,8 +1,8 @@
 """fusedopt: fused multi-tensor optimizers for PyTorch.
 
-    import fusedopt
-    opt = fusedopt.AdamW(model.parameters(), lr=1e-3)   # as torch.optim.AdamW
-    print(fusedopt.report(opt))                          # which backend steps what
+import fusedopt
+opt = fusedopt.AdamW(model.parameters(), lr=1e-3)   # as torch.optim.AdamW
+print(fusedopt.report(opt))                          # which backend steps what
 """
 
 from fusedopt import _extension, _fake, reference  # noqa: F401  (_fake registers fake ops)

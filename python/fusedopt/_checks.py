@@ -64,8 +64,11 @@ def check_adam_lists(
                 f"sizes {tuple(p.shape)} strides {p.stride()}"
             )
         want_state = state_dtype or compute_dtype(p.dtype)
-        others = [("grad", grads[i], p.dtype), ("exp_avg", exp_avgs[i], want_state),
-                  ("exp_avg_sq", exp_avg_sqs[i], want_state)]
+        others = [
+            ("grad", grads[i], p.dtype),
+            ("exp_avg", exp_avgs[i], want_state),
+            ("exp_avg_sq", exp_avg_sqs[i], want_state),
+        ]
         if amsgrad:
             others.append(("max_exp_avg_sq", max_exp_avg_sqs[i], want_state))
         for name, t, dtype in others:

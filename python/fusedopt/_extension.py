@@ -14,7 +14,10 @@ try:
     LOAD_ERROR: str | None = None
 except ImportError as error:  # a source checkout without a build, or a broken build
     _C = None
-    LOAD_ERROR = f"fusedopt._C could not be imported ({error}); build it with `pip install . --no-build-isolation`"
+    LOAD_ERROR = (
+        f"fusedopt._C could not be imported ({error}); build it with "
+        "`pip install . --no-build-isolation`"
+    )
 
 _warned = False
 

@@ -85,7 +85,9 @@ class Adam(Optimizer):
         if foreach:
             raise ValueError("fusedopt optimizers are fused; `foreach=True` cannot apply")
         if fused is False:
-            raise ValueError("fusedopt optimizers are always fused; use torch.optim for fused=False")
+            raise ValueError(
+                "fusedopt optimizers are always fused; use torch.optim for fused=False"
+            )
         if backend not in backends.BACKEND_NAMES:
             raise ValueError(
                 f"fusedopt: unknown backend {backend!r}; choose one of {backends.BACKEND_NAMES}"
@@ -197,7 +199,9 @@ class Adam(Optimizer):
     def plan(self) -> list[tuple[int, backends.Bucket, int, backends.Choice]]:
         """(group index, bucket, number of params, backend choice) for the params
         that have grads now: what the next step() will do. fusedopt.report() prints it."""
-        return [(i, bucket, len(params), choice) for i, bucket, params, choice in self._resolve_all()]
+        return [
+            (i, bucket, len(params), choice) for i, bucket, params, choice in self._resolve_all()
+        ]
 
     def _log_choice(self, index: int, bucket: backends.Bucket, choice: backends.Choice) -> None:
         """Says once, at INFO level, which backend steps each bucket."""
@@ -205,9 +209,14 @@ class Adam(Optimizer):
         logged = self.__dict__.setdefault("_logged_choices", {})
         if logged.get(key) != choice.backend.name:
             logged[key] = choice.backend.name
-            logger.info("fusedopt: group %d, %s params on %s -> backend %r%s", index,
-                        bucket.dtype, bucket.device, choice.backend.name,
-                        "".join(f"; passed over {n}: {r}" for n, r in choice.passed_over))
+            logger.info(
+                "fusedopt: group %d, %s params on %s -> backend %r%s",
+                index,
+                bucket.dtype,
+                bucket.device,
+                choice.backend.name,
+                "".join(f"; passed over {n}: {r}" for n, r in choice.passed_over),
+            )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -246,12 +255,23 @@ class Adam(Optimizer):
             beta1, beta2 = group["betas"]
             try:
                 choice.backend.adam_step(
-                    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps,
-                    lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                    params,
+                    grads,
+                    exp_avgs,
+                    exp_avg_sqs,
+                    max_exp_avg_sqs,
+                    steps,
+                    lr=group["lr"],
+                    beta1=beta1,
+                    beta2=beta2,
+                    eps=group["eps"],
                     weight_decay=group["weight_decay"],
-                    weight_decay_mode=self._weight_decay_mode(group), lr_max=1.0,
-                    amsgrad=amsgrad, maximize=group["maximize"],
-                    grad_scale=grad_scale, found_inf=found_inf,
+                    weight_decay_mode=self._weight_decay_mode(group),
+                    lr_max=1.0,
+                    amsgrad=amsgrad,
+                    maximize=group["maximize"],
+                    grad_scale=grad_scale,
+                    found_inf=found_inf,
                 )
             except Exception:
                 for p in created:
@@ -280,9 +300,19 @@ class AdamW(Adam):
         backend: str = "auto",
     ) -> None:
         super().__init__(
-            params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
-            capturable=capturable, differentiable=differentiable, fused=fused,
-            decoupled_weight_decay=True, backend=backend,
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+            backend=backend,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:

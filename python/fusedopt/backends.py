@@ -81,8 +81,10 @@ def _kernel_dtype_reason(bucket: Bucket) -> str | None:
     if bucket.dtype not in KERNEL_PARAM_DTYPES:
         return f"params are {bucket.dtype}; the kernels take float32, bfloat16 and float16"
     if not bucket.dense:
-        return ("some params are not dense (a strided slice, say) or their grads' strides differ; "
-                "the kernels' flat loop needs dense params with grads of the same layout")
+        return (
+            "some params are not dense (a strided slice, say) or their grads' strides differ; "
+            "the kernels' flat loop needs dense params with grads of the same layout"
+        )
     return None
 
 
@@ -92,15 +94,48 @@ class _CompiledOpBackend(Backend):
 
     device_type = ""
 
-    def adam_step(self, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
-                  lr, beta1, beta2, eps, weight_decay, weight_decay_mode, lr_max, amsgrad,
-                  maximize, grad_scale=None, found_inf=None):
+    def adam_step(
+        self,
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
+        *,
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        weight_decay_mode,
+        lr_max,
+        amsgrad,
+        maximize,
+        grad_scale=None,
+        found_inf=None,
+    ):
         op = torch.ops.fusedopt.adam_step_
         op = op.tensor_lr if isinstance(lr, Tensor) else op.default
-        op(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr=lr,
-           beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-           weight_decay_mode=int(weight_decay_mode), lr_max=lr_max, amsgrad=amsgrad,
-           maximize=maximize, grad_scale=grad_scale, found_inf=found_inf)
+        op(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            max_exp_avg_sqs,
+            state_steps,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            weight_decay=weight_decay,
+            weight_decay_mode=int(weight_decay_mode),
+            lr_max=lr_max,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+        )
 
 
 class CpuBackend(_CompiledOpBackend):
@@ -125,8 +160,10 @@ class CudaBackend(_CompiledOpBackend):
         if not _extension.loaded():
             return _extension.LOAD_ERROR
         if not _extension.cuda_built():
-            return ("fusedopt._C was built without CUDA kernels; rebuild with nvcc and a CUDA "
-                    "build of torch: FUSEDOPT_CUDA=1 pip install . --no-build-isolation")
+            return (
+                "fusedopt._C was built without CUDA kernels; rebuild with nvcc and a CUDA "
+                "build of torch: FUSEDOPT_CUDA=1 pip install . --no-build-isolation"
+            )
         return None
 
     def unsupported_reason(self, bucket):
@@ -151,22 +188,61 @@ class ReferenceBackend(Backend):
             return f"params are {bucket.dtype}; optimizers step floating-point params"
         return None
 
-    def adam_step(self, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
-                  lr, beta1, beta2, eps, weight_decay, weight_decay_mode, lr_max, amsgrad,
-                  maximize, grad_scale=None, found_inf=None):
-        check_adam_lists(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-                         amsgrad=amsgrad, state_dtype=None, require_dense=False)
+    def adam_step(
+        self,
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
+        *,
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        weight_decay_mode,
+        lr_max,
+        amsgrad,
+        maximize,
+        grad_scale=None,
+        found_inf=None,
+    ):
+        check_adam_lists(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            max_exp_avg_sqs,
+            state_steps,
+            amsgrad=amsgrad,
+            state_dtype=None,
+            require_dense=False,
+        )
         if found_inf is not None and found_inf.item() != 0:
             return
         scale = None if grad_scale is None else grad_scale.item()
         lr = lr.item() if isinstance(lr, Tensor) else lr
         for i, param in enumerate(params):
             reference.adam_step_(
-                param, grads[i], exp_avgs[i], exp_avg_sqs[i],
-                max_exp_avg_sqs[i] if amsgrad else None, state_steps[i],
-                lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                weight_decay_mode=reference.WeightDecayMode(weight_decay_mode), lr_max=lr_max,
-                amsgrad=amsgrad, maximize=maximize, grad_scale=scale)
+                param,
+                grads[i],
+                exp_avgs[i],
+                exp_avg_sqs[i],
+                max_exp_avg_sqs[i] if amsgrad else None,
+                state_steps[i],
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                eps=eps,
+                weight_decay=weight_decay,
+                weight_decay_mode=reference.WeightDecayMode(weight_decay_mode),
+                lr_max=lr_max,
+                amsgrad=amsgrad,
+                maximize=maximize,
+                grad_scale=scale,
+            )
 
 
 def _triton_backend() -> Backend:
@@ -181,8 +257,12 @@ _BACKENDS: dict[str, Backend] = {}
 def get(name: str) -> Backend:
     """The backend object of that name (created once)."""
     if name not in _BACKENDS:
-        factories = {"cpu": CpuBackend, "cuda": CudaBackend, "reference": ReferenceBackend,
-                     "triton": _triton_backend}
+        factories = {
+            "cpu": CpuBackend,
+            "cuda": CudaBackend,
+            "reference": ReferenceBackend,
+            "triton": _triton_backend,
+        }
         if name not in factories:
             raise ValueError(f"fusedopt: unknown backend {name!r}; choose one of {BACKEND_NAMES}")
         _BACKENDS[name] = factories[name]()
@@ -194,7 +274,9 @@ def why_not(name: str, bucket: Bucket, capturable: bool) -> str | None:
     backend = get(name)
     reason = backend.unavailable_reason() or backend.unsupported_reason(bucket)
     if reason is None and capturable and not backend.supports_capturable:
-        reason = f"capturable=True needs a backend that reads lr and step on the device; {name} does not"
+        reason = (
+            f"capturable=True needs a backend that reads lr and step on the device; {name} does not"
+        )
     return reason
 
 

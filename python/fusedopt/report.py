@@ -14,19 +14,28 @@ def _triton_line() -> str:
         return "triton: not installed"
     import triton
 
-    mode = "interpreter on (TRITON_INTERPRET=1): CPU tensors run" if \
-        backends.triton_interpreter_on() else "compiled mode: needs a CUDA GPU"
+    mode = (
+        "interpreter on (TRITON_INTERPRET=1): CPU tensors run"
+        if backends.triton_interpreter_on()
+        else "compiled mode: needs a CUDA GPU"
+    )
     return f"triton: {triton.__version__}, {mode}"
 
 
 def report(optimizer: torch.optim.Optimizer | None = None) -> str:
     """A plain-text account of the backends and, given a fusedopt optimizer,
     which backend steps each group's params and why. Print it."""
-    lines = ["fusedopt report", f"torch: {torch.__version__} (CUDA build: "
-             f"{torch.version.cuda or 'no'}; CUDA device present: {torch.cuda.is_available()})"]
+    lines = [
+        "fusedopt report",
+        f"torch: {torch.__version__} (CUDA build: "
+        f"{torch.version.cuda or 'no'}; CUDA device present: {torch.cuda.is_available()})",
+    ]
     if _extension.loaded():
-        lines.append(f"extension fusedopt._C: loaded; CPU loop ISA: {_extension.cpu_isa()}; "
-                     f"CUDA kernels: {'built for ' + _extension.cuda_archs() if _extension.cuda_built() else 'not built'}")
+        cuda = f"built for {_extension.cuda_archs()}" if _extension.cuda_built() else "not built"
+        lines.append(
+            f"extension fusedopt._C: loaded; CPU loop ISA: {_extension.cpu_isa()}; "
+            f"CUDA kernels: {cuda}"
+        )
     else:
         lines.append(f"extension: {_extension.LOAD_ERROR}")
     lines.append(_triton_line())
@@ -34,8 +43,12 @@ def report(optimizer: torch.optim.Optimizer | None = None) -> str:
     for name in backends.BACKEND_NAMES[1:]:
         reason = backends.get(name).unavailable_reason()
         lines.append(f"  {name:<10} {'available' if reason is None else 'unavailable: ' + reason}")
-    lines.append("auto order: CUDA tensors " + " -> ".join(backends.AUTO_ORDER["cuda"])
-                 + "; CPU tensors " + " -> ".join(backends.AUTO_ORDER["cpu"]))
+    lines.append(
+        "auto order: CUDA tensors "
+        + " -> ".join(backends.AUTO_ORDER["cuda"])
+        + "; CPU tensors "
+        + " -> ".join(backends.AUTO_ORDER["cpu"])
+    )
     if optimizer is not None:
         requested = getattr(optimizer, "backend", None)
         lines.append(f"{type(optimizer).__name__} (backend={requested!r}):")
@@ -44,8 +57,10 @@ def report(optimizer: torch.optim.Optimizer | None = None) -> str:
             lines.append("  no param has a grad yet; the choice is made at the first step()")
         for index, bucket, count, choice in plan:
             dense = "" if bucket.dense else ", not dense"
-            lines.append(f"  group {index}: {count} {bucket.dtype} params on {bucket.device}"
-                         f"{dense} -> {choice.backend.name}")
+            lines.append(
+                f"  group {index}: {count} {bucket.dtype} params on {bucket.device}"
+                f"{dense} -> {choice.backend.name}"
+            )
             for name, reason in choice.passed_over:
                 lines.append(f"      passed over {name}: {reason}")
     return "\n".join(lines)
