@@ -151,7 +151,7 @@ def test_failed_step_leaves_params_and_state_unchanged(backend, first_step):
     set_grads([good + bad], 7)
     bad[0].grad_dtype = None  # torch refuses a grad of another dtype unless told
     bad[0].grad = bad[0].grad.double()
-    with pytest.raises(RuntimeError, match="grad must match"):
+    with pytest.raises(RuntimeError, match="grad must match its param's dtype"):
         opt.step()
     for p, q in zip(good + bad, snapshot[0]):
         assert torch.equal(p, q)

@@ -159,11 +159,12 @@ class Adam(Optimizer):
                 raise RuntimeError(
                     "Adam does not support sparse gradients, please consider SparseAdam instead"
                 )
-            if grad.dtype is not p.dtype or grad.shape != p.shape or grad.device != p.device:
+            # torch refuses a grad of another shape or device when it is
+            # assigned; another dtype only gets through with p.grad_dtype = None.
+            if grad.dtype is not p.dtype:
                 raise RuntimeError(
-                    f"fusedopt: a grad must match its param's dtype, shape and device; got grad "
-                    f"{grad.dtype} {tuple(grad.shape)} on {grad.device} for param {p.dtype} "
-                    f"{tuple(p.shape)} on {p.device}"
+                    f"fusedopt: a grad must match its param's dtype; got a {grad.dtype} grad "
+                    f"for a {p.dtype} param of shape {tuple(p.shape)}"
                 )
             # Contiguous pairs (nearly all) settle it without the slower general test.
             dense = (p.is_contiguous() and grad.is_contiguous()) or (
@@ -239,19 +240,19 @@ class Adam(Optimizer):
             group = self.param_groups[index]
             self._log_choice(index, bucket, choice)
             amsgrad = group["amsgrad"]
-            grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], [], []
             created = []  # params whose state this step created: dropped again if it fails
+            states = []
             for p in params:
                 state = self.state.get(p)
                 if not state:
                     state = self.state[p] = self._new_state(group, p)
                     created.append(p)
-                grads.append(p.grad)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                if amsgrad:
-                    max_exp_avg_sqs.append(state["max_exp_avg_sq"])
-                steps.append(state["step"])
+                states.append(state)
+            grads = [p.grad for p in params]
+            exp_avgs = [s["exp_avg"] for s in states]
+            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+            max_exp_avg_sqs = [s["max_exp_avg_sq"] for s in states] if amsgrad else []
+            steps = [s["step"] for s in states]
             beta1, beta2 = group["betas"]
             try:
                 choice.backend.adam_step(
