@@ -152,9 +152,10 @@ def _count_steps_kernel(tensor_table, n_tensors, found_inf_ptr,
     kernel reads counts no other program is writing. Reads and writes 4 bytes
     per tensor."""
     index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = index < n_tensors
+    live = n_tensors
     if HAS_FOUND_INF:
-        mask = mask & (tl.load(found_inf_ptr) == 0.0)
+        live = tl.where(tl.load(found_inf_ptr) == 0.0, n_tensors, 0)
+    mask = index < live
     step_ptrs = tl.load(tensor_table + index * TENSOR_COLS + COL_STEP, mask=mask, other=0)
     step_ptrs = step_ptrs.to(tl.pointer_type(tl.float32))
     tl.store(step_ptrs, tl.load(step_ptrs, mask=mask) + 1.0, mask=mask)
