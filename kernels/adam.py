@@ -163,7 +163,7 @@ def _count_steps_kernel(tensor_table, n_tensors, found_inf_ptr,
 
 # Elements per program on a GPU, and its warps: 4 elements per thread, one
 # 128-bit access per fp32 stream. Measured from the sm_90 cubin
-# (tests/triton_aot.py): 48-54 registers, no spills; 8 elements per thread took
+# (tests/triton_aot.py): 40-54 registers on sm_80 and sm_90, no spills; 8 per thread took
 # 66-80 registers in fp32 and 160-170 in bf16, 16 per thread spilled.
 BLOCK_SIZE = 1024
 NUM_WARPS = 8
