@@ -27,9 +27,8 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
-from torch import Tensor
-
 from fusedopt.kernels import rules
+from torch import Tensor
 
 # Columns of the tensor table, one int64 row per tensor.
 COL_PARAM = tl.constexpr(0)

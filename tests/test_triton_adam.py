@@ -8,10 +8,9 @@ size is chosen per test (BLOCK below) to still make several blocks and tails.
 
 from __future__ import annotations
 
+import fusedopt
 import pytest
 import torch
-
-import fusedopt
 from fusedopt import backends, reference
 from fusedopt.kernels import adam as kernels
 
@@ -56,7 +55,7 @@ def make_lists(sizes, dtype, amsgrad, step=3.0, seed=0):
     grads = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
     exp_avgs = [0.1 * torch.randn(n, generator=gen) for n in sizes]
     exp_avg_sqs = [0.01 * torch.rand(n, generator=gen) for n in sizes]
-    maxes = [v + 0.01 * torch.rand(n, generator=gen) for n, v in zip(sizes, exp_avg_sqs)]
+    maxes = [v + 0.01 * torch.rand(n, generator=gen) for n, v in zip(sizes, exp_avg_sqs, strict=True)]
     steps = [torch.tensor(step) for _ in sizes]
     return [params, grads, exp_avgs, exp_avg_sqs, maxes if amsgrad else [], steps]
 
@@ -76,8 +75,8 @@ def reference_step(lists, *, lr, grad_scale=None, **hyper):
 
 def assert_lists_close(actual, expected):
     for name, xs, ys in zip(["param", "grad", "exp_avg", "exp_avg_sq", "max", "step"],
-                            actual, expected):
-        for x, y in zip(xs, ys):
+                            actual, expected, strict=True):
+        for x, y in zip(xs, ys, strict=True):
             if name in ("param", "grad"):
                 assert_param_close(x, y)
             else:
@@ -212,8 +211,8 @@ def test_grad_scale_and_found_inf(steps_in_kernel, dtype):
                                      grad_scale=torch.tensor(1024.0),
                                      found_inf=torch.tensor(1.0),
                                      steps_in_kernel=steps_in_kernel, block=BLOCK)
-    for xs, ys in zip(lists, before):
-        for x, y in zip(xs, ys):
+    for xs, ys in zip(lists, before, strict=True):
+        for x, y in zip(xs, ys, strict=True):
             assert torch.equal(x, y)
     # found_inf zero: grads are divided by the scale and stored back unscaled.
     expected = clone_lists(lists)
@@ -297,9 +296,9 @@ def test_optimizer_matches_torch(amsgrad, maximize, decoupled):
     ours, theirs = _model_params(torch.float32), _model_params(torch.float32)
     opt = _run(ours_cls, ours, backend="triton", **kwargs)
     ref = _run(torch_cls, theirs, foreach=False, **kwargs)
-    for p, q in zip(ours, theirs):
+    for p, q in zip(ours, theirs, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
-    for p, q in zip(ours, theirs):
+    for p, q in zip(ours, theirs, strict=True):
         for key, value in ref.state[q].items():
             torch.testing.assert_close(opt.state[p][key], value, rtol=1e-5, atol=1e-6)
     assert fusedopt.report(opt).count("params on cpu -> triton") == 1
@@ -312,7 +311,7 @@ def test_optimizer_bf16_matches_reference_backend():
     ours, theirs = _model_params(torch.bfloat16), _model_params(torch.bfloat16)
     _run(fusedopt.AdamW, ours, steps=1, backend="triton", amsgrad=True)
     _run(fusedopt.AdamW, theirs, steps=1, backend="reference", amsgrad=True)
-    for p, q in zip(ours, theirs):
+    for p, q in zip(ours, theirs, strict=True):
         assert_within_one_ulp(p.detach(), q.detach())
 
 
@@ -351,6 +350,6 @@ def test_refused_call_writes_nothing():
     before = clone_lists(lists)
     with pytest.raises(RuntimeError, match="exp_avg 1 must be torch.float32"):
         backends.get("triton").adam_step(*lists, lr=1e-2, **hyper())
-    for xs, ys in zip(lists, before):
-        for x, y in zip(xs, ys):
+    for xs, ys in zip(lists, before, strict=True):
+        for x, y in zip(xs, ys, strict=True):
             assert torch.equal(x, y)

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fusedopt.kernels import adam
 
 # At most 64 registers per thread keeps 1024 threads resident per SM on sm_80

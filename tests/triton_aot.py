@@ -19,10 +19,9 @@ from pathlib import Path
 
 import triton
 import triton.language as tl
+from fusedopt.kernels import adam
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-
-from fusedopt.kernels import adam
 
 TARGETS = {"sm80": GPUTarget("cuda", 80, 32), "sm90": GPUTarget("cuda", 90, 32)}
 # torch's caching allocator hands out 512-byte aligned blocks: the tables are
