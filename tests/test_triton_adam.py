@@ -55,7 +55,7 @@ def make_lists(sizes, dtype, amsgrad, step=3.0, seed=0):
     grads = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
     exp_avgs = [0.1 * torch.randn(n, generator=gen) for n in sizes]
     exp_avg_sqs = [0.01 * torch.rand(n, generator=gen) for n in sizes]
-    maxes = [v + 0.01 * torch.rand(n, generator=gen) for n, v in zip(sizes, exp_avg_sqs, strict=True)]
+    maxes = [v + 0.01 * torch.rand(v.shape, generator=gen) for v in exp_avg_sqs]
     steps = [torch.tensor(step) for _ in sizes]
     return [params, grads, exp_avgs, exp_avg_sqs, maxes if amsgrad else [], steps]
 
