@@ -320,8 +320,8 @@ struct EmulationObserver {
   int64_t misaligned_accesses = 0;
   int64_t out_of_range_updates = 0;
 
-  void access(const void* ptr, int bytes) {
-    (bytes == 16 ? vector_accesses : scalar_accesses) += 1;
+  void access(const void* ptr, int bytes, bool vector) {
+    (vector ? vector_accesses : scalar_accesses) += 1;
     if (reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(bytes) != 0) {
       misaligned_accesses += 1;
     }

@@ -39,22 +39,27 @@ FUSEDOPT_HD bool is_aligned16(const void* ptr) {
   return reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
 }
 
-// Loads elements [i, i + N) of `src` into fp32 registers: as 16-byte packs
-// when kVector (the caller checked the alignment), else one element at a time.
+// Elements per vector access: up to 16 bytes of T, at most the group size.
+template <typename T, int N>
+constexpr int kPackSize = 16 / static_cast<int>(sizeof(T)) < N ? 16 / static_cast<int>(sizeof(T)) : N;
+
+// Loads elements [i, i + N) of `src` into fp32 registers: as packs of up to
+// 16 bytes when kVector (the caller checked the alignment), else one element
+// at a time.
 template <bool kVector, int N, typename T, typename Observer>
 FUSEDOPT_HD void load_floats(const T* src, int32_t i, float (&dst)[N], Observer& observer) {
   if constexpr (kVector) {
-    constexpr int kPack = Pack16<T>::kSize;
-    static_assert(N % kPack == 0, "a vector group is whole 16-byte packs of every buffer");
-    const Pack16<T>* packs = reinterpret_cast<const Pack16<T>*>(src + i);
+    constexpr int kPack = kPackSize<T, N>;
+    static_assert(N % kPack == 0, "a vector group is whole packs of every buffer");
+    const Pack<T, kPack>* packs = reinterpret_cast<const Pack<T, kPack>*>(src + i);
     for (int a = 0; a < N / kPack; ++a) {
-      observer.access(packs + a, 16);
-      const Pack16<T> pack = packs[a];
+      observer.access(packs + a, static_cast<int>(sizeof(Pack<T, kPack>)), true);
+      const Pack<T, kPack> pack = packs[a];
       for (int j = 0; j < kPack; ++j) dst[a * kPack + j] = to_float(pack.v[j]);
     }
   } else {
     for (int j = 0; j < N; ++j) {
-      observer.access(src + i + j, static_cast<int>(sizeof(T)));
+      observer.access(src + i + j, static_cast<int>(sizeof(T)), false);
       dst[j] = to_float(src[i + j]);
     }
   }
@@ -64,17 +69,17 @@ FUSEDOPT_HD void load_floats(const T* src, int32_t i, float (&dst)[N], Observer&
 template <bool kVector, int N, typename T, typename Observer>
 FUSEDOPT_HD void store_floats(T* dst, int32_t i, const float (&src)[N], Observer& observer) {
   if constexpr (kVector) {
-    constexpr int kPack = Pack16<T>::kSize;
-    Pack16<T>* packs = reinterpret_cast<Pack16<T>*>(dst + i);
+    constexpr int kPack = kPackSize<T, N>;
+    Pack<T, kPack>* packs = reinterpret_cast<Pack<T, kPack>*>(dst + i);
     for (int a = 0; a < N / kPack; ++a) {
-      Pack16<T> pack;
+      Pack<T, kPack> pack;
       for (int j = 0; j < kPack; ++j) from_float(src[a * kPack + j], pack.v[j]);
-      observer.access(packs + a, 16);
+      observer.access(packs + a, static_cast<int>(sizeof(Pack<T, kPack>)), true);
       packs[a] = pack;
     }
   } else {
     for (int j = 0; j < N; ++j) {
-      observer.access(dst + i + j, static_cast<int>(sizeof(T)));
+      observer.access(dst + i + j, static_cast<int>(sizeof(T)), false);
       from_float(src[j], dst[i + j]);
     }
   }
@@ -143,9 +148,11 @@ FUSEDOPT_HD void adam_thread(const AdamLaunchArgs& args, int32_t block, int32_t 
   const bool aligned = is_aligned16(b.param) && is_aligned16(b.grad) &&
                        is_aligned16(b.exp_avg) && is_aligned16(b.exp_avg_sq) &&
                        (b.max_exp_avg_sq == nullptr || is_aligned16(b.max_exp_avg_sq));
-  // Elements per vector group: one 16-byte pack of the param (4 fp32, 8 bf16
-  // or fp16), with one or two packs of each fp32 state.
-  constexpr int32_t kGroup = Pack16<P>::kSize;
+  // Elements per vector group: one 16-byte pack of each fp32 state; 8 bytes
+  // of a bf16/fp16 param or grad. (Groups of 8 gave 16-bit params 16-byte
+  // packs too, but took 77-79 registers on sm_100/sm_120, and spilled when
+  // capped at 64: see kMinBlocksPerSm in csrc/cuda/adam_cuda.cu.)
+  constexpr int32_t kGroup = 4;
   const int32_t vector_end = aligned ? n - n % kGroup : 0;
   for (int32_t i = thread * kGroup; i < vector_end; i += n_threads * kGroup) {
     adam_group<true, kGroup>(b, i, args.hyper, scalars, args.grad_scale, observer);

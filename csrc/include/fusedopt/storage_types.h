@@ -25,12 +25,12 @@ struct Fp16 {
   uint16_t bits;
 };
 
-// 16 bytes of one dtype: the widest load and store a thread issues
-// (LDG.E.128 / STG.E.128). Its alignment is what the vector path requires.
-template <typename T>
-struct alignas(16) Pack16 {
-  static constexpr int kSize = 16 / static_cast<int>(sizeof(T));
-  T v[kSize];
+// N elements of one dtype moved by one load or store instruction: 16 bytes is
+// the widest (LDG.E.128 / STG.E.128). Its alignment is what the vector path
+// requires.
+template <typename T, int N>
+struct alignas(N * sizeof(T)) Pack {
+  T v[N];
 };
 
 FUSEDOPT_HD float to_float(float x) { return x; }
