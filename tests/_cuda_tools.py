@@ -8,9 +8,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import torch
-
 import fusedopt._C
+import torch
 
 SO_PATH = Path(fusedopt._C.__file__)
 REPO = Path(__file__).resolve().parents[1]
@@ -30,5 +29,6 @@ def cuobjdump() -> str:
 
 
 def run_cuobjdump(*args: str) -> str:
-    return subprocess.run([cuobjdump(), *args, str(SO_PATH)], check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        [cuobjdump(), *args, str(SO_PATH)], check=True, capture_output=True, text=True
+    ).stdout

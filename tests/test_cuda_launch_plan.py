@@ -6,10 +6,9 @@ fits its metadata limits."""
 
 import random
 
+import fusedopt  # noqa: F401  (registers the ops)
 import pytest
 import torch
-
-import fusedopt  # noqa: F401  (registers the ops)
 
 
 def plan(numels):
@@ -18,7 +17,7 @@ def plan(numels):
     pos, launches = 4, []
     for _ in range(n_launches):
         n_slots = flat[pos]
-        tensors = flat[pos + 1: pos + 1 + n_slots]
+        tensors = flat[pos + 1 : pos + 1 + n_slots]
         pos += 1 + n_slots
         n_blocks = flat[pos]
         blocks = [(flat[pos + 1 + 2 * b], flat[pos + 2 + 2 * b]) for b in range(n_blocks)]
@@ -53,18 +52,23 @@ def check_plan(numels):
 PRIMES = [2, 3, 5, 7, 65521, 65537, 131071]
 
 
-@pytest.mark.parametrize("numels", [
-    [],
-    [0],
-    [0, 0, 0],
-    [1],
-    [3],
-    [4097],
-    PRIMES,
-    [1, 3, 4097, 0],                 # zero-size last
-    [0, 5, 0, 65536, 0],             # zero-size first, between and last
-    [65536], [65535], [65537],       # exactly one chunk, one short, one over
-])
+@pytest.mark.parametrize(
+    "numels",
+    [
+        [],
+        [0],
+        [0, 0, 0],
+        [1],
+        [3],
+        [4097],
+        PRIMES,
+        [1, 3, 4097, 0],  # zero-size last
+        [0, 5, 0, 65536, 0],  # zero-size first, between and last
+        [65536],
+        [65535],
+        [65537],  # exactly one chunk, one short, one over
+    ],
+)
 def test_plan_covers_every_chunk_once(numels):
     check_plan(numels)
 
@@ -87,8 +91,9 @@ def test_tensor_over_2_pow_31_elements():
     chunk, *_ = plan([])
     numel = 2**31 + 5
     launches = check_plan([1, numel, 2])
-    last_chunk = max(index for tensors, blocks in launches for slot, index in blocks
-                     if tensors[slot] == 1)
+    last_chunk = max(
+        index for tensors, blocks in launches for slot, index in blocks if tensors[slot] == 1
+    )
     assert last_chunk == numel // chunk
     assert last_chunk * chunk > 2**31 - 1, "the last chunk starts past int32's range"
 
@@ -103,5 +108,6 @@ def test_numel_beyond_the_chunk_index_range_is_refused():
 def test_random_lists():
     rng = random.Random(0)
     for _ in range(50):
-        numels = [rng.choice([0, 1, 3, rng.randrange(1, 300_000)]) for _ in range(rng.randrange(1, 90))]
+        n_tensors = rng.randrange(1, 90)
+        numels = [rng.choice([0, 1, 3, rng.randrange(1, 300_000)]) for _ in range(n_tensors)]
         check_plan(numels)
