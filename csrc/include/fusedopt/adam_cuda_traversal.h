@@ -9,8 +9,8 @@
 // The math is adam_update() from fusedopt/adam_rule.h; this file only moves
 // bytes. Per element, fp32 params: read p, g, m, v (16 B), write p, m, v (12 B)
 // = 28 B; amsgrad +8 B (read and write v_max); a GradScaler's unscaled grad
-// stored back +4 B; bf16/fp16 params read and write 2 B instead of 4 for p
-// and g (20 B without amsgrad or scaler).
+// stored back +4 B (+2 B for a 16-bit grad); bf16/fp16 params and grads move
+// 2 B instead of 4 for each of p read, p written and g read: 22 B.
 //
 // `Observer` sees every access (its address and width) and every updated
 // element; the kernels pass one that does nothing, the emulation one that
