@@ -37,20 +37,34 @@ from fusedopt.kernels import adam as kernels  # noqa: E402
 
 # Bytes per fp32 param of one AdamW step: read p, g, m, v; write p, m, v.
 BYTES_PER_PARAM_FP32 = 28
-HYPER = dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, weight_decay_mode=1,
-             lr_max=1.0, amsgrad=False, maximize=False)
+HYPER = dict(
+    beta1=0.9,
+    beta2=0.999,
+    eps=1e-8,
+    weight_decay=0.01,
+    weight_decay_mode=1,
+    lr_max=1.0,
+    amsgrad=False,
+    maximize=False,
+)
 
 
 def provenance() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=os.path.dirname(__file__)).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(__file__),
+        ).stdout.strip()
     except OSError:
         commit = "?"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU (interpreter)"
-    return (f"{datetime.datetime.now().isoformat(timespec='seconds')} {platform.node()} "
-            f"{platform.processor() or platform.machine()}, {device}; torch {torch.__version__}, "
-            f"triton {triton.__version__}, fusedopt {fusedopt.__version__} @ {commit}")
+    return (
+        f"{datetime.datetime.now().isoformat(timespec='seconds')} {platform.node()} "
+        f"{platform.processor() or platform.machine()}, {device}; torch {torch.__version__}, "
+        f"triton {triton.__version__}, fusedopt {fusedopt.__version__} @ {commit}"
+    )
 
 
 def make_lists(sizes, device, step=0.0):
@@ -95,9 +109,16 @@ def correctness() -> str:
     backends.get("triton").adam_step(*ours, lr=1e-2, **HYPER)
     worst = 0.0
     for i in range(len(sizes)):
-        reference.adam_step_(theirs[0][i], theirs[1][i], theirs[2][i], theirs[3][i], None,
-                             theirs[5][i], lr=1e-2, **{**HYPER, "weight_decay_mode":
-                                                       reference.WeightDecayMode(1)})
+        reference.adam_step_(
+            theirs[0][i],
+            theirs[1][i],
+            theirs[2][i],
+            theirs[3][i],
+            None,
+            theirs[5][i],
+            lr=1e-2,
+            **{**HYPER, "weight_decay_mode": reference.WeightDecayMode(1)},
+        )
         if sizes[i]:
             diff = (ours[0][i].cpu() - theirs[0][i]).abs() / theirs[0][i].abs().clamp_min(1e-6)
             worst = max(worst, diff.max().item())
@@ -111,8 +132,12 @@ def launches_per_step(n_tensors: int) -> list[tuple]:
         lists = make_lists([1 + i % 7 for i in range(n_tensors)], device)
         launcher = kernels.AdamLauncher()
         launcher.adam_step(*lists, lr=1e-3, **HYPER, steps_in_kernel=steps_in_kernel)
-        rows.append((f"{n_tensors} tensors, steps {'in-kernel' if steps_in_kernel else 'on host'}",
-                     launcher.launches))
+        rows.append(
+            (
+                f"{n_tensors} tensors, steps {'in-kernel' if steps_in_kernel else 'on host'}",
+                launcher.launches,
+            )
+        )
     return rows
 
 
@@ -125,19 +150,33 @@ def host_time(n_tensors: int, repeats: int) -> list[tuple]:
     kernels._adam_kernel = kernels._count_steps_kernel = _NoLaunch()
     try:
         launcher = kernels.AdamLauncher()
-        plain = median_ms(lambda: launcher.adam_step(*lists, lr=1e-3, **HYPER,
-                                                     steps_in_kernel=False), repeats)
-        in_kernel = median_ms(lambda: launcher.adam_step(*lists, lr=1e-3, **HYPER,
-                                                         steps_in_kernel=True), repeats)
+        plain = median_ms(
+            lambda: launcher.adam_step(*lists, lr=1e-3, **HYPER, steps_in_kernel=False), repeats
+        )
+        in_kernel = median_ms(
+            lambda: launcher.adam_step(*lists, lr=1e-3, **HYPER, steps_in_kernel=True), repeats
+        )
         whole = median_ms(lambda: backend.adam_step(*lists, lr=1e-3, **HYPER), repeats)
     finally:
         kernels._adam_kernel, kernels._count_steps_kernel = real
     params, grads, exp_avgs, exp_avg_sqs, _, steps = make_lists([1] * n_tensors, "cpu")
 
     def torch_fused():
-        torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, lr=1e-3,
-                            beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8,
-                            amsgrad=False, maximize=False)
+        torch._fused_adamw_(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            lr=1e-3,
+            beta1=0.9,
+            beta2=0.999,
+            weight_decay=0.01,
+            eps=1e-8,
+            amsgrad=False,
+            maximize=False,
+        )
 
     fused = median_ms(torch_fused, repeats)
     count = median_ms(lambda: torch._foreach_add_(steps, 1.0), repeats)
@@ -162,9 +201,21 @@ def gpu_time(sizes, repeats: int) -> list[tuple]:
 
     def theirs():
         torch._foreach_add_(lists[5], 1)
-        torch._fused_adamw_(lists[0], lists[1], lists[2], lists[3], [], lists[5], lr=1e-3,
-                            beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8,
-                            amsgrad=False, maximize=False)
+        torch._fused_adamw_(
+            lists[0],
+            lists[1],
+            lists[2],
+            lists[3],
+            [],
+            lists[5],
+            lr=1e-3,
+            beta1=0.9,
+            beta2=0.999,
+            weight_decay=0.01,
+            eps=1e-8,
+            amsgrad=False,
+            maximize=False,
+        )
 
     for name, fn in (("triton", ours), ("torch fused", theirs)):
         for _ in range(5):
@@ -178,12 +229,19 @@ def gpu_time(sizes, repeats: int) -> list[tuple]:
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
         ms = statistics.median(times)
-        rows.append((f"{len(sizes)} x {sizes[0]}", name, f"{ms:.3f}",
-                     f"{numel * BYTES_PER_PARAM_FP32 / ms / 1e6:.0f}"))
+        rows.append(
+            (
+                f"{len(sizes)} x {sizes[0]}",
+                name,
+                f"{ms:.3f}",
+                f"{numel * BYTES_PER_PARAM_FP32 / ms / 1e6:.0f}",
+            )
+        )
     before = launcher.launches
     ours()
-    rows.append((f"{len(sizes)} x {sizes[0]}", "triton launches per step",
-                 launcher.launches - before, ""))
+    rows.append(
+        (f"{len(sizes)} x {sizes[0]}", "triton launches per step", launcher.launches - before, "")
+    )
     return rows
 
 
@@ -203,8 +261,10 @@ def main() -> None:
             rows += gpu_time(sizes, args.repeats)
         print(table(rows, ("tensors", "backend", "ms (median, CUDA events)", "GB/s")))
     else:
-        print(f"host-side time per step, {args.tensors} tensors of 1 element "
-              f"(median of {args.repeats}, ms):")
+        print(
+            f"host-side time per step, {args.tensors} tensors of 1 element "
+            f"(median of {args.repeats}, ms):"
+        )
         print(table(host_time(args.tensors, args.repeats), ("what", "ms")))
 
 

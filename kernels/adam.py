@@ -56,12 +56,36 @@ def _f64(hi, lo):
 
 @triton.jit
 def _adam_kernel(
-    tensor_table, block_table, lr_ptr, lr_hi, lr_lo, step,
-    beta1_hi, beta1_lo, beta2_hi, beta2_lo, wd_hi, wd_lo, lr_max_hi, lr_max_lo,
-    one_minus_beta1, beta2, one_minus_beta2, eps, l2, grad_scale_ptr, found_inf_ptr,
-    PARAM_DTYPE: tl.constexpr, WD_MODE: tl.constexpr, AMSGRAD: tl.constexpr,
-    MAXIMIZE: tl.constexpr, LR_IN_MEMORY: tl.constexpr, STEP_IN_MEMORY: tl.constexpr,
-    HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr,
+    tensor_table,
+    block_table,
+    lr_ptr,
+    lr_hi,
+    lr_lo,
+    step,
+    beta1_hi,
+    beta1_lo,
+    beta2_hi,
+    beta2_lo,
+    wd_hi,
+    wd_lo,
+    lr_max_hi,
+    lr_max_lo,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    eps,
+    l2,
+    grad_scale_ptr,
+    found_inf_ptr,
+    PARAM_DTYPE: tl.constexpr,
+    WD_MODE: tl.constexpr,
+    AMSGRAD: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    LR_IN_MEMORY: tl.constexpr,
+    STEP_IN_MEMORY: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """One block of one tensor per program. Bytes per element, with s the
     param's size (4 fp32, 2 bf16/fp16): reads p, g (2s) and m, v (8), writes p
@@ -86,8 +110,14 @@ def _adam_kernel(
     if STEP_IN_MEMORY:
         step = tl.load(tl.load(row + COL_STEP).to(tl.pointer_type(tl.float32)))
     neg_step_size, bias_correction2_sqrt, param_decay = rules.adam_tensor_scalars(
-        lr, tl.cast(step, tl.float64), _f64(beta1_hi, beta1_lo), _f64(beta2_hi, beta2_lo),
-        _f64(wd_hi, wd_lo), _f64(lr_max_hi, lr_max_lo), WD_MODE)
+        lr,
+        tl.cast(step, tl.float64),
+        _f64(beta1_hi, beta1_lo),
+        _f64(beta2_hi, beta2_lo),
+        _f64(wd_hi, wd_lo),
+        _f64(lr_max_hi, lr_max_lo),
+        WD_MODE,
+    )
     scale = 1.0
     if HAS_GRAD_SCALE:
         scale = tl.load(grad_scale_ptr)
@@ -105,22 +135,73 @@ def _adam_kernel(
             m_ptr = tl.multiple_of(m_ptr, VECTOR_BYTES)
             v_ptr = tl.multiple_of(v_ptr, VECTOR_BYTES)
             vmax_ptr = tl.multiple_of(vmax_ptr, VECTOR_BYTES)
-            _adam_block(p_ptr + offs, g_ptr + offs, m_ptr + offs, v_ptr + offs,
-                        vmax_ptr + offs, None, scale, one_minus_beta1, beta2,
-                        one_minus_beta2, eps, l2, neg_step_size, bias_correction2_sqrt,
-                        param_decay, PARAM_DTYPE, AMSGRAD, MAXIMIZE, HAS_GRAD_SCALE)
+            _adam_block(
+                p_ptr + offs,
+                g_ptr + offs,
+                m_ptr + offs,
+                v_ptr + offs,
+                vmax_ptr + offs,
+                None,
+                scale,
+                one_minus_beta1,
+                beta2,
+                one_minus_beta2,
+                eps,
+                l2,
+                neg_step_size,
+                bias_correction2_sqrt,
+                param_decay,
+                PARAM_DTYPE,
+                AMSGRAD,
+                MAXIMIZE,
+                HAS_GRAD_SCALE,
+            )
         else:
-            _adam_block(p_ptr + offs, g_ptr + offs, m_ptr + offs, v_ptr + offs,
-                        vmax_ptr + offs, offs < numel, scale, one_minus_beta1, beta2,
-                        one_minus_beta2, eps, l2, neg_step_size, bias_correction2_sqrt,
-                        param_decay, PARAM_DTYPE, AMSGRAD, MAXIMIZE, HAS_GRAD_SCALE)
+            _adam_block(
+                p_ptr + offs,
+                g_ptr + offs,
+                m_ptr + offs,
+                v_ptr + offs,
+                vmax_ptr + offs,
+                offs < numel,
+                scale,
+                one_minus_beta1,
+                beta2,
+                one_minus_beta2,
+                eps,
+                l2,
+                neg_step_size,
+                bias_correction2_sqrt,
+                param_decay,
+                PARAM_DTYPE,
+                AMSGRAD,
+                MAXIMIZE,
+                HAS_GRAD_SCALE,
+            )
 
 
 @triton.jit
-def _adam_block(p_ptrs, g_ptrs, m_ptrs, v_ptrs, vmax_ptrs, mask, scale,
-                one_minus_beta1, beta2, one_minus_beta2, eps, l2, neg_step_size,
-                bias_correction2_sqrt, param_decay, PARAM_DTYPE: tl.constexpr,
-                AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr):
+def _adam_block(
+    p_ptrs,
+    g_ptrs,
+    m_ptrs,
+    v_ptrs,
+    vmax_ptrs,
+    mask,
+    scale,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    eps,
+    l2,
+    neg_step_size,
+    bias_correction2_sqrt,
+    param_decay,
+    PARAM_DTYPE: tl.constexpr,
+    AMSGRAD: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+):
     """Loads a block into fp32, applies rules.adam_update, stores it back in the
     storage dtypes; `mask` None means a full block (no mask at all)."""
     p = tl.load(p_ptrs, mask=mask).to(tl.float32)
@@ -133,9 +214,23 @@ def _adam_block(p_ptrs, g_ptrs, m_ptrs, v_ptrs, vmax_ptrs, mask, scale,
     if HAS_GRAD_SCALE:
         g = tl.div_rn(g, scale)
         tl.store(g_ptrs, g.to(PARAM_DTYPE), mask=mask)
-    p, m, v, v_max = rules.adam_update(p, g, m, v, v_max, one_minus_beta1, beta2,
-                                       one_minus_beta2, eps, l2, neg_step_size,
-                                       bias_correction2_sqrt, param_decay, AMSGRAD, MAXIMIZE)
+    p, m, v, v_max = rules.adam_update(
+        p,
+        g,
+        m,
+        v,
+        v_max,
+        one_minus_beta1,
+        beta2,
+        one_minus_beta2,
+        eps,
+        l2,
+        neg_step_size,
+        bias_correction2_sqrt,
+        param_decay,
+        AMSGRAD,
+        MAXIMIZE,
+    )
     tl.store(p_ptrs, p.to(PARAM_DTYPE), mask=mask)
     tl.store(m_ptrs, m, mask=mask)
     tl.store(v_ptrs, v, mask=mask)
@@ -144,8 +239,9 @@ def _adam_block(p_ptrs, g_ptrs, m_ptrs, v_ptrs, vmax_ptrs, mask, scale,
 
 
 @triton.jit
-def _count_steps_kernel(tensor_table, n_tensors, found_inf_ptr,
-                        HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr):
+def _count_steps_kernel(
+    tensor_table, n_tensors, found_inf_ptr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr
+):
     """Adds 1 to every tensor's step count on the device, unless GradScaler
     found an inf: the in-kernel-step path's first launch, so that the Adam
     kernel reads counts no other program is writing. Reads and writes 4 bytes
@@ -175,8 +271,11 @@ COUNT_BLOCK_SIZE = 1024
 # bound so that a changing set of tensors cannot grow memory without end.
 MAX_PLANS = 16
 _FP32 = struct.Struct("f")
-_TORCH_TO_TRITON = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16,
-                    torch.float16: tl.float16}
+_TORCH_TO_TRITON = {
+    torch.float32: tl.float32,
+    torch.bfloat16: tl.bfloat16,
+    torch.float16: tl.float16,
+}
 
 
 def _split(x: float) -> tuple[float, float]:
@@ -192,8 +291,16 @@ def interpreter_on() -> bool:
 class _Plan:
     """The tables of one tensor set: built once, refreshed when grads move."""
 
-    def __init__(self, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-                 steps_in_kernel: bool, block: int):
+    def __init__(
+        self,
+        params,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
+        steps_in_kernel: bool,
+        block: int,
+    ):
         n = len(params)
         device = params[0].device
         vmaxes = max_exp_avg_sqs if max_exp_avg_sqs else exp_avg_sqs
@@ -210,8 +317,9 @@ class _Plan:
         if steps_in_kernel:
             self.host[:, COL_STEP.value] = torch.tensor([s.data_ptr() for s in state_steps])
         else:
-            self.host[:, COL_STEP.value] = (self.step_values.data_ptr()
-                                            + 4 * torch.arange(n, dtype=torch.int64))
+            self.host[:, COL_STEP.value] = self.step_values.data_ptr() + 4 * torch.arange(
+                n, dtype=torch.int64
+            )
         self.device = device
         self.grad_ptrs: list[int] | None = None
         self.tensor_table: Tensor | None = None
@@ -223,7 +331,7 @@ class _Plan:
         if grad_ptrs == self.grad_ptrs:
             return
         self.host[:, COL_GRAD.value] = torch.tensor(grad_ptrs, dtype=torch.int64)
-        addresses = self.host[:, COL_PARAM.value:COL_NUMEL.value]
+        addresses = self.host[:, COL_PARAM.value : COL_NUMEL.value]
         aligned = (addresses % VECTOR_BYTES.value == 0).all(dim=1)
         blocks = (self.numels + self.block - 1) // self.block
         tensor = torch.repeat_interleave(torch.arange(len(blocks)), blocks)
@@ -245,17 +353,33 @@ class AdamLauncher:
         self.launches = 0
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
 
-    def _plan(self, params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-              steps_in_kernel: bool, block: int) -> _Plan:
-        key = (params[0].device, params[0].dtype, steps_in_kernel, block,
-               *(t.data_ptr() for t in params), *(t.numel() for t in params),
-               *(t.data_ptr() for t in exp_avgs), *(t.data_ptr() for t in exp_avg_sqs),
-               *(t.data_ptr() for t in max_exp_avg_sqs),
-               *((s.data_ptr() for s in state_steps) if steps_in_kernel else ()))
+    def _plan(
+        self,
+        params,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
+        steps_in_kernel: bool,
+        block: int,
+    ) -> _Plan:
+        key = (
+            params[0].device,
+            params[0].dtype,
+            steps_in_kernel,
+            block,
+            *(t.data_ptr() for t in params),
+            *(t.numel() for t in params),
+            *(t.data_ptr() for t in exp_avgs),
+            *(t.data_ptr() for t in exp_avg_sqs),
+            *(t.data_ptr() for t in max_exp_avg_sqs),
+            *((s.data_ptr() for s in state_steps) if steps_in_kernel else ()),
+        )
         plan = self._plans.get(key)
         if plan is None:
-            plan = _Plan(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-                         steps_in_kernel, block)
+            plan = _Plan(
+                params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, steps_in_kernel, block
+            )
             self._plans[key] = plan
             if len(self._plans) > MAX_PLANS:
                 self._plans.popitem(last=False)
@@ -297,15 +421,20 @@ class AdamLauncher:
             return
         if block is None:
             block = INTERPRETER_BLOCK_SIZE if interpreter_on() else BLOCK_SIZE
-        plan = self._plan(params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-                          steps_in_kernel, block)
+        plan = self._plan(
+            params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, steps_in_kernel, block
+        )
         step = 0.0
         if steps_in_kernel:
             n = len(params)
             plan.refresh_grads([g.data_ptr() for g in grads])
             _count_steps_kernel[(triton.cdiv(n, COUNT_BLOCK_SIZE),)](
-                plan.tensor_table, n, found_inf, HAS_FOUND_INF=found_inf is not None,
-                BLOCK=COUNT_BLOCK_SIZE)
+                plan.tensor_table,
+                n,
+                found_inf,
+                HAS_FOUND_INF=found_inf is not None,
+                BLOCK=COUNT_BLOCK_SIZE,
+            )
             self.launches += 1
         else:
             if found_inf is not None and found_inf.item() != 0:
@@ -324,13 +453,32 @@ class AdamLauncher:
         lr_hi, lr_lo = (0.0, 0.0) if lr_in_memory else _split(lr)
         hyper = rules.adam_hyper(beta1, beta2, eps, weight_decay, weight_decay_mode)
         _adam_kernel[(plan.block_table.shape[0],)](
-            plan.tensor_table, plan.block_table, lr if lr_in_memory else None, lr_hi, lr_lo,
-            step, *_split(beta1), *_split(beta2), *_split(weight_decay), *_split(lr_max),
-            hyper["one_minus_beta1"], hyper["beta2"], hyper["one_minus_beta2"], hyper["eps"],
-            hyper["l2"], grad_scale, found_inf,
-            PARAM_DTYPE=_TORCH_TO_TRITON[params[0].dtype], WD_MODE=int(weight_decay_mode),
-            AMSGRAD=amsgrad, MAXIMIZE=maximize, LR_IN_MEMORY=lr_in_memory,
-            STEP_IN_MEMORY=steps_in_kernel, HAS_GRAD_SCALE=grad_scale is not None,
-            HAS_FOUND_INF=found_inf is not None, BLOCK=block, num_warps=NUM_WARPS,
+            plan.tensor_table,
+            plan.block_table,
+            lr if lr_in_memory else None,
+            lr_hi,
+            lr_lo,
+            step,
+            *_split(beta1),
+            *_split(beta2),
+            *_split(weight_decay),
+            *_split(lr_max),
+            hyper["one_minus_beta1"],
+            hyper["beta2"],
+            hyper["one_minus_beta2"],
+            hyper["eps"],
+            hyper["l2"],
+            grad_scale,
+            found_inf,
+            PARAM_DTYPE=_TORCH_TO_TRITON[params[0].dtype],
+            WD_MODE=int(weight_decay_mode),
+            AMSGRAD=amsgrad,
+            MAXIMIZE=maximize,
+            LR_IN_MEMORY=lr_in_memory,
+            STEP_IN_MEMORY=steps_in_kernel,
+            HAS_GRAD_SCALE=grad_scale is not None,
+            HAS_FOUND_INF=found_inf is not None,
+            BLOCK=block,
+            num_warps=NUM_WARPS,
         )
         self.launches += 1

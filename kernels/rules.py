@@ -22,8 +22,9 @@ WD_DECOUPLED = tl.constexpr(1)  # p *= 1 - lr * wd (torch.optim.AdamW)
 WD_FULLY_DECOUPLED = tl.constexpr(2)  # p *= 1 - wd * lr / lr_max
 
 
-def adam_hyper(beta1: float, beta2: float, eps: float, weight_decay: float,
-               weight_decay_mode: int) -> dict[str, float]:
+def adam_hyper(
+    beta1: float, beta2: float, eps: float, weight_decay: float, weight_decay_mode: int
+) -> dict[str, float]:
     """The per-launch fp32 constants of the element loop (AdamHyper), on the
     host like the C++ one. Differences such as 1 - beta1 are formed in double
     and rounded to fp32 once, when Triton passes them as fp32 kernel arguments."""
@@ -46,8 +47,7 @@ def _pow(base, exponent):
 
 
 @triton.jit
-def adam_tensor_scalars(lr, step, beta1, beta2, weight_decay, lr_max,
-                        WD_MODE: tl.constexpr):
+def adam_tensor_scalars(lr, step, beta1, beta2, weight_decay, lr_max, WD_MODE: tl.constexpr):
     """The per-tensor constants (AdamTensorScalars) from fp64 lr, step and
     hyperparameters; `step` is the count after this step's increment.
     Returns (neg_step_size, bias_correction2_sqrt, param_decay) in fp32."""
@@ -77,9 +77,23 @@ def max_propagate_nan(a, b):
 
 
 @triton.jit
-def adam_update(p, g, m, v, v_max, one_minus_beta1, beta2, one_minus_beta2, eps, l2,
-                neg_step_size, bias_correction2_sqrt, param_decay,
-                AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr):
+def adam_update(
+    p,
+    g,
+    m,
+    v,
+    v_max,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    eps,
+    l2,
+    neg_step_size,
+    bias_correction2_sqrt,
+    param_decay,
+    AMSGRAD: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+):
     """One block of Adam/AdamW elements, all fp32; returns (p, m, v, v_max).
     `v_max` is read and changed only with AMSGRAD. The traversal applies
     GradScaler's unscale (g / scale) before calling. Division and sqrt are the

@@ -67,15 +67,23 @@ def clone_lists(lists):
 def reference_step(lists, *, lr, grad_scale=None, **hyper):
     params, grads, exp_avgs, exp_avg_sqs, maxes, steps = lists
     for i in range(len(params)):
-        reference.adam_step_(params[i], grads[i], exp_avgs[i], exp_avg_sqs[i],
-                             maxes[i] if hyper["amsgrad"] else None, steps[i], lr=lr,
-                             grad_scale=grad_scale, **{**hyper, "weight_decay_mode":
-                                                       reference.WeightDecayMode(hyper["weight_decay_mode"])})
+        reference.adam_step_(
+            params[i],
+            grads[i],
+            exp_avgs[i],
+            exp_avg_sqs[i],
+            maxes[i] if hyper["amsgrad"] else None,
+            steps[i],
+            lr=lr,
+            grad_scale=grad_scale,
+            **{**hyper, "weight_decay_mode": reference.WeightDecayMode(hyper["weight_decay_mode"])},
+        )
 
 
 def assert_lists_close(actual, expected):
-    for name, xs, ys in zip(["param", "grad", "exp_avg", "exp_avg_sq", "max", "step"],
-                            actual, expected, strict=True):
+    for name, xs, ys in zip(
+        ["param", "grad", "exp_avg", "exp_avg_sq", "max", "step"], actual, expected, strict=True
+    ):
         for x, y in zip(xs, ys, strict=True):
             if name in ("param", "grad"):
                 assert_param_close(x, y)
@@ -84,9 +92,16 @@ def assert_lists_close(actual, expected):
 
 
 def hyper(weight_decay_mode=1, amsgrad=False, maximize=False, weight_decay=0.1, lr_max=1.0):
-    return dict(beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay,
-                weight_decay_mode=weight_decay_mode, lr_max=lr_max, amsgrad=amsgrad,
-                maximize=maximize)
+    return dict(
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        weight_decay=weight_decay,
+        weight_decay_mode=weight_decay_mode,
+        lr_max=lr_max,
+        amsgrad=amsgrad,
+        maximize=maximize,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -98,8 +113,9 @@ def test_matches_reference(dtype, weight_decay_mode, amsgrad, maximize, steps_in
     h = hyper(weight_decay_mode, amsgrad, maximize, lr_max=2e-2)
     lists = make_lists(SIZES, dtype, amsgrad)
     expected = clone_lists(lists)
-    kernels.AdamLauncher().adam_step(*lists, lr=1e-2, **h, steps_in_kernel=steps_in_kernel,
-                                     block=BLOCK)
+    kernels.AdamLauncher().adam_step(
+        *lists, lr=1e-2, **h, steps_in_kernel=steps_in_kernel, block=BLOCK
+    )
     reference_step(expected, lr=1e-2, **h)
     assert_lists_close(lists, expected)
     assert all(s.item() == 4.0 for s in lists[5]), "every step count, empty tensors' too, +1"
@@ -111,8 +127,9 @@ def test_fp32_result_moves_and_tolerance_is_tight():
     lists = make_lists([4097], torch.float32, False)
     before = lists[0][0].clone()
     expected = clone_lists(lists)
-    kernels.AdamLauncher().adam_step(*lists, lr=1.001e-2, **hyper(), steps_in_kernel=False,
-                                     block=BLOCK)
+    kernels.AdamLauncher().adam_step(
+        *lists, lr=1.001e-2, **hyper(), steps_in_kernel=False, block=BLOCK
+    )
     reference_step(expected, lr=1e-2, **hyper())
     assert (lists[0][0] - before).abs().max() > 1e-3
     with pytest.raises(AssertionError):
@@ -135,9 +152,14 @@ def test_unaligned_views_take_the_masked_path(dtype):
     buffers = [torch.randn(n + 1).to(dtype), torch.randn(n + 1).to(dtype)]
     param, grad = buffers[0][1:], buffers[1][1:]
     aligned = torch.randn(n).to(dtype)
-    lists = [[param, aligned], [grad, torch.randn(n).to(dtype)],
-             [torch.zeros(n), torch.zeros(n)], [torch.zeros(n), torch.zeros(n)], [],
-             [torch.tensor(0.0), torch.tensor(0.0)]]
+    lists = [
+        [param, aligned],
+        [grad, torch.randn(n).to(dtype)],
+        [torch.zeros(n), torch.zeros(n)],
+        [torch.zeros(n), torch.zeros(n)],
+        [],
+        [torch.tensor(0.0), torch.tensor(0.0)],
+    ]
     expected = clone_lists(lists)
     launcher = kernels.AdamLauncher()
     launcher.adam_step(*lists, lr=1e-2, **hyper(), steps_in_kernel=False, block=BLOCK)
@@ -194,8 +216,9 @@ def test_steps_that_differ_per_tensor():
         lists = make_lists([7, 1030, 5], torch.float32, True)
         lists[5] = [torch.tensor(0.0), torch.tensor(41.0), torch.tensor(1000.0)]
         expected = clone_lists(lists)
-        kernels.AdamLauncher().adam_step(*lists, lr=1e-2, **hyper(amsgrad=True),
-                                         steps_in_kernel=steps_in_kernel, block=BLOCK)
+        kernels.AdamLauncher().adam_step(
+            *lists, lr=1e-2, **hyper(amsgrad=True), steps_in_kernel=steps_in_kernel, block=BLOCK
+        )
         reference_step(expected, lr=1e-2, **hyper(amsgrad=True))
         assert_lists_close(lists, expected)
 
@@ -207,19 +230,29 @@ def test_grad_scale_and_found_inf(steps_in_kernel, dtype):
     # found_inf nonzero: nothing at all is written, step counts included.
     lists = make_lists(sizes, dtype, True)
     before = clone_lists(lists)
-    kernels.AdamLauncher().adam_step(*lists, lr=1e-2, **hyper(amsgrad=True),
-                                     grad_scale=torch.tensor(1024.0),
-                                     found_inf=torch.tensor(1.0),
-                                     steps_in_kernel=steps_in_kernel, block=BLOCK)
+    kernels.AdamLauncher().adam_step(
+        *lists,
+        lr=1e-2,
+        **hyper(amsgrad=True),
+        grad_scale=torch.tensor(1024.0),
+        found_inf=torch.tensor(1.0),
+        steps_in_kernel=steps_in_kernel,
+        block=BLOCK,
+    )
     for xs, ys in zip(lists, before, strict=True):
         for x, y in zip(xs, ys, strict=True):
             assert torch.equal(x, y)
     # found_inf zero: grads are divided by the scale and stored back unscaled.
     expected = clone_lists(lists)
-    kernels.AdamLauncher().adam_step(*lists, lr=1e-2, **hyper(amsgrad=True),
-                                     grad_scale=torch.tensor(1024.0),
-                                     found_inf=torch.tensor(0.0),
-                                     steps_in_kernel=steps_in_kernel, block=BLOCK)
+    kernels.AdamLauncher().adam_step(
+        *lists,
+        lr=1e-2,
+        **hyper(amsgrad=True),
+        grad_scale=torch.tensor(1024.0),
+        found_inf=torch.tensor(0.0),
+        steps_in_kernel=steps_in_kernel,
+        block=BLOCK,
+    )
     reference_step(expected, lr=1e-2, grad_scale=1024.0, **hyper(amsgrad=True))
     assert_lists_close(lists, expected)
     assert lists[1][1].abs().max() < 0.01, "grads were stored back unscaled"
@@ -230,8 +263,9 @@ def test_lr_as_a_tensor(steps_in_kernel):
     lists = make_lists([3, 1100], torch.float32, False)
     expected = clone_lists(lists)
     lr = torch.tensor(3e-3)
-    kernels.AdamLauncher().adam_step(*lists, lr=lr, **hyper(), steps_in_kernel=steps_in_kernel,
-                                     block=BLOCK)
+    kernels.AdamLauncher().adam_step(
+        *lists, lr=lr, **hyper(), steps_in_kernel=steps_in_kernel, block=BLOCK
+    )
     reference_step(expected, lr=lr.item(), **hyper())
     assert_lists_close(lists, expected)
 
@@ -251,8 +285,15 @@ def test_in_kernel_path_never_syncs(monkeypatch):
     with pytest.raises(AssertionError, match="host read"):
         bool(torch.tensor(1.0))
     # The interpreter itself reads memory through numpy, not these methods.
-    launcher.adam_step(*lists, lr=scalars[0], **hyper(), grad_scale=scalars[1],
-                       found_inf=scalars[2], steps_in_kernel=True, block=BLOCK)
+    launcher.adam_step(
+        *lists,
+        lr=scalars[0],
+        **hyper(),
+        grad_scale=scalars[1],
+        found_inf=scalars[2],
+        steps_in_kernel=True,
+        block=BLOCK,
+    )
     monkeypatch.undo()
     assert [s.item() for s in lists[5]] == [4.0, 4.0]
 
@@ -290,8 +331,9 @@ def _run(optimizer_cls, params, steps=3, **kwargs):
 def test_optimizer_matches_torch(amsgrad, maximize, decoupled):
     """fusedopt.AdamW/Adam(backend="triton") against torch.optim's single-tensor
     path over 3 steps: per-step ulp-level differences may compound, hence 1e-5."""
-    ours_cls, torch_cls = ((fusedopt.AdamW, torch.optim.AdamW) if decoupled
-                           else (fusedopt.Adam, torch.optim.Adam))
+    ours_cls, torch_cls = (
+        (fusedopt.AdamW, torch.optim.AdamW) if decoupled else (fusedopt.Adam, torch.optim.Adam)
+    )
     kwargs = dict(lr=1e-2, weight_decay=0.05, amsgrad=amsgrad, maximize=maximize)
     ours, theirs = _model_params(torch.float32), _model_params(torch.float32)
     opt = _run(ours_cls, ours, backend="triton", **kwargs)
@@ -316,8 +358,10 @@ def test_optimizer_bf16_matches_reference_backend():
 
 
 def test_optimizer_one_launch_per_group_and_dtype():
-    groups = [{"params": _model_params(torch.float32) + _model_params(torch.bfloat16, 1)},
-              {"params": _model_params(torch.float16, 2), "lr": torch.tensor(1e-3)}]
+    groups = [
+        {"params": _model_params(torch.float32) + _model_params(torch.bfloat16, 1)},
+        {"params": _model_params(torch.float16, 2), "lr": torch.tensor(1e-3)},
+    ]
     launcher = backends.get("triton").launcher
     before = launcher.launches
     _run(fusedopt.AdamW, [p for g in groups for p in g["params"]], steps=0)
@@ -335,9 +379,11 @@ def test_backend_availability(monkeypatch):
     assert backend.unavailable_reason() is None
     assert backend.unsupported_reason(cpu) is None
     assert "float64" in backend.unsupported_reason(
-        backends.Bucket(torch.device("cpu"), torch.float64, True))
+        backends.Bucket(torch.device("cpu"), torch.float64, True)
+    )
     assert "dense" in backend.unsupported_reason(
-        backends.Bucket(torch.device("cpu"), torch.float32, False))
+        backends.Bucket(torch.device("cpu"), torch.float32, False)
+    )
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert "TRITON_INTERPRET" in backend.unsupported_reason(cpu)
     if not torch.cuda.is_available():

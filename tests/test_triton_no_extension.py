@@ -59,7 +59,8 @@ SCRIPT = textwrap.dedent(
 
 def test_triton_and_reference_work_without_the_extension():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stepped without fusedopt._C" in result.stdout

@@ -35,12 +35,24 @@ def adam_source(dtype: str, amsgrad: bool, steps_in_memory: bool) -> ASTSource:
     GradScaler (grad_scale and found_inf in memory)."""
     fn = adam._adam_kernel
     signature = {name: "fp32" for name in fn.arg_names}
-    signature.update(tensor_table="*i64", block_table="*i64", lr_ptr="constexpr",
-                     grad_scale_ptr="*fp32", found_inf_ptr="*fp32")
+    signature.update(
+        tensor_table="*i64",
+        block_table="*i64",
+        lr_ptr="constexpr",
+        grad_scale_ptr="*fp32",
+        found_inf_ptr="*fp32",
+    )
     constexprs = {
-        "lr_ptr": None, "PARAM_DTYPE": PARAM_DTYPES[dtype], "WD_MODE": 1, "AMSGRAD": amsgrad,
-        "MAXIMIZE": False, "LR_IN_MEMORY": False, "STEP_IN_MEMORY": steps_in_memory,
-        "HAS_GRAD_SCALE": True, "HAS_FOUND_INF": True, "BLOCK": adam.BLOCK_SIZE,
+        "lr_ptr": None,
+        "PARAM_DTYPE": PARAM_DTYPES[dtype],
+        "WD_MODE": 1,
+        "AMSGRAD": amsgrad,
+        "MAXIMIZE": False,
+        "LR_IN_MEMORY": False,
+        "STEP_IN_MEMORY": steps_in_memory,
+        "HAS_GRAD_SCALE": True,
+        "HAS_FOUND_INF": True,
+        "BLOCK": adam.BLOCK_SIZE,
     }
     for name in constexprs:
         signature[name] = "constexpr"
@@ -49,11 +61,17 @@ def adam_source(dtype: str, amsgrad: bool, steps_in_memory: bool) -> ASTSource:
 
 def count_steps_source() -> ASTSource:
     fn = adam._count_steps_kernel
-    signature = {"tensor_table": "*i64", "n_tensors": "i32", "found_inf_ptr": "*fp32",
-                 "HAS_FOUND_INF": "constexpr", "BLOCK": "constexpr"}
+    signature = {
+        "tensor_table": "*i64",
+        "n_tensors": "i32",
+        "found_inf_ptr": "*fp32",
+        "HAS_FOUND_INF": "constexpr",
+        "BLOCK": "constexpr",
+    }
     constexprs = {"HAS_FOUND_INF": True, "BLOCK": adam.COUNT_BLOCK_SIZE}
-    return ASTSource(fn=fn, signature=signature, constexprs=constexprs,
-                     attrs={(0,): [["tt.divisibility", 16]]})
+    return ASTSource(
+        fn=fn, signature=signature, constexprs=constexprs, attrs={(0,): [["tt.divisibility", 16]]}
+    )
 
 
 def cuobjdump() -> str:
@@ -65,8 +83,9 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
-        text = subprocess.run([cuobjdump(), "-res-usage", file.name], check=True,
-                              capture_output=True, text=True).stdout
+        text = subprocess.run(
+            [cuobjdump(), "-res-usage", file.name], check=True, capture_output=True, text=True
+        ).stdout
     usage = {"registers": int(re.search(r"REG:(\d+)", text).group(1))}
     spills = re.search(r"STACK:(\d+).*?LOCAL:(\d+)", text)
     usage["stack_bytes"], usage["local_bytes"] = int(spills.group(1)), int(spills.group(2))

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import warnings
 
+# Loads libc10 / libtorch (and libc10_cuda) before _C, which links them: _C's
+# RPATH finds them only when torch sits in the same site-packages.
+import torch  # noqa: F401
+
 try:
     from fusedopt import _C  # registers torch.ops.fusedopt.*
 

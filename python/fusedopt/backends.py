@@ -164,12 +164,39 @@ class CudaBackend(_CompiledOpBackend):
                 "fusedopt._C was built without CUDA kernels; rebuild with nvcc and a CUDA "
                 "build of torch: FUSEDOPT_CUDA=1 pip install . --no-build-isolation"
             )
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA device"
         return None
 
     def unsupported_reason(self, bucket):
         if bucket.device.type != "cuda":
             return f"params are on {bucket.device}; the cuda backend steps CUDA tensors"
-        return _kernel_dtype_reason(bucket)
+        reason = _kernel_dtype_reason(bucket)
+        if reason is None:
+            capability = torch.cuda.get_device_capability(bucket.device)
+            reason = self.arch_reason(capability, _extension.cuda_archs())
+        return reason
+
+    @staticmethod
+    def arch_reason(capability: tuple[int, int], archs: str) -> str | None:
+        """None when the build runs on a GPU of this compute capability, else why not.
+
+        `archs` is fusedopt._C.cuda_archs, CMake's list comma-joined: "90-real"
+        is SASS for sm_90, which runs on 9.x GPUs of minor >= 0; "120" also
+        embeds PTX, which the driver compiles for any newer GPU.
+        """
+        major, minor = capability
+        for arch in filter(None, archs.split(",")):
+            number = int(arch.split("-")[0])
+            arch_major, arch_minor = divmod(number, 10)
+            if arch_major == major and arch_minor <= minor:
+                return None
+            if not arch.endswith("-real") and (arch_major, arch_minor) <= (major, minor):
+                return None
+        return (
+            f"fusedopt._C has no kernels for compute capability {major}.{minor} (built for "
+            f"{archs}); rebuild with FUSEDOPT_CUDA_ARCHS including {major}{minor}"
+        )
 
 
 class ReferenceBackend(Backend):

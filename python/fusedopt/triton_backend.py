@@ -47,23 +47,54 @@ class TritonBackend(backends.Backend):
         if importlib.util.find_spec("triton") is None:
             return "triton is not installed (pip install triton)"
         if not torch.cuda.is_available() and not backends.triton_interpreter_on():
-            return ("no CUDA GPU is visible and the Triton interpreter is off "
-                    "(TRITON_INTERPRET=1 runs the kernels on CPU tensors, slowly)")
+            return (
+                "no CUDA GPU is visible and the Triton interpreter is off "
+                "(TRITON_INTERPRET=1 runs the kernels on CPU tensors, slowly)"
+            )
         return None
 
     def unsupported_reason(self, bucket):
         if bucket.device.type == "cpu" and not backends.triton_interpreter_on():
-            return ("params are on cpu; the triton backend steps CUDA tensors (CPU tensors "
-                    "only under TRITON_INTERPRET=1)")
+            return (
+                "params are on cpu; the triton backend steps CUDA tensors (CPU tensors "
+                "only under TRITON_INTERPRET=1)"
+            )
         if bucket.device.type not in ("cuda", "cpu"):
             return f"params are on {bucket.device}; the triton backend steps CUDA tensors"
         return backends._kernel_dtype_reason(bucket)
 
-    def adam_step(self, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
-                  lr, beta1, beta2, eps, weight_decay, weight_decay_mode, lr_max, amsgrad,
-                  maximize, grad_scale=None, found_inf=None):
-        check_adam_lists(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
-                         amsgrad=amsgrad, state_dtype=torch.float32, require_dense=True)
+    def adam_step(
+        self,
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        max_exp_avg_sqs,
+        state_steps,
+        *,
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        weight_decay_mode,
+        lr_max,
+        amsgrad,
+        maximize,
+        grad_scale=None,
+        found_inf=None,
+    ):
+        check_adam_lists(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            max_exp_avg_sqs,
+            state_steps,
+            amsgrad=amsgrad,
+            state_dtype=torch.float32,
+            require_dense=True,
+        )
         if not params:
             return
         device = params[0].device
@@ -89,9 +120,22 @@ class TritonBackend(backends.Backend):
         _device_scalar(grad_scale, "grad_scale", device)
         _device_scalar(found_inf, "found_inf", device)
         self.launcher.adam_step(
-            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr=lr,
-            beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-            weight_decay_mode=int(weight_decay_mode), lr_max=lr_max, amsgrad=amsgrad,
-            maximize=maximize, grad_scale=grad_scale, found_inf=found_inf,
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            max_exp_avg_sqs,
+            state_steps,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            weight_decay=weight_decay,
+            weight_decay_mode=int(weight_decay_mode),
+            lr_max=lr_max,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
             steps_in_kernel=step_devices == {device} and device.type != "cpu",
         )
