@@ -61,9 +61,10 @@ struct AdamHyper {
   float beta2;
   float one_minus_beta2;
   float eps;
-  float l2;       // wd for kL2, else 0
+  float l2;         // wd for kL2, else 0
+  float grad_sign;  // -1 with maximize, else 1: an exact multiply. (A select on a
+                    // bool here kept gcc from vectorizing the bf16/fp16 CPU loops.)
   bool amsgrad;
-  bool maximize;
 };
 
 // The per-tensor constants: they depend on the tensor's own step count (which
@@ -82,8 +83,8 @@ FUSEDOPT_HD AdamHyper adam_hyper(const AdamConfig& c) {
   h.one_minus_beta2 = static_cast<float>(1.0 - c.beta2);
   h.eps = static_cast<float>(c.eps);
   h.l2 = c.wd_mode == WeightDecayMode::kL2 ? static_cast<float>(c.weight_decay) : 0.0f;
+  h.grad_sign = c.maximize ? -1.0f : 1.0f;
   h.amsgrad = c.amsgrad;
-  h.maximize = c.maximize;
   return h;
 }
 
@@ -117,7 +118,7 @@ FUSEDOPT_HD float max_propagate_nan(float a, float b) {
 // The traversal applies GradScaler's unscale (g / scale) before calling.
 FUSEDOPT_HD void adam_update(float& p, float g, float& m, float& v, float& v_max,
                              const AdamHyper& h, const AdamTensorScalars& s) {
-  if (h.maximize) g = -g;
+  g = g * h.grad_sign;
   if (h.l2 != 0.0f) g = g + h.l2 * p;
   p = p * s.param_decay;
   m = lerp_like_torch(m, g, h.one_minus_beta1);
