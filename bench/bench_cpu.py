@@ -28,32 +28,11 @@ from pathlib import Path
 
 import fusedopt
 import torch
+from workloads import bytes_per_element, gpt2_small_shapes
 
-BYTES_PER_PARAM_ADAMW_FP32 = 28
+BYTES_PER_PARAM_ADAMW_FP32 = bytes_per_element(torch.float32)  # 28
 # The roofline array: 2 x 64M fp32 = 512 MiB, far beyond any cache.
 ROOFLINE_ELEMENTS = 64 * 2**20
-
-
-def gpt2_small_shapes() -> list[tuple[int, ...]]:
-    """The 148 parameter tensors of GPT-2 small (124M params, tied embeddings)."""
-    d, vocab, ctx, layers = 768, 50257, 1024, 12
-    shapes: list[tuple[int, ...]] = [(vocab, d), (ctx, d)]
-    for _ in range(layers):
-        shapes += [
-            (d,),
-            (d,),
-            (d, 3 * d),
-            (3 * d,),
-            (d, d),
-            (d,),
-            (d,),
-            (d,),
-            (d, 4 * d),
-            (4 * d,),
-            (4 * d, d),
-            (d,),
-        ]
-    return shapes + [(d,), (d,)]
 
 
 WORKLOADS: dict[str, Callable[[], list[tuple[int, ...]]]] = {

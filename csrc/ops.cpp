@@ -1,7 +1,7 @@
 // The one binding between torch and fusedopt's kernels: op schemas, argument
 // checks, and dispatch to the CPU loops (and the CUDA kernels when built).
 // It is the only translation unit that includes torch headers: they cost
-// ~22 s of compile time per unit (../shared/MACHINE.md).
+// ~22 s of compile time per unit (measured with torch 2.14).
 //
 // Every check runs before anything is written, so an op that throws leaves
 // params, grads, states and step counts exactly as they were.
@@ -45,6 +45,18 @@ constexpr int64_t kCpuMinParallelElements = 1 << 15;
 
 const char* dtype_name(at::ScalarType t) { return c10::toString(t); }
 
+// Same sizes, and the same strides on every dim longer than 1: a size-1 dim's
+// stride never moves an element, and autograd does not keep it equal (a
+// channels_last (64, 32, 1, 1) weight's grad may come contiguous), so two such
+// dense tensors still lay their elements out in the same order.
+bool same_layout(const Tensor& a, const Tensor& b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
+}
+
 // Checks that hold for every backend: list lengths, dtypes, shapes, layouts.
 void check_adam_lists(TensorList params, TensorList grads, TensorList exp_avgs,
                       TensorList exp_avg_sqs, TensorList max_exp_avg_sqs, TensorList state_steps,
@@ -79,23 +91,26 @@ void check_adam_lists(TensorList params, TensorList grads, TensorList exp_avgs,
                 "fusedopt: sparse params or grads are not supported (param ", i, ")");
     // Element i of every buffer must be element i of the others in memory, so a
     // flat loop over the storage is an elementwise op: dense (no gaps, no
-    // overlap) and the same strides. Contiguous and channels_last qualify; a
+    // overlap) and the same layout. Contiguous and channels_last qualify; a
     // strided slice does not.
     TORCH_CHECK(p.is_non_overlapping_and_dense(), "fusedopt: param ", i,
                 " must be dense (contiguous or a permutation of it); got sizes ", p.sizes(),
                 " strides ", p.strides(), ". Step it with a contiguous copy instead.");
-    const Tensor* same_layout[] = {&grads[i], &exp_avgs[i], &exp_avg_sqs[i],
-                                   amsgrad ? &max_exp_avg_sqs[i] : nullptr};
-    const char* names[] = {"grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
-    for (int k = 0; k < 4; ++k) {
-      if (same_layout[k] == nullptr) continue;
-      const Tensor& t = *same_layout[k];
+    // The grad first (it has the param's dtype), then the fp32 states.
+    constexpr int kGradIdx = 0;
+    constexpr int kBuffers = 4;
+    const Tensor* buffers[kBuffers] = {&grads[i], &exp_avgs[i], &exp_avg_sqs[i],
+                                       amsgrad ? &max_exp_avg_sqs[i] : nullptr};
+    const char* names[kBuffers] = {"grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
+    for (int k = 0; k < kBuffers; ++k) {
+      if (buffers[k] == nullptr) continue;
+      const Tensor& t = *buffers[k];
       TORCH_CHECK(t.device() == device, "fusedopt: ", names[k], " ", i, " is on ",
                   t.device().str(), ", its param on ", device.str());
-      TORCH_CHECK(t.sizes() == p.sizes() && t.strides() == p.strides(), "fusedopt: ", names[k],
-                  " ", i, " must have its param's sizes and strides; got sizes ", t.sizes(),
-                  " strides ", t.strides(), ", param sizes ", p.sizes(), " strides ", p.strides());
-      const at::ScalarType want = k == 0 ? dtype : at::kFloat;
+      TORCH_CHECK(same_layout(t, p), "fusedopt: ", names[k], " ", i,
+                  " must have its param's sizes and strides; got sizes ", t.sizes(), " strides ",
+                  t.strides(), ", param sizes ", p.sizes(), " strides ", p.strides());
+      const at::ScalarType want = k == kGradIdx ? dtype : at::kFloat;
       TORCH_CHECK(t.scalar_type() == want, "fusedopt: ", names[k], " ", i, " must be ",
                   dtype_name(want), ", got ", dtype_name(t.scalar_type()));
     }
@@ -112,11 +127,13 @@ void check_hyperparameters(double lr, double beta1, double beta2, double eps, do
   TORCH_CHECK(beta2 >= 0.0 && beta2 < 1.0, "fusedopt: beta2 must be in [0, 1), got ", beta2);
   TORCH_CHECK(eps >= 0.0, "fusedopt: eps must be >= 0, got ", eps);
   TORCH_CHECK(weight_decay >= 0.0, "fusedopt: weight_decay must be >= 0, got ", weight_decay);
-  TORCH_CHECK(weight_decay_mode >= 0 && weight_decay_mode <= 2,
+  TORCH_CHECK(weight_decay_mode >= static_cast<int64_t>(WeightDecayMode::kL2) &&
+                  weight_decay_mode <= static_cast<int64_t>(WeightDecayMode::kFullyDecoupled),
               "fusedopt: weight_decay_mode must be 0 (L2), 1 (decoupled) or 2 (fully "
               "decoupled), got ",
               weight_decay_mode);
-  TORCH_CHECK(weight_decay_mode != 2 || lr_max > 0.0,
+  TORCH_CHECK(weight_decay_mode != static_cast<int64_t>(WeightDecayMode::kFullyDecoupled) ||
+                  lr_max > 0.0,
               "fusedopt: fully decoupled weight decay needs lr_max > 0, got ", lr_max);
 }
 
@@ -168,7 +185,11 @@ void adam_step_cpu(TensorList params, TensorList grads, TensorList exp_avgs,
   double scale = 0.0;
   if (grad_scale.has_value()) {
     scale = cpu_scalar(*grad_scale, "grad_scale");
-    TORCH_CHECK(scale != 0.0, "fusedopt: grad_scale must be nonzero");
+    // The loops take the scale as a float, 0 meaning "no scaler": it must stay
+    // a finite nonzero float.
+    TORCH_CHECK(std::isfinite(scale) && static_cast<float>(scale) != 0.0f &&
+                    std::isfinite(static_cast<float>(scale)),
+                "fusedopt: grad_scale must be a finite, nonzero float32 value, got ", scale);
   }
   // GradScaler found an inf or NaN: skip the step entirely, step counts included.
   if (found_inf.has_value() && cpu_scalar(*found_inf, "found_inf") != 0.0) return;
@@ -202,7 +223,7 @@ void adam_step_cpu(TensorList params, TensorList grads, TensorList exp_avgs,
   }
   // One parallel region for the whole group: its chunks are split over the
   // threads in equal runs (torch's per-tensor regions are what caps its fused
-  // CPU Adam at ~19% of bandwidth on many small tensors).
+  // CPU Adam at ~20-25% of bandwidth on 2000 small tensors: see README, Benchmarks).
   at::parallel_for(0, n_chunks, 1, [&](int64_t begin, int64_t end) {
     cpu::adam_run_chunks(launch, begin, end);
   });

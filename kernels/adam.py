@@ -14,12 +14,11 @@ that is what gives 128-bit `ld.global.v4`. Every other block (a tensor's tail,
 or any block of a tensor that is a view at an odd offset) takes the masked
 path with no hint. The flag is computed on the host per block, so a hint is
 never false: hints are no-ops in the interpreter, and a false one would pass
-every CPU test and break on a GPU (shared/MACHINE.md).
+every CPU test and break on a GPU.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
+from fusedopt.backends import triton_interpreter_on
 from fusedopt.kernels import rules
 from torch import Tensor
 
@@ -89,7 +89,7 @@ def _adam_kernel(
 ):
     """One block of one tensor per program. Bytes per element, with s the
     param's size (4 fp32, 2 bf16/fp16): reads p, g (2s) and m, v (8), writes p
-    (s) and m, v (8): 5s + 16, 36 fp32 and 26 bf16; amsgrad reads and writes
+    (s) and m, v (8): 3s + 16, 28 fp32 and 22 bf16; amsgrad reads and writes
     v_max (+8); grad_scale writes the unscaled grad back (+s)."""
     pid = tl.program_id(0)
     code = tl.load(block_table + pid * BLOCK_COLS + COL_CODE)
@@ -262,10 +262,11 @@ def _count_steps_kernel(
 # 66-80 registers in fp32 and 160-170 in bf16, 16 per thread spilled.
 BLOCK_SIZE = 1024
 NUM_WARPS = 8
-# The interpreter costs ~1-2 ms per program whatever its size (MACHINE.md), so
+# The interpreter costs ~1-2 ms per program whatever its size (measured), so
 # it gets fewer, larger programs.
 INTERPRETER_BLOCK_SIZE = 16384
-# Step counts per program of _count_steps_kernel.
+# Step counts per program of _count_steps_kernel: one 4 B count per element, so
+# one program covers the counts of most models' param groups in one pass.
 COUNT_BLOCK_SIZE = 1024
 # Plans kept per launcher: one per (bucket, tensor set) a model steps; a small
 # bound so that a changing set of tensors cannot grow memory without end.
@@ -282,10 +283,6 @@ def _split(x: float) -> tuple[float, float]:
     """x as fp32 hi + lo (see _f64); exact to about 2^-48 relative."""
     hi = _FP32.unpack(_FP32.pack(x))[0]
     return hi, x - hi
-
-
-def interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 class _Plan:
@@ -420,7 +417,7 @@ class AdamLauncher:
         if not params:
             return
         if block is None:
-            block = INTERPRETER_BLOCK_SIZE if interpreter_on() else BLOCK_SIZE
+            block = INTERPRETER_BLOCK_SIZE if triton_interpreter_on() else BLOCK_SIZE
         plan = self._plan(
             params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, steps_in_kernel, block
         )

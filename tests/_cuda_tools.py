@@ -1,6 +1,6 @@
 """Helpers of the CUDA tests that need no GPU: the built library, and the
-cuobjdump that ships in triton's wheel (the CUDA toolkit here has none,
-../shared/MACHINE.md)."""
+cuobjdump that ships in triton's wheel (the CUDA 13.0 toolkit on this
+project's machines has none)."""
 
 from __future__ import annotations
 

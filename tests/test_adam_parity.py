@@ -96,9 +96,12 @@ def test_low_precision_error_budget(dtype, backend, name, amsgrad):
         assert (diff <= budget).all(), f"over the rounding budget by {(diff - budget).max():.3g}"
         if p.numel() < 1000:
             continue  # a norm over a few roundings is one element's luck
-        # torch's fp16 Adam turns NaN (its fp16 v underflows to 0, and so does
-        # eps=1e-8): NaN compares as an infinite error.
-        torch_err = (q.double() - exact).norm().nan_to_num(float("inf")).item()
+        torch_err = (q.double() - exact).norm().item()
+        if dtype == torch.float16:
+            # torch's fp16 Adam turns NaN (its fp16 v underflows to 0, and so
+            # does eps=1e-8): nothing to compare with, only to record.
+            assert not torch_err < float("inf")
+            continue
         assert diff.norm().item() <= torch_err, f"worse than torch in {dtype}"
 
 

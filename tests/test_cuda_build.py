@@ -108,7 +108,7 @@ def test_cuda_backend_refuses_cpu_params():
         ((12, 1), True),
         ((13, 0), True),  # compute_120 PTX, JIT-compiled
         ((7, 5), False),
-        ((11, 0), False),  # below sm_80; 11.x has neither
+        ((11, 0), False),  # no sm_11x SASS, and the compute_120 PTX needs 12.0+
     ],
 )
 def test_cuda_backend_arch_coverage(capability, runs):

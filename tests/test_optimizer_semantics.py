@@ -162,6 +162,23 @@ def test_failed_step_leaves_params_and_state_unchanged(backend, first_step):
             assert torch.equal(after["state"][i][key], value)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_bad_state_in_a_later_group_leaves_earlier_groups_unchanged(backend):
+    """Each backend checks its own bucket; with several buckets the optimizer
+    checks them all before the first write, so a corrupted state tensor in the
+    second group stops the first group from stepping too."""
+    first, second = make_params([64]), make_params([8])
+    opt = fusedopt.AdamW([{"params": first}, {"params": second}], backend=backend)
+    run_lockstep([opt], [first + second], 1)
+    opt.state[second[0]]["exp_avg_sq"] = opt.state[second[0]]["exp_avg_sq"][:4]
+    before = first[0].detach().clone()
+    set_grads([first + second], 5)
+    with pytest.raises(RuntimeError, match="exp_avg_sq 0 must be"):
+        opt.step()
+    assert torch.equal(first[0], before)
+    assert opt.state[first[0]]["step"].item() == 1
+
+
 def test_kernel_check_failure_leaves_state_unchanged():
     """The C++ op checks everything before writing: a state tensor of the wrong
     dtype (a corrupted checkpoint, say) fails the step with no write at all."""

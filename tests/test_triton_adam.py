@@ -23,7 +23,7 @@ SIZES = [0, 1, 3, 4, 17, 1031, 4097, 2053, 0]  # primes, one block + 7, a zero-s
 #    Python's pow, and the interpreter's numpy ops may round differently from
 #    torch's vectorized CPU kernels: a few ulps at most (fp32 ulp is 6e-8 relative).
 #  - bf16: the interpreter TRUNCATES fp32 -> bf16 where torch (and every GPU)
-#    rounds to nearest even (shared/MACHINE.md), so a stored param may be 1 bf16
+#    rounds to nearest even (seen with triton 3.8), so a stored param may be 1 bf16
 #    ulp below the reference's: compare within 1 ulp.
 #  - fp16: numpy rounds to nearest, but a 1-ulp fp32 difference can still flip
 #    the rounding of a value near a tie: within 1 fp16 ulp.
@@ -161,6 +161,7 @@ def test_unaligned_views_take_the_masked_path(dtype):
         [torch.tensor(0.0), torch.tensor(0.0)],
     ]
     expected = clone_lists(lists)
+    outside = buffers[0][0].clone()  # the element just before the view
     launcher = kernels.AdamLauncher()
     launcher.adam_step(*lists, lr=1e-2, **hyper(), steps_in_kernel=False, block=BLOCK)
     reference_step(expected, lr=1e-2, **hyper())
@@ -170,7 +171,7 @@ def test_unaligned_views_take_the_masked_path(dtype):
     tensor, full = codes >> 1, codes & 1
     assert full[tensor == 0].sum() == 0, "an unaligned view's block is flagged for vector hints"
     assert full[tensor == 1].tolist() == [1, 1, 0], "3000 = 2 full blocks of 1024 + a tail"
-    assert buffers[0][0] == buffers[0][0].clone() and param.data_ptr() % 16 != 0
+    assert torch.equal(buffers[0][0], outside) and param.data_ptr() % 16 != 0
 
 
 def test_many_tiny_tensors_one_launch():
@@ -364,7 +365,6 @@ def test_optimizer_one_launch_per_group_and_dtype():
     ]
     launcher = backends.get("triton").launcher
     before = launcher.launches
-    _run(fusedopt.AdamW, [p for g in groups for p in g["params"]], steps=0)
     opt = fusedopt.AdamW(groups, backend="triton")
     for group in groups:
         for p in group["params"]:

@@ -1,6 +1,7 @@
 """The package without its compiled extension: `import fusedopt` works and the
 Triton and reference backends step, as when a user installs from source with
-no compiler (shared/FIELD.md, pain point 1). Run in a subprocess whose import
+no compiler (a failed extension build is the field's most common complaint,
+apex and DeepSpeed alike). Run in a subprocess whose import
 system refuses fusedopt._C."""
 
 from __future__ import annotations

@@ -29,6 +29,16 @@ def is_dense(t: Tensor) -> bool:
     return True
 
 
+def same_layout(a: Tensor, b: Tensor) -> bool:
+    """Same sizes, and the same strides on every dim longer than 1 (a size-1
+    dim's stride moves no element, and autograd does not keep it equal: a
+    channels_last (64, 32, 1, 1) weight's grad may come contiguous). Mirrors
+    same_layout in csrc/ops.cpp."""
+    return a.shape == b.shape and all(
+        n == 1 or sa == sb for n, sa, sb in zip(a.shape, a.stride(), b.stride())
+    )
+
+
 def check_adam_lists(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
@@ -87,7 +97,8 @@ def _lists_pass(params, lists, state_steps, state_dtype, require_dense) -> bool:
         if [t.shape for t in tensors] != shapes or [t.device for t in tensors] != devices:
             return False
         if require_dense and [t.stride() for t in tensors] != strides:
-            return False
+            if not all(same_layout(t, p) for t, p in zip(tensors, params)):
+                return False
     return all(s.numel() == 1 and s.dtype is torch.float32 for s in state_steps)
 
 
@@ -111,7 +122,7 @@ def _raise_first_failure(params, lists, state_steps, state_dtype, require_dense)
                     f"fusedopt: {name} {i} must be {dtype} of shape {tuple(p.shape)} on "
                     f"{p.device}, got {t.dtype} of shape {tuple(t.shape)} on {t.device}"
                 )
-            if require_dense and t.stride() != p.stride():
+            if require_dense and not same_layout(t, p):
                 raise RuntimeError(
                     f"fusedopt: {name} {i} must have its param's strides {p.stride()}, "
                     f"got {t.stride()}"

@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT
 
 from fusedopt import _extension, backends
-from fusedopt._checks import is_dense
+from fusedopt._checks import check_adam_lists, is_dense, same_layout
 from fusedopt.reference import WeightDecayMode, compute_dtype
 
 logger = logging.getLogger("fusedopt")
@@ -168,7 +168,7 @@ class Adam(Optimizer):
                 )
         # Contiguous pairs (nearly all) settle density without the general test.
         dense = [
-            (p.is_contiguous() and g.is_contiguous()) or (is_dense(p) and g.stride() == p.stride())
+            (p.is_contiguous() and g.is_contiguous()) or (is_dense(p) and same_layout(g, p))
             for p, g in zip(params, grads)
         ]
         keys = list(zip([p.device for p in params], dtypes, dense))
@@ -221,6 +221,48 @@ class Adam(Optimizer):
                 "".join(f"; passed over {n}: {r}" for n, r in choice.passed_over),
             )
 
+    def _gather(
+        self,
+        index: int,
+        bucket: backends.Bucket,
+        params: list[Tensor],
+        choice: backends.Choice,
+        created: list[Tensor],
+    ) -> tuple:
+        """(backend, tensor lists, hyperparameters) of one bucket's step; states
+        made here are recorded in `created`."""
+        group = self.param_groups[index]
+        self._log_choice(index, bucket, choice)
+        amsgrad = group["amsgrad"]
+        states = []
+        for p in params:
+            state = self.state.get(p)
+            if not state:
+                state = self.state[p] = self._new_state(group, p)
+                created.append(p)
+            states.append(state)
+        lists = (
+            params,
+            [p.grad for p in params],
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
+            [s["step"] for s in states],
+        )
+        beta1, beta2 = group["betas"]
+        kwargs = dict(
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            weight_decay_mode=self._weight_decay_mode(group),
+            lr_max=1.0,
+            amsgrad=amsgrad,
+            maximize=group["maximize"],
+        )
+        return choice.backend, lists, kwargs
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Performs a single optimization step.
@@ -236,50 +278,30 @@ class Adam(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
 
-        # Check and choose for every group first, so that a refused step writes nothing.
-        work = self._resolve_all()
-        for index, bucket, params, choice in work:
-            group = self.param_groups[index]
-            self._log_choice(index, bucket, choice)
-            amsgrad = group["amsgrad"]
-            created = []  # params whose state this step created: dropped again if it fails
-            states = []
-            for p in params:
-                state = self.state.get(p)
-                if not state:
-                    state = self.state[p] = self._new_state(group, p)
-                    created.append(p)
-                states.append(state)
-            grads = [p.grad for p in params]
-            exp_avgs = [s["exp_avg"] for s in states]
-            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-            max_exp_avg_sqs = [s["max_exp_avg_sq"] for s in states] if amsgrad else []
-            steps = [s["step"] for s in states]
-            beta1, beta2 = group["betas"]
-            try:
-                choice.backend.adam_step(
-                    params,
-                    grads,
-                    exp_avgs,
-                    exp_avg_sqs,
-                    max_exp_avg_sqs,
-                    steps,
-                    lr=group["lr"],
-                    beta1=beta1,
-                    beta2=beta2,
-                    eps=group["eps"],
-                    weight_decay=group["weight_decay"],
-                    weight_decay_mode=self._weight_decay_mode(group),
-                    lr_max=1.0,
-                    amsgrad=amsgrad,
-                    maximize=group["maximize"],
-                    grad_scale=grad_scale,
-                    found_inf=found_inf,
-                )
-            except Exception:
-                for p in created:
-                    del self.state[p]
-                raise
+        # Choose for every bucket and gather every list before anything is
+        # written; with several buckets, check them all too, since each
+        # backend's own checks would only cover its bucket: a refused step
+        # writes nothing, in any group.
+        created = []  # params whose state this step created: dropped again if it fails
+        calls = [
+            self._gather(index, bucket, params, choice, created)
+            for index, bucket, params, choice in self._resolve_all()
+        ]
+        try:
+            if len(calls) > 1:
+                for backend, lists, kwargs in calls:
+                    check_adam_lists(
+                        *lists,
+                        amsgrad=kwargs["amsgrad"],
+                        state_dtype=backend.state_dtype,
+                        require_dense=backend.requires_dense,
+                    )
+            for backend, lists, kwargs in calls:
+                backend.adam_step(*lists, **kwargs, grad_scale=grad_scale, found_inf=found_inf)
+        except Exception:
+            for p in created:
+                del self.state[p]
+            raise
         return loss
 
 

@@ -41,6 +41,10 @@ class Backend:
     # True when the backend reads lr and step on the device and never syncs the
     # host, so that step() can be captured in a CUDA graph.
     supports_capturable: bool = False
+    # What its kernels need of the tensors (fusedopt._checks.check_adam_lists):
+    # fp32 states, and dense params with grads and states of the same layout.
+    state_dtype: torch.dtype | None = torch.float32
+    requires_dense: bool = True
 
     def unavailable_reason(self) -> str | None:
         """None when the backend can run on this machine, else why not."""
@@ -92,8 +96,6 @@ class _CompiledOpBackend(Backend):
     """The C++ op torch.ops.fusedopt.adam_step_, which torch's dispatcher sends
     to the CPU loops or the CUDA kernels by the tensors' device."""
 
-    device_type = ""
-
     def adam_step(
         self,
         params,
@@ -140,7 +142,6 @@ class _CompiledOpBackend(Backend):
 
 class CpuBackend(_CompiledOpBackend):
     name = "cpu"
-    device_type = "cpu"
 
     def unavailable_reason(self):
         return None if _extension.loaded() else _extension.LOAD_ERROR
@@ -153,7 +154,6 @@ class CpuBackend(_CompiledOpBackend):
 
 class CudaBackend(_CompiledOpBackend):
     name = "cuda"
-    device_type = "cuda"
     supports_capturable = True
 
     def unavailable_reason(self):
@@ -204,6 +204,8 @@ class ReferenceBackend(Backend):
 
     name = "reference"
     supports_capturable = False
+    state_dtype = None  # the param's compute dtype: fp64 states for fp64 params
+    requires_dense = False
 
     def unavailable_reason(self):
         return None
@@ -244,8 +246,8 @@ class ReferenceBackend(Backend):
             max_exp_avg_sqs,
             state_steps,
             amsgrad=amsgrad,
-            state_dtype=None,
-            require_dense=False,
+            state_dtype=self.state_dtype,
+            require_dense=self.requires_dense,
         )
         if found_inf is not None and found_inf.item() != 0:
             return

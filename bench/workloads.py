@@ -1,0 +1,46 @@
+"""What the benchmarks share: the workloads' tensor shapes and the bytes model.
+
+Bytes model (Note [bytes per element]; bench/README.md has the table): an Adam
+step reads p, g, m, v and writes p, m, v once per element. fusedopt keeps m
+and v in fp32 whatever the param dtype; torch keeps them in the param's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP32_STATE_BYTES = 4
+
+
+def gpt2_small_shapes() -> list[tuple[int, ...]]:
+    """The 148 parameter tensors of GPT-2 small (124.4M params, tied embeddings)."""
+    d, vocab, ctx, layers = 768, 50257, 1024, 12
+    shapes: list[tuple[int, ...]] = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [
+            (d,),
+            (d,),
+            (d, 3 * d),
+            (3 * d,),
+            (d, d),
+            (d,),
+            (d,),
+            (d,),
+            (d, 4 * d),
+            (4 * d,),
+            (4 * d, d),
+            (d,),
+        ]
+    return shapes + [(d,), (d,)]
+
+
+def bytes_per_element(
+    dtype: torch.dtype, amsgrad: bool = False, state_bytes: int = FP32_STATE_BYTES
+) -> int:
+    """Bytes one Adam step moves per element, without a GradScaler: 28 for
+    fp32, 22 for bf16/fp16 params with fp32 states (fusedopt), 14 for bf16/fp16
+    params with bf16/fp16 states (torch); amsgrad reads and writes v_max too."""
+    param = torch.finfo(dtype).bits // 8
+    reads = 2 * param + 2 * state_bytes  # p, g, m, v
+    writes = param + 2 * state_bytes  # p, m, v
+    return reads + writes + 2 * state_bytes * amsgrad  # v_max read and written
