@@ -151,14 +151,14 @@ AdamConfig make_config(double beta1, double beta2, double eps, double weight_dec
   return c;
 }
 
-cpu::ParamDtype cpu_dtype(at::ScalarType t) {
+ParamDtype param_dtype(at::ScalarType t) {
   switch (t) {
     case at::kBFloat16:
-      return cpu::ParamDtype::kBFloat16;
+      return ParamDtype::kBFloat16;
     case at::kHalf:
-      return cpu::ParamDtype::kFloat16;
+      return ParamDtype::kFloat16;
     default:
-      return cpu::ParamDtype::kFloat32;
+      return ParamDtype::kFloat32;
   }
 }
 
@@ -215,7 +215,7 @@ void adam_step_cpu(TensorList params, TensorList grads, TensorList exp_avgs,
   const std::vector<Chunk> chunks =
       plan_chunks(numels.data(), static_cast<int32_t>(numels.size()), kCpuChunkSize);
   const cpu::AdamLaunch launch{tensors.data(), chunks.data(), adam_hyper(config),
-                               cpu_dtype(params[0].scalar_type()), static_cast<float>(scale)};
+                               param_dtype(params[0].scalar_type()), static_cast<float>(scale)};
   const int64_t n_chunks = static_cast<int64_t>(chunks.size());
   if (total < kCpuMinParallelElements) {
     cpu::adam_run_chunks(launch, 0, n_chunks);
@@ -444,16 +444,6 @@ std::vector<int64_t> cuda_emulate_adam_step(
 }
 
 #ifdef FUSEDOPT_WITH_CUDA
-cuda::ParamDtype cuda_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kBFloat16:
-      return cuda::ParamDtype::kBFloat16;
-    case at::kHalf:
-      return cuda::ParamDtype::kFloat16;
-    default:
-      return cuda::ParamDtype::kFloat32;
-  }
-}
 
 // grad_scale, found_inf and a device lr: read by the kernels, so they must
 // live on the params' device (GradScaler keeps them there).
@@ -506,7 +496,7 @@ void adam_step_cuda_impl(TensorList params, TensorList grads, TensorList exp_avg
       make_config(beta1, beta2, eps, weight_decay, weight_decay_mode, lr_max, amsgrad, maximize));
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
-  const cuda::ParamDtype dtype = cuda_dtype(params[0].scalar_type());
+  const ParamDtype dtype = param_dtype(params[0].scalar_type());
   for (const cuda::AdamLaunch& launch : work.launches) {
     C10_CUDA_CHECK(cuda::launch_adam(launch.args, launch.n_blocks, dtype, stream));
   }

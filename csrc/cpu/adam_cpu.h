@@ -7,11 +7,10 @@
 
 #include "fusedopt/adam_rule.h"
 #include "fusedopt/chunk_plan.h"
+#include "fusedopt/storage_types.h"
 
 namespace fusedopt::cpu {
 
-// Param and grad storage dtype; states are always fp32 for now.
-enum class ParamDtype : int32_t { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
 // One parameter's buffers: all dense, with identical strides, so element i of
 // one is element i of the others.

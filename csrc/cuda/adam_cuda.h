@@ -6,10 +6,9 @@
 #include <cuda_runtime_api.h>
 
 #include "fusedopt/adam_cuda_args.h"
+#include "fusedopt/storage_types.h"
 
 namespace fusedopt::cuda {
-
-enum class ParamDtype : int32_t { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
 // One launch of n_blocks (<= kMaxBlocks) blocks of kBlockSize threads.
 cudaError_t launch_adam(const AdamLaunchArgs& args, int32_t n_blocks, ParamDtype dtype,

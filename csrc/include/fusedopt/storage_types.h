@@ -16,6 +16,10 @@
 
 namespace fusedopt {
 
+// The storage dtype of params and grads (states are fp32): how the binding
+// tells the CPU loops and the CUDA launcher which instantiation to run.
+enum class ParamDtype : int32_t { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
 // bf16 and fp16 as their bit patterns: the same layout as at::BFloat16 and
 // at::Half, with no torch or CUDA type in the kernels' interface.
 struct Bf16 {
