@@ -422,6 +422,7 @@ class AdamLauncher:
             params, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, steps_in_kernel, block
         )
         step = 0.0
+        host_counts = not steps_in_kernel  # CPU step counts, stored after the launch
         if steps_in_kernel:
             n = len(params)
             plan.refresh_grads([g.data_ptr() for g in grads])
@@ -437,13 +438,17 @@ class AdamLauncher:
             if found_inf is not None and found_inf.item() != 0:
                 return
             found_inf = None
-            torch._foreach_add_(state_steps, 1.0)
             plan.refresh_grads([g.data_ptr() for g in grads])
-            counts = torch.stack(state_steps)
+            # This step's counts; the CPU tensors get them only after the launch,
+            # so a launch that fails leaves them as they were.
+            counts = torch.stack(state_steps) + 1
             step = counts[0].item()
             steps_in_kernel = not bool((counts == step).all())
             if steps_in_kernel:
                 plan.step_values.copy_(counts, non_blocking=True)
+            if plan.block_table.shape[0] == 0:
+                torch._foreach_add_(state_steps, 1.0)
+                return
         if plan.block_table.shape[0] == 0:
             return
         lr_in_memory = isinstance(lr, Tensor)
@@ -479,3 +484,5 @@ class AdamLauncher:
             num_warps=NUM_WARPS,
         )
         self.launches += 1
+        if host_counts:
+            torch._foreach_add_(state_steps, 1.0)
