@@ -7,6 +7,7 @@ Environment switches (read by CMakeLists.txt): FUSEDOPT_CUDA, FUSEDOPT_CUDA_ARCH
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ class CMakeBuild(build_ext):
         out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build_dir = Path(self.build_temp).resolve() / "cmake"
         jobs = str(os.cpu_count() or 1)
+        # Ninja when it is there (faster rebuilds); CMake's default generator else.
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
         subprocess.run(
             [
                 "cmake",
@@ -32,8 +35,7 @@ class CMakeBuild(build_ext):
                 str(Path(__file__).parent.resolve()),
                 "-B",
                 str(build_dir),
-                "-G",
-                "Ninja",
+                *generator,
                 f"-DPython_EXECUTABLE={sys.executable}",
                 f"-DFUSEDOPT_OUTPUT_DIR={out_dir}",
             ],
