@@ -134,7 +134,10 @@ class Adam(Optimizer):
         super().load_state_dict(state_dict)
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, param in zip(saved_ids, params):
-            if param not in self.state or saved_id not in saved_states:
+            # Only where torch's cast lost precision; fp32 params keep exactly
+            # what torch's own load made.
+            low_precision = compute_dtype(param.dtype) != param.dtype
+            if not low_precision or param not in self.state or saved_id not in saved_states:
                 continue
             state = self.state[param]
             for key in _STATE_KEYS:
