@@ -34,9 +34,10 @@ import fusedopt  # noqa: E402
 import triton  # noqa: E402
 from fusedopt import backends, reference  # noqa: E402
 from fusedopt.kernels import adam as kernels  # noqa: E402
+from workloads import bytes_per_element  # noqa: E402
 
 # Bytes per fp32 param of one AdamW step: read p, g, m, v; write p, m, v.
-BYTES_PER_PARAM_FP32 = 28
+BYTES_PER_PARAM_FP32 = bytes_per_element(torch.float32)  # 28
 HYPER = dict(
     beta1=0.9,
     beta2=0.999,
