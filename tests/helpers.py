@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from fusedopt.reference import WeightDecayMode
 
 # Sizes that exercise the chunk and vector edges: empty, one element, less than
 # one SIMD vector, one past a power of two, primes, and a size spanning
@@ -49,3 +50,20 @@ def run_lockstep(
             before_step(k)
         for opt in optimizers:
             opt.step()
+
+
+def adam_hyper(**overrides) -> dict:
+    """The Adam ops' keyword arguments after `lr`, for tests that call an op or
+    a backend directly: AdamW's defaults unless overridden."""
+    kwargs = dict(
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        weight_decay=0.01,
+        weight_decay_mode=WeightDecayMode.DECOUPLED,
+        lr_max=1.0,
+        amsgrad=False,
+        maximize=False,
+    )
+    kwargs.update(overrides)
+    return kwargs

@@ -8,7 +8,7 @@ import textwrap
 import fusedopt
 import pytest
 import torch
-from helpers import EDGE_SIZES, clone_params, make_params, run_lockstep
+from helpers import EDGE_SIZES, adam_hyper, clone_params, make_params, run_lockstep
 from tolerances import assert_normwise_close
 
 STEPS = 3
@@ -143,17 +143,7 @@ def test_op_schema_and_fake_impl_pass_opcheck():
     exp_avg_sqs = [torch.zeros_like(p) for p in params]
     steps = [torch.zeros(()) for _ in params]
     args = ([p.detach() for p in params], grads, exp_avgs, exp_avg_sqs, [], steps)
-    kwargs = dict(
-        lr=1e-3,
-        beta1=0.9,
-        beta2=0.999,
-        eps=1e-8,
-        weight_decay=0.01,
-        weight_decay_mode=1,
-        lr_max=1.0,
-        amsgrad=False,
-        maximize=False,
-    )
+    kwargs = dict(lr=1e-3, **adam_hyper())
     torch.library.opcheck(
         torch.ops.fusedopt.adam_step_.default,
         args,

@@ -12,6 +12,7 @@ import torch
 from _cuda_tools import REPO, cuda_build_expected
 from fusedopt import backends
 from fusedopt._C import cuda_archs, cuda_built
+from helpers import adam_hyper
 
 DEFAULT_ARCHS = "80-real,90-real,100-real,120"  # CMakeLists.txt FUSEDOPT_DEFAULT_CUDA_ARCHS
 
@@ -48,16 +49,7 @@ def _lists(n=4):
     )
 
 
-HYPER = dict(
-    beta1=0.9,
-    beta2=0.999,
-    eps=1e-8,
-    weight_decay=0.0,
-    weight_decay_mode=1,
-    lr_max=1.0,
-    amsgrad=False,
-    maximize=False,
-)
+HYPER = adam_hyper(weight_decay=0.0)
 
 
 @needs_cuda_build

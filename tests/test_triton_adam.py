@@ -13,6 +13,7 @@ import pytest
 import torch
 from fusedopt import backends, reference
 from fusedopt.kernels import adam as kernels
+from helpers import adam_hyper
 
 # A small block so that small tensors still span several programs, with tails.
 BLOCK = 1024
@@ -92,10 +93,7 @@ def assert_lists_close(actual, expected):
 
 
 def hyper(weight_decay_mode=1, amsgrad=False, maximize=False, weight_decay=0.1, lr_max=1.0):
-    return dict(
-        beta1=0.9,
-        beta2=0.999,
-        eps=1e-8,
+    return adam_hyper(
         weight_decay=weight_decay,
         weight_decay_mode=weight_decay_mode,
         lr_max=lr_max,
