@@ -8,12 +8,16 @@ size is chosen per test (BLOCK below) to still make several blocks and tails.
 
 from __future__ import annotations
 
-import fusedopt
 import pytest
-import torch
-from fusedopt import backends, reference
-from fusedopt.kernels import adam as kernels
-from helpers import adam_hyper
+
+# Triton is what these tests test: without it (a CPU-only torch) there is nothing to run.
+pytest.importorskip("triton")
+
+import fusedopt  # noqa: E402
+import torch  # noqa: E402
+from fusedopt import backends, reference  # noqa: E402
+from fusedopt.kernels import adam as kernels  # noqa: E402
+from helpers import adam_hyper  # noqa: E402
 
 # A small block so that small tensors still span several programs, with tails.
 BLOCK = 1024
