@@ -1,6 +1,7 @@
 """Argument checks of the Python backends (reference, Triton), mirroring the
-C++ binding's (csrc/ops.cpp): they run before anything is written, so a refused
-step changes nothing."""
+C++ binding's (csrc/binding/checks.cpp): they run before anything is written,
+so a refused step changes nothing. Driven by the rule's state names, so every
+rule gets the same checks and messages."""
 
 from __future__ import annotations
 
@@ -33,50 +34,45 @@ def same_layout(a: Tensor, b: Tensor) -> bool:
     """Same sizes, and the same strides on every dim longer than 1 (a size-1
     dim's stride moves no element, and autograd does not keep it equal: a
     channels_last (64, 32, 1, 1) weight's grad may come contiguous). Mirrors
-    same_layout in csrc/ops.cpp."""
+    same_layout in csrc/binding/checks.cpp."""
     return a.shape == b.shape and all(
         n == 1 or sa == sb for n, sa, sb in zip(a.shape, a.stride(), b.stride())
     )
 
 
-def check_adam_lists(
+def check_lists(
     params: Sequence[Tensor],
     grads: Sequence[Tensor],
-    exp_avgs: Sequence[Tensor],
-    exp_avg_sqs: Sequence[Tensor],
-    max_exp_avg_sqs: Sequence[Tensor],
+    states: Sequence[Tensor],
     state_steps: Sequence[Tensor],
     *,
-    amsgrad: bool,
+    state_names: Sequence[str],
+    has_step: bool,
     state_dtype: torch.dtype | None,
     require_dense: bool,
 ) -> None:
-    """`state_dtype` None means "the param's compute dtype" (the reference);
+    """`states` is state-major (Note [state-major lists] in fusedopt/registry.py)
+    with one run of len(params) tensors per name in `state_names`.
+    `state_dtype` None means "the param's compute dtype" (the reference);
     `require_dense` asks for the flat-loop layout of the kernels.
 
     Whole-list comparisons first (for 2000 params, ~3x faster than one loop
     that checks each tensor); only when one fails does the loop below find the
     culprit and say what is wrong with it."""
     n = len(params)
-    lengths = [len(grads), len(exp_avgs), len(exp_avg_sqs), len(state_steps)]
-    if any(length != n for length in lengths):
+    want = [n, n * len(state_names), n if has_step else 0]
+    got = [len(grads), len(states), len(state_steps)]
+    if got != want:
         raise RuntimeError(
-            "fusedopt: params, grads, exp_avgs, exp_avg_sqs and state_steps must have the same "
-            f"length, got {[n, *lengths]}"
+            f"fusedopt: for {n} params, want {want[0]} grads, {want[1]} states "
+            f"({', '.join(state_names) or 'none'}, state-major) and {want[2]} state_steps; "
+            f"got {got[0]}, {got[1]} and {got[2]}"
         )
-    if len(max_exp_avg_sqs) != (n if amsgrad else 0):
-        raise RuntimeError(
-            "fusedopt: max_exp_avg_sqs must hold one tensor per param with amsgrad and none "
-            f"without, got {len(max_exp_avg_sqs)} for {n} params"
-        )
-    lists = _named_lists(grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, amsgrad)
+    lists = [("grad", grads)] + [
+        (name, states[k * n : (k + 1) * n]) for k, name in enumerate(state_names)
+    ]
     if not _lists_pass(params, lists, state_steps, state_dtype, require_dense):
         _raise_first_failure(params, lists, state_steps, state_dtype, require_dense)
-
-
-def _named_lists(grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, amsgrad):
-    lists = [("grad", grads), ("exp_avg", exp_avgs), ("exp_avg_sq", exp_avg_sqs)]
-    return lists + ([("max_exp_avg_sq", max_exp_avg_sqs)] if amsgrad else [])
 
 
 def _lists_pass(params, lists, state_steps, state_dtype, require_dense) -> bool:
@@ -127,7 +123,7 @@ def _raise_first_failure(params, lists, state_steps, state_dtype, require_dense)
                     f"fusedopt: {name} {i} must have its param's strides {p.stride()}, "
                     f"got {t.stride()}"
                 )
-        step = state_steps[i]
+    for i, step in enumerate(state_steps):
         if step.numel() != 1 or step.dtype != torch.float32:
             raise RuntimeError(
                 f"fusedopt: state_steps[{i}] must be a one-element float32 tensor, got "

@@ -13,14 +13,16 @@ optimizers ask `resolve()` which backend serves a bucket:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from fusedopt import _extension, reference
-from fusedopt._checks import KERNEL_PARAM_DTYPES, check_adam_lists
+from fusedopt import _extension
+from fusedopt._checks import KERNEL_PARAM_DTYPES, check_lists
+from fusedopt.registry import Rule
 
 BACKEND_NAMES = ("auto", "cuda", "triton", "cpu", "reference")
 AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
@@ -41,7 +43,7 @@ class Backend:
     # True when the backend reads lr and step on the device and never syncs the
     # host, so that step() can be captured in a CUDA graph.
     supports_capturable: bool = False
-    # What its kernels need of the tensors (fusedopt._checks.check_adam_lists):
+    # What its kernels need of the tensors (fusedopt._checks.check_lists):
     # fp32 states, and dense params with grads and states of the same layout.
     state_dtype: torch.dtype | None = torch.float32
     requires_dense: bool = True
@@ -54,30 +56,25 @@ class Backend:
         """None when the backend can step this bucket, else why not."""
         raise NotImplementedError
 
-    def adam_step(
+    def step(
         self,
+        rule: Rule,
         params: Sequence[Tensor],
         grads: Sequence[Tensor],
-        exp_avgs: Sequence[Tensor],
-        exp_avg_sqs: Sequence[Tensor],
-        max_exp_avg_sqs: Sequence[Tensor],
+        states: Sequence[Tensor],
         state_steps: Sequence[Tensor],
         *,
         lr: float | Tensor,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        weight_decay: float,
-        weight_decay_mode: int,
-        lr_max: float,
-        amsgrad: bool,
-        maximize: bool,
+        hyper: Mapping[str, Any],
         grad_scale: Tensor | None = None,
         found_inf: Tensor | None = None,
     ) -> None:
-        """Steps every tensor once and increments its step count, after checking
-        all arguments: a refused call writes nothing. With `found_inf` nonzero
-        it writes nothing at all (GradScaler skips the step)."""
+        """Steps every tensor once with `rule` and advances its step count
+        (Note [step-count protocol] in fusedopt/registry.py), after checking all
+        arguments: a refused call writes nothing. `states` is state-major and
+        holds rule.used_states(hyper); `hyper` has exactly rule.hyper's keys.
+        With `found_inf` nonzero it writes nothing at all (GradScaler skips the
+        step)."""
         raise NotImplementedError
 
 
@@ -93,51 +90,14 @@ def _kernel_dtype_reason(bucket: Bucket) -> str | None:
 
 
 class _CompiledOpBackend(Backend):
-    """The C++ op torch.ops.fusedopt.adam_step_, which torch's dispatcher sends
-    to the CPU loops or the CUDA kernels by the tensors' device."""
+    """The C++ op family torch.ops.fusedopt.<rule>_step_, which torch's
+    dispatcher sends to the CPU loops or the CUDA kernels by the tensors' device."""
 
-    def adam_step(
-        self,
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        state_steps,
-        *,
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        weight_decay_mode,
-        lr_max,
-        amsgrad,
-        maximize,
-        grad_scale=None,
-        found_inf=None,
-    ):
-        op = torch.ops.fusedopt.adam_step_
-        op = op.tensor_lr if isinstance(lr, Tensor) else op.default
-        op(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            max_exp_avg_sqs,
-            state_steps,
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            weight_decay=weight_decay,
-            weight_decay_mode=int(weight_decay_mode),
-            lr_max=lr_max,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            grad_scale=grad_scale,
-            found_inf=found_inf,
-        )
+    def step(self, rule, params, grads, states, state_steps, *, lr, hyper, grad_scale=None,
+             found_inf=None):
+        op = rule.op.tensor_lr if isinstance(lr, Tensor) else rule.op.default
+        op(params, grads, states, state_steps, lr=lr, **hyper, grad_scale=grad_scale,
+           found_inf=found_inf)
 
 
 class CpuBackend(_CompiledOpBackend):
@@ -217,35 +177,16 @@ class ReferenceBackend(Backend):
             return f"params are {bucket.dtype}; optimizers step floating-point params"
         return None
 
-    def adam_step(
-        self,
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        state_steps,
-        *,
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        weight_decay_mode,
-        lr_max,
-        amsgrad,
-        maximize,
-        grad_scale=None,
-        found_inf=None,
-    ):
-        check_adam_lists(
+    def step(self, rule, params, grads, states, state_steps, *, lr, hyper, grad_scale=None,
+             found_inf=None):
+        names = rule.used_states(hyper)
+        check_lists(
             params,
             grads,
-            exp_avgs,
-            exp_avg_sqs,
-            max_exp_avg_sqs,
+            states,
             state_steps,
-            amsgrad=amsgrad,
+            state_names=names,
+            has_step=rule.has_step,
             state_dtype=self.state_dtype,
             require_dense=self.requires_dense,
         )
@@ -253,25 +194,12 @@ class ReferenceBackend(Backend):
             return
         scale = None if grad_scale is None else grad_scale.item()
         lr = lr.item() if isinstance(lr, Tensor) else lr
+        n = len(params)
         for i, param in enumerate(params):
-            reference.adam_step_(
-                param,
-                grads[i],
-                exp_avgs[i],
-                exp_avg_sqs[i],
-                max_exp_avg_sqs[i] if amsgrad else None,
-                state_steps[i],
-                lr=lr,
-                beta1=beta1,
-                beta2=beta2,
-                eps=eps,
-                weight_decay=weight_decay,
-                weight_decay_mode=reference.WeightDecayMode(weight_decay_mode),
-                lr_max=lr_max,
-                amsgrad=amsgrad,
-                maximize=maximize,
-                grad_scale=scale,
-            )
+            state = {name: states[k * n + i] for k, name in enumerate(names)}
+            if rule.has_step:
+                state["step"] = state_steps[i]
+            rule.reference(param, grads[i], state, lr=lr, grad_scale=scale, **hyper)
 
 
 def _triton_backend() -> Backend:

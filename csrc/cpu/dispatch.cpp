@@ -1,16 +1,11 @@
-// Run-time choice of the CPU element loop's instruction set.
+// Run-time choice of the CPU element loops' instruction set.
 #include <cstdlib>
 #include <cstring>
 
-#include "adam_cpu.h"
+#include "fusedopt/rules/registry.h"
+#include "loop.h"
 
 namespace fusedopt::cpu {
-
-// Defined by adam_cpu_loop.cpp, compiled once per ISA.
-void adam_run_chunks_avx512(const AdamLaunch&, int64_t, int64_t);
-void adam_run_chunks_avx2(const AdamLaunch&, int64_t, int64_t);
-void adam_run_chunks_baseline(const AdamLaunch&, int64_t, int64_t);
-
 namespace {
 
 enum class Isa { kBaseline, kAvx2, kAvx512 };
@@ -43,16 +38,22 @@ Isa selected() {
 
 }  // namespace
 
-void adam_run_chunks(const AdamLaunch& launch, int64_t chunk_begin, int64_t chunk_end) {
+template <class R>
+void run_chunks(const Work<R>& work, int64_t chunk_begin, int64_t chunk_end) {
   switch (selected()) {
     case Isa::kAvx512:
-      return adam_run_chunks_avx512(launch, chunk_begin, chunk_end);
+      return avx512::run_chunks(work, chunk_begin, chunk_end);
     case Isa::kAvx2:
-      return adam_run_chunks_avx2(launch, chunk_begin, chunk_end);
+      return avx2::run_chunks(work, chunk_begin, chunk_end);
     case Isa::kBaseline:
-      return adam_run_chunks_baseline(launch, chunk_begin, chunk_end);
+      return baseline::run_chunks(work, chunk_begin, chunk_end);
   }
 }
+
+#define FUSEDOPT_INSTANTIATE(Type, name) \
+  template void run_chunks<Type>(const Work<Type>&, int64_t, int64_t);
+FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_INSTANTIATE)
+#undef FUSEDOPT_INSTANTIATE
 
 const char* selected_isa() {
   switch (selected()) {

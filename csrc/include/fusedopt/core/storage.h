@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "fusedopt/macros.h"
+#include "fusedopt/core/macros.h"
 
 #if defined(__CUDACC__)
 #include <cuda_bf16.h>

@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "fusedopt/chunk_plan.h"
+#include "fusedopt/core/chunk_plan.h"
 
 namespace fusedopt {
 

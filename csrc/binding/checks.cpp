@@ -1,0 +1,121 @@
+#include "checks.h"
+
+#include <cmath>
+
+namespace fusedopt::binding {
+namespace {
+
+const char* dtype_name(at::ScalarType t) { return c10::toString(t); }
+
+// Same sizes, and the same strides on every dim longer than 1: a size-1 dim's
+// stride never moves an element, and autograd does not keep it equal (a
+// channels_last (64, 32, 1, 1) weight's grad may come contiguous), so two such
+// dense tensors still lay their elements out in the same order.
+bool same_layout(const at::Tensor& a, const at::Tensor& b) {
+  if (a.sizes() != b.sizes()) return false;
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  }
+  return true;
+}
+
+void check_buffer(const at::Tensor& t, const at::Tensor& p, const char* name, size_t i,
+                  at::ScalarType want) {
+  TORCH_CHECK(t.device() == p.device(), "fusedopt: ", name, " ", i, " is on ", t.device().str(),
+              ", its param on ", p.device().str());
+  TORCH_CHECK(t.layout() == at::kStrided, "fusedopt: sparse ", name, " ", i,
+              " is not supported");
+  TORCH_CHECK(same_layout(t, p), "fusedopt: ", name, " ", i,
+              " must have its param's sizes and strides; got sizes ", t.sizes(), " strides ",
+              t.strides(), ", param sizes ", p.sizes(), " strides ", p.strides());
+  TORCH_CHECK(t.scalar_type() == want, "fusedopt: ", name, " ", i, " must be ",
+              dtype_name(want), ", got ", dtype_name(t.scalar_type()));
+}
+
+}  // namespace
+
+void check_lists(const char* rule, const StepArgs& a, const std::vector<const char*>& state_names,
+                 bool has_step, c10::DeviceType device_type) {
+  const size_t n = a.params.size();
+  const size_t want_states = n * state_names.size();
+  const size_t want_steps = has_step ? n : 0;
+  TORCH_CHECK(a.grads.size() == n && a.states.size() == want_states &&
+                  a.steps.size() == want_steps,
+              "fusedopt: ", rule, ": for ", n, " params, want ", n, " grads, ", want_states,
+              " states (", state_names.size(), " per param, state-major) and ", want_steps,
+              " state_steps; got ", a.grads.size(), ", ", a.states.size(), " and ",
+              a.steps.size());
+  TORCH_CHECK(n < static_cast<size_t>(INT32_MAX), "fusedopt: at most 2^31-1 tensors per call");
+  if (n == 0) return;
+  const at::ScalarType dtype = a.params[0].scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "fusedopt: params must be float32, bfloat16 or float16, got ", dtype_name(dtype));
+  const c10::Device device = a.params[0].device();
+  TORCH_CHECK(device.type() == device_type, "fusedopt: this kernel takes ",
+              c10::DeviceTypeName(device_type), " tensors, got params on ", device.str());
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = a.params[i];
+    TORCH_CHECK(p.scalar_type() == dtype && p.device() == device,
+                "fusedopt: all params of one call must share dtype and device; param ", i, " is ",
+                dtype_name(p.scalar_type()), " on ", p.device().str(), ", param 0 is ",
+                dtype_name(dtype), " on ", device.str());
+    TORCH_CHECK(p.layout() == at::kStrided, "fusedopt: sparse param ", i, " is not supported");
+    // Element i of every buffer must be element i of the others in memory, so a
+    // flat loop over the storage is an elementwise op: dense (no gaps, no
+    // overlap) and the same layout. Contiguous and channels_last qualify; a
+    // strided slice does not.
+    TORCH_CHECK(p.is_non_overlapping_and_dense(), "fusedopt: param ", i,
+                " must be dense (contiguous or a permutation of it); got sizes ", p.sizes(),
+                " strides ", p.strides(), ". Step it with a contiguous copy instead.");
+    check_buffer(a.grads[i], p, "grad", i, dtype);
+    for (size_t k = 0; k < state_names.size(); ++k) {
+      check_buffer(a.states[k * n + i], p, state_names[k], i, at::kFloat);
+    }
+  }
+  for (size_t i = 0; i < a.steps.size(); ++i) {
+    TORCH_CHECK(a.steps[i].numel() == 1 && a.steps[i].scalar_type() == at::kFloat,
+                "fusedopt: state_steps[", i, "] must be a one-element float32 tensor, got ",
+                a.steps[i].numel(), " elements of ", dtype_name(a.steps[i].scalar_type()));
+  }
+}
+
+void check_hyper(const char* rule, double lr, const HyperCheck& ck) {
+  TORCH_CHECK(std::isfinite(lr) && lr >= 0.0, "fusedopt: ", rule,
+              ": lr must be finite and >= 0, got ", lr);
+  TORCH_CHECK(ck.failure == nullptr, "fusedopt: ", rule, ": ", ck.failure, ", got ", ck.value);
+}
+
+double cpu_scalar(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.numel() == 1 && t.device().is_cpu(), "fusedopt: ", name,
+              " must be a one-element CPU tensor here, got ", t.numel(), " elements on ",
+              t.device().str());
+  return t.item<double>();
+}
+
+double checked_grad_scale(const at::Tensor& grad_scale) {
+  const double scale = cpu_scalar(grad_scale, "grad_scale");
+  TORCH_CHECK(std::isfinite(scale) && static_cast<float>(scale) != 0.0f &&
+                  std::isfinite(static_cast<float>(scale)),
+              "fusedopt: grad_scale must be a finite, nonzero float32 value, got ", scale);
+  return scale;
+}
+
+void check_steps_on(const StepArgs& a, c10::Device device) {
+  for (size_t i = 0; i < a.steps.size(); ++i) {
+    TORCH_CHECK(a.steps[i].device() == device, "fusedopt: state_steps[", i, "] must be on ",
+                device.str(), ", got ", a.steps[i].device().str());
+  }
+}
+
+ParamDtype param_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16:
+      return ParamDtype::kBFloat16;
+    case at::kHalf:
+      return ParamDtype::kFloat16;
+    default:
+      return ParamDtype::kFloat32;
+  }
+}
+
+}  // namespace fusedopt::binding

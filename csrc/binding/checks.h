@@ -1,0 +1,45 @@
+// The binding's argument checks, shared by every rule and device: they run
+// before anything is written, so an op that throws leaves params, grads,
+// states and step counts exactly as they were.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <vector>
+
+#include "fusedopt/core/rule.h"
+#include "fusedopt/core/storage.h"
+#include "step_args.h"
+
+namespace fusedopt::binding {
+
+// The names of the states a call uses, in the rule's order.
+template <class R>
+std::vector<const char*> used_state_names(uint32_t mask) {
+  std::vector<const char*> names;
+  for (int k = 0; k < R::kStates; ++k) {
+    if ((mask >> k) & 1u) names.push_back(R::kStateNames[k]);
+  }
+  return names;
+}
+
+// List lengths, dtypes, devices, shapes and layouts of a call's tensors.
+void check_lists(const char* rule, const StepArgs& a, const std::vector<const char*>& state_names,
+                 bool has_step, c10::DeviceType device_type);
+
+// lr (finite, >= 0) and the rule's own checks; throws naming the constraint.
+void check_hyper(const char* rule, double lr, const HyperCheck& ck);
+
+// grad_scale's value, checked: a finite, nonzero float32 (the loops use 0 for
+// "no scaler").
+double checked_grad_scale(const at::Tensor& grad_scale);
+
+// A one-element CPU tensor's value as a double (grad_scale, found_inf, lr).
+double cpu_scalar(const at::Tensor& t, const char* name);
+
+// All step counts one-element float32 tensors on `device`.
+void check_steps_on(const StepArgs& a, c10::Device device);
+
+ParamDtype param_dtype(at::ScalarType t);
+
+}  // namespace fusedopt::binding

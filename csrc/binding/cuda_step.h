@@ -1,0 +1,69 @@
+// The CUDA side of every rule's op: checks, kernel arguments (cuda_work.h),
+// launches on torch's current stream for the params' device.
+#pragma once
+
+// Not ATen/cuda/CUDAContext.h: it needs cusparse.h, which the toolkit may lack.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "cuda/kernels.h"
+#include "cuda_work.h"
+
+namespace fusedopt::binding {
+
+// grad_scale, found_inf and a device lr: read by the kernels, so they must
+// live on the params' device (GradScaler keeps them there).
+inline const float* device_scalar_ptr(const at::Tensor& t, const char* name, c10::Device device) {
+  TORCH_CHECK(t.numel() == 1 && t.scalar_type() == at::kFloat && t.device() == device,
+              "fusedopt: ", name, " must be a one-element float32 tensor on ", device.str(),
+              " (the params' device), got ", t.numel(), " elements of ",
+              c10::toString(t.scalar_type()), " on ", t.device().str());
+  return t.data_ptr<float>();
+}
+
+template <class R>
+void step_cuda(const char* rule, const StepArgs& a) {
+  const bool lr_on_device = a.lr_tensor.has_value() && !a.lr_tensor->device().is_cpu();
+  const double lr =
+      a.lr_tensor.has_value() && !lr_on_device ? cpu_scalar(*a.lr_tensor, "lr") : a.lr;
+  HyperCheck ck;
+  R::check(a.hyper.data(), ck);
+  // A device lr is not range-checked: reading it would sync the host.
+  check_hyper(rule, lr_on_device ? 0.0 : lr, ck);
+  const typename R::Config config = R::config(a.hyper.data());
+  const uint32_t mask = state_mask<R>(config);
+  check_lists(rule, a, used_state_names<R>(mask), R::kHasStep, c10::DeviceType::CUDA);
+  if (a.params.empty()) return;
+  const c10::Device device = a.params[0].device();
+  const bool steps_on_device = !a.steps.empty() && a.steps[0].device() == device;
+  check_steps_on(a, steps_on_device ? device : c10::Device(c10::kCPU));
+  CudaScalarSources sources{steps_on_device, nullptr, lr, nullptr, nullptr};
+  if (lr_on_device) sources.lr = device_scalar_ptr(*a.lr_tensor, "lr", device);
+  if (a.grad_scale.has_value()) {
+    sources.grad_scale = device_scalar_ptr(*a.grad_scale, "grad_scale", device);
+  }
+  if (a.found_inf.has_value()) {
+    const float* found_inf = device_scalar_ptr(*a.found_inf, "found_inf", device);
+    if (steps_on_device || !R::kHasStep) {
+      sources.found_inf = found_inf;
+    } else if (a.found_inf->item<float>() != 0.0f) {
+      // Step counts on the CPU need the answer on the host: one sync, as in
+      // GradScaler's own non-fused path. Capturable mode never takes it.
+      return;
+    }
+  }
+  const CudaWork<R> work = prepare_cuda<R>(a, config, mask, sources);
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  const ParamDtype dtype = param_dtype(a.params[0].scalar_type());
+  for (const mta::Launch<R>& launch : work.launches) {
+    C10_CUDA_CHECK(cuda::launch_elements<R>(launch.args, launch.n_blocks, dtype, stream));
+  }
+  for (const mta::StepIncrementArgs& args : work.step_increments) {
+    C10_CUDA_CHECK(cuda::launch_step_increment(args, stream));
+  }
+  for (float* step : work.host_steps) *step += 1.0f;
+}
+
+}  // namespace fusedopt::binding

@@ -1,0 +1,87 @@
+// The one binding between torch and fusedopt's kernels: the op family
+// fusedopt::<rule>_step_ (Note [one op family] in step_args.h), registered for
+// every rule of fusedopt/rules/registry.h, with boxed kernels that unpack the
+// call and dispatch to the CPU loops or the CUDA kernels. Fake (meta)
+// implementations are registered from Python (fusedopt/_fake.py).
+//
+// Torch headers cost ~22 s of compile time per translation unit (measured with
+// torch 2.14): the binding keeps them to this file and checks.cpp.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu_step.h"
+#include "fusedopt/mta/args.h"
+#include "fusedopt/rules/registry.h"
+#include "step_args.h"
+#ifdef FUSEDOPT_WITH_CUDA
+#include "cuda_step.h"
+#endif
+
+namespace fusedopt::binding {
+namespace {
+
+// The boxed kernel of rule R on one device: `step` is step_cpu<R> or step_cuda<R>.
+template <class R, void (*step)(const char*, const StepArgs&), const char* kName>
+void boxed_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  const StepArgs args = peek_step_args<R>(*stack, 0);
+  torch::jit::drop(*stack, step_arg_count<R>());
+  step(kName, args);
+}
+
+#define FUSEDOPT_RULE_NAME(Type, name) constexpr char k##Type##Name[] = #name;
+FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_NAME)
+#undef FUSEDOPT_RULE_NAME
+
+}  // namespace
+
+TORCH_LIBRARY(fusedopt, m) {
+#define FUSEDOPT_DEF(Type, name)                                          \
+  m.def(step_schema<Type>(#name "_step_", "float").c_str());               \
+  m.def(step_schema<Type>(#name "_step_.tensor_lr", "Tensor").c_str());
+  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_DEF)
+#undef FUSEDOPT_DEF
+}
+
+#define FUSEDOPT_IMPL(Type, name, step)                                                 \
+  m.impl(#name "_step_",                                                                 \
+         torch::CppFunction::makeFromBoxedFunction<&boxed_step<Type, &step<Type>, k##Type##Name>>()); \
+  m.impl(#name "_step_.tensor_lr",                                                       \
+         torch::CppFunction::makeFromBoxedFunction<&boxed_step<Type, &step<Type>, k##Type##Name>>());
+
+TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
+#define FUSEDOPT_IMPL_CPU(Type, name) FUSEDOPT_IMPL(Type, name, step_cpu)
+  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_IMPL_CPU)
+#undef FUSEDOPT_IMPL_CPU
+}
+
+#ifdef FUSEDOPT_WITH_CUDA
+TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
+#define FUSEDOPT_IMPL_CUDA(Type, name) FUSEDOPT_IMPL(Type, name, step_cuda)
+  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_IMPL_CUDA)
+#undef FUSEDOPT_IMPL_CUDA
+}
+#endif
+#undef FUSEDOPT_IMPL
+
+}  // namespace fusedopt::binding
+
+// `import fusedopt._C` loads the library (which registers the ops above) and
+// exposes what was built, for fusedopt.report().
+PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
+                                   "fusedopt's compiled ops (registered under torch.ops.fusedopt)",
+                                   -1, nullptr};
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+#ifdef FUSEDOPT_WITH_CUDA
+  PyModule_AddIntConstant(module, "cuda_built", 1);
+  PyModule_AddStringConstant(module, "cuda_archs", FUSEDOPT_CUDA_ARCHS);
+#else
+  PyModule_AddIntConstant(module, "cuda_built", 0);
+  PyModule_AddStringConstant(module, "cuda_archs", "");
+#endif
+  PyModule_AddIntConstant(module, "kernel_arg_bytes",
+                          static_cast<long>(fusedopt::mta::kMaxKernelArgBytes));
+  PyModule_AddStringConstant(module, "cpu_isa", fusedopt::cpu::selected_isa());
+  return module;
+}

@@ -1,0 +1,20 @@
+// The one list of update rules: the single place where C++ names them. Every
+// layer that serves all rules (CPU loops, CUDA kernels, op registration, the
+// test-only emulation) expands FUSEDOPT_FOR_EACH_RULE(X) with its own X(Type,
+// name); `name` is the op's (fusedopt::<name>_step_) and Python's
+// (fusedopt/registry.py) name of the rule.
+#pragma once
+
+#include "fusedopt/core/rule.h"
+#include "fusedopt/rules/adam.h"
+#include "fusedopt/rules/sgd.h"
+
+#define FUSEDOPT_FOR_EACH_RULE(X) \
+  X(Adam, adam)                   \
+  X(Sgd, sgd)
+
+namespace fusedopt {
+#define FUSEDOPT_CHECK_RULE(Type, name) static_assert(check_rule<Type>());
+FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_CHECK_RULE)
+#undef FUSEDOPT_CHECK_RULE
+}  // namespace fusedopt

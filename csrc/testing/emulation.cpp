@@ -1,0 +1,225 @@
+// fusedopt._testing: test-only ops that drive the CUDA traversal's host code
+// and kernel bodies on the CPU, for every rule. Built into a module of its own
+// that only the tests import (FUSEDOPT_TESTING in CMakeLists.txt), so the
+// production library carries none of it.
+//
+//   fusedopt_testing::launch_plan(str rule, int[] numels) -> int[]
+//       the launches the CUDA op makes for tensors of these numels, flat:
+//       [chunk_size, slots per launch, blocks per launch, n_launches, then per
+//       launch: n_slots, its tensor indices, n_blocks, then (slot, chunk) per block]
+//   fusedopt_testing::<rule>_emulate_step_(<the step op's arguments>,
+//       bool steps_in_kernel=False, bool lr_in_kernel=False, int threads_per_block=512) -> int[]
+//       the CUDA op's argument filling (binding/cuda_work.h) and its kernels'
+//       traversal (mta/traversal.h) on CPU tensors, by a host loop over the
+//       grid; returns [launches, blocks, vector accesses, scalar accesses,
+//       misaligned accesses, out-of-range updates, elements never updated,
+//       elements updated more than once]
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "binding/cuda_work.h"
+#include "fusedopt/mta/traversal.h"
+#include "fusedopt/rules/registry.h"
+
+namespace fusedopt::testing {
+namespace {
+
+using binding::StepArgs;
+
+template <class R>
+std::vector<int64_t> launch_plan_of(const std::vector<int64_t>& numels) {
+  for (size_t i = 0; i < numels.size(); ++i) {
+    TORCH_CHECK(numels[i] >= 0 && numels[i] < mta::kMaxNumel, "fusedopt: numel ", i, " is ",
+                numels[i], "; want 0 <= numel < ", mta::kMaxNumel);
+  }
+  const std::vector<LaunchPlan> plans =
+      plan_launches(numels.data(), static_cast<int32_t>(numels.size()), mta::kChunkSize,
+                    mta::LaunchArgs<R>::kSlots, mta::LaunchArgs<R>::kBlocks);
+  std::vector<int64_t> out = {mta::kChunkSize, mta::LaunchArgs<R>::kSlots,
+                              mta::LaunchArgs<R>::kBlocks, static_cast<int64_t>(plans.size())};
+  for (const LaunchPlan& plan : plans) {
+    out.push_back(static_cast<int64_t>(plan.tensors.size()));
+    out.insert(out.end(), plan.tensors.begin(), plan.tensors.end());
+    out.push_back(static_cast<int64_t>(plan.block_slot.size()));
+    for (size_t b = 0; b < plan.block_slot.size(); ++b) {
+      out.push_back(plan.block_slot[b]);
+      out.push_back(plan.block_chunk[b]);
+    }
+  }
+  return out;
+}
+
+std::vector<int64_t> launch_plan(const std::string& rule, at::IntArrayRef numels) {
+  const std::vector<int64_t> list(numels.begin(), numels.end());
+#define FUSEDOPT_PLAN(Type, name) \
+  if (rule == #name) return launch_plan_of<Type>(list);
+  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_PLAN)
+#undef FUSEDOPT_PLAN
+  TORCH_CHECK(false, "fusedopt: no rule named ", rule);
+}
+
+// What the emulation saw: every access's width and alignment, and how often
+// each element of each tensor was updated.
+struct EmulationObserver {
+  const std::vector<int32_t>* slot_tensors = nullptr;  // the current launch's slots
+  std::vector<std::vector<uint8_t>> updates;           // per tensor, per element (saturating)
+  int64_t vector_accesses = 0;
+  int64_t scalar_accesses = 0;
+  int64_t misaligned_accesses = 0;
+  int64_t out_of_range_updates = 0;
+
+  void access(const void* ptr, int bytes, bool vector) {
+    (vector ? vector_accesses : scalar_accesses) += 1;
+    if (reinterpret_cast<uintptr_t>(ptr) % static_cast<uintptr_t>(bytes) != 0) {
+      misaligned_accesses += 1;
+    }
+  }
+  void updated(int32_t slot, int64_t first, int32_t count) {
+    std::vector<uint8_t>& counts = updates[(*slot_tensors)[slot]];
+    for (int64_t e = first; e < first + count; ++e) {
+      if (e < 0 || e >= static_cast<int64_t>(counts.size())) {
+        out_of_range_updates += 1;
+      } else if (counts[e] < 2) {
+        counts[e] += 1;
+      }
+    }
+  }
+};
+
+template <class R, typename P>
+void emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_block,
+                      EmulationObserver& observer) {
+  for (const mta::Launch<R>& launch : work.launches) {
+    observer.slot_tensors = &launch.tensors;
+    for (int32_t block = 0; block < launch.n_blocks; ++block) {
+      for (int32_t thread = 0; thread < threads_per_block; ++thread) {
+        mta::element_thread<R, P>(launch.args, block, thread, threads_per_block, observer);
+      }
+    }
+  }
+  for (const mta::StepIncrementArgs& args : work.step_increments) {
+    for (int32_t block = 0; block < mta::step_increment_blocks(args); ++block) {
+      for (int32_t thread = 0; thread < mta::kBlockSize; ++thread) {
+        mta::increment_step_thread(args, block, thread);
+      }
+    }
+  }
+  // The host's counts advance once the launches are queued, as in the CUDA op.
+  for (float* step : work.host_steps) *step += 1.0f;
+}
+
+constexpr size_t kEmulationExtraArgs = 3;  // steps_in_kernel, lr_in_kernel, threads_per_block
+
+template <class R, const char* kName>
+void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  const StepArgs a = binding::peek_step_args<R>(*stack, kEmulationExtraArgs);
+  auto extra = torch::jit::last(*stack, kEmulationExtraArgs);
+  const bool steps_in_kernel = extra[0].toBool();
+  const bool lr_in_kernel = extra[1].toBool();
+  const int64_t threads_per_block = extra[2].toInt();
+  torch::jit::drop(*stack, binding::step_arg_count<R>() + kEmulationExtraArgs);
+
+  TORCH_CHECK(a.lr_tensor.has_value() && a.lr_tensor->scalar_type() == at::kFloat,
+              "fusedopt: the emulation takes lr as a float32 tensor");
+  const double lr = binding::cpu_scalar(*a.lr_tensor, "lr");
+  HyperCheck ck;
+  R::check(a.hyper.data(), ck);
+  binding::check_hyper(kName, lr, ck);
+  const typename R::Config config = R::config(a.hyper.data());
+  const uint32_t mask = state_mask<R>(config);
+  binding::check_lists(kName, a, binding::used_state_names<R>(mask), R::kHasStep,
+                       c10::DeviceType::CPU);
+  TORCH_CHECK(threads_per_block >= 1 && threads_per_block <= mta::kBlockSize,
+              "fusedopt: threads_per_block must be in [1, ", mta::kBlockSize, "]");
+  for (const std::optional<at::Tensor>& t : {a.grad_scale, a.found_inf}) {
+    TORCH_CHECK(!t.has_value() || (t->numel() == 1 && t->scalar_type() == at::kFloat &&
+                                   t->device().is_cpu()),
+                "fusedopt: grad_scale and found_inf must be one-element float32 CPU tensors");
+  }
+  EmulationObserver observer;
+  for (const at::Tensor& p : a.params) observer.updates.emplace_back(p.numel(), 0);
+  const float* found_inf = a.found_inf.has_value() ? a.found_inf->data_ptr<float>() : nullptr;
+  // With host-owned counts the host reads found_inf before anything else, as
+  // the CUDA op does.
+  const bool device_reads_found_inf = steps_in_kernel || !R::kHasStep;
+  const bool host_skip = !device_reads_found_inf && found_inf != nullptr && *found_inf != 0.0f;
+  binding::CudaWork<R> work;
+  if (!host_skip && !a.params.empty()) {
+    const binding::CudaScalarSources sources{
+        steps_in_kernel, lr_in_kernel ? a.lr_tensor->data_ptr<float>() : nullptr, lr,
+        a.grad_scale.has_value() ? a.grad_scale->data_ptr<float>() : nullptr,
+        device_reads_found_inf ? found_inf : nullptr};
+    work = binding::prepare_cuda<R>(a, config, mask, sources);
+    const int32_t threads = static_cast<int32_t>(threads_per_block);
+    switch (binding::param_dtype(a.params[0].scalar_type())) {
+      case ParamDtype::kBFloat16:
+        emulate_launches<R, Bf16>(work, threads, observer);
+        break;
+      case ParamDtype::kFloat16:
+        emulate_launches<R, Fp16>(work, threads, observer);
+        break;
+      case ParamDtype::kFloat32:
+        emulate_launches<R, float>(work, threads, observer);
+    }
+  }
+  int64_t blocks = 0, never = 0, more = 0;
+  for (const mta::Launch<R>& launch : work.launches) blocks += launch.n_blocks;
+  for (const std::vector<uint8_t>& counts : observer.updates) {
+    for (uint8_t c : counts) {
+      never += c == 0;
+      more += c > 1;
+    }
+  }
+  const std::vector<int64_t> stats = {static_cast<int64_t>(work.launches.size()),
+                                      blocks,
+                                      observer.vector_accesses,
+                                      observer.scalar_accesses,
+                                      observer.misaligned_accesses,
+                                      observer.out_of_range_updates,
+                                      never,
+                                      more};
+  torch::jit::push(*stack, c10::IValue(stats));
+}
+
+#define FUSEDOPT_RULE_NAME(Type, name) constexpr char k##Type##Name[] = #name;
+FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_NAME)
+#undef FUSEDOPT_RULE_NAME
+
+}  // namespace
+
+TORCH_LIBRARY(fusedopt_testing, m) {
+  m.def("launch_plan(str rule, int[] numels) -> int[]");
+#define FUSEDOPT_DEF(Type, name)                                                              \
+  m.def(binding::step_schema<Type>(#name "_emulate_step_", "Tensor",                            \
+                                   ", bool steps_in_kernel=False, bool lr_in_kernel=False, " \
+                                   "int threads_per_block=512",                               \
+                                   "int[]")                                                   \
+            .c_str());
+  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_DEF)
+#undef FUSEDOPT_DEF
+}
+
+// launch_plan takes no tensor: the backend-select key reaches it.
+TORCH_LIBRARY_IMPL(fusedopt_testing, CompositeExplicitAutograd, m) {
+  m.impl("launch_plan", &launch_plan);
+}
+
+TORCH_LIBRARY_IMPL(fusedopt_testing, CPU, m) {
+#define FUSEDOPT_IMPL(Type, name)         \
+  m.impl(#name "_emulate_step_",          \
+         torch::CppFunction::makeFromBoxedFunction<&emulate_step<Type, k##Type##Name>>());
+  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_IMPL)
+#undef FUSEDOPT_IMPL
+}
+
+}  // namespace fusedopt::testing
+
+PyMODINIT_FUNC PyInit__testing(void) {
+  static PyModuleDef module_def = {
+      PyModuleDef_HEAD_INIT, "_testing",
+      "fusedopt's test-only ops (registered under torch.ops.fusedopt_testing)", -1, nullptr};
+  return PyModule_Create(&module_def);
+}
