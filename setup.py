@@ -3,7 +3,8 @@
 Build against the torch already installed (its headers and ABI must match):
     pip install . --no-build-isolation
     pip wheel . --no-build-isolation
-Environment switches (read by CMakeLists.txt): FUSEDOPT_CUDA, FUSEDOPT_CUDA_ARCHS.
+Environment switches (read by CMakeLists.txt): FUSEDOPT_CUDA, FUSEDOPT_CUDA_ARCHS,
+FUSEDOPT_TESTING.
 """
 
 import os
@@ -48,5 +49,11 @@ setup(
     ext_modules=[CMakeExtension("fusedopt._C")],
     cmdclass={"build_ext": CMakeBuild},
     package_dir={"fusedopt": "python/fusedopt", "fusedopt.kernels": "kernels"},
-    packages=["fusedopt", "fusedopt.kernels"],
+    packages=[
+        "fusedopt",
+        "fusedopt.optim",
+        "fusedopt.reference",
+        "fusedopt.kernels",
+        "fusedopt.kernels.rules",
+    ],
 )

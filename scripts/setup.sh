@@ -8,6 +8,8 @@
 #   FUSEDOPT_TORCH   the torch requirement (default torch==2.14.1: its CUDA 13.0
 #                    build matches nvcc 13.0 and can compile the CUDA kernels)
 #   FUSEDOPT_CUDA    auto | 1 | 0, passed to the build (see CMakeLists.txt)
+#   FUSEDOPT_TESTING 1 (default here) | 0: build fusedopt._testing, the
+#                    test-only ops the tests load
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +21,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip setuptools wheel
-"$PY" -m pip install -q "$TORCH_REQUIREMENT" numpy pytest ruff
+# expecttest: torch's own optimizer test catalog (optim_db) imports it.
+"$PY" -m pip install -q "$TORCH_REQUIREMENT" numpy pytest ruff expecttest
+export FUSEDOPT_TESTING="${FUSEDOPT_TESTING:-1}"
 
 rm -rf dist
 start=$(date +%s)

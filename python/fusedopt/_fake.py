@@ -1,17 +1,19 @@
 """Fake (meta) implementations of fusedopt's ops, for torch.compile tracing.
 
-The ops only mutate their arguments in place and return nothing, so the fake
-implementation has nothing to compute.
+Every op of the family fusedopt::<rule>_step_ only mutates its arguments in
+place and returns nothing, so the fake implementation has nothing to compute.
 """
 
 import torch
 
 from fusedopt import _extension
+from fusedopt.registry import RULES
 
 if _extension.loaded():
 
-    def _adam_step_fake(*args, **kwargs) -> None:
+    def _step_fake(*args, **kwargs) -> None:
         return None
 
-    for _name in ("fusedopt::adam_step_", "fusedopt::adam_step_.tensor_lr"):
-        torch.library.register_fake(_name)(_adam_step_fake)
+    for _rule in RULES:
+        for _overload in ("", ".tensor_lr"):
+            torch.library.register_fake(f"fusedopt::{_rule}_step_{_overload}")(_step_fake)

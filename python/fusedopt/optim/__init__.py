@@ -1,0 +1,1 @@
+"""The optimizer classes: one small module per rule, on FusedOptimizer (base.py)."""

@@ -1,0 +1,328 @@
+"""FusedOptimizer: what every fusedopt optimizer shares.
+
+An optimizer class is torch's signature, defaults and ValueErrors plus a
+`rule` (fusedopt/registry.py) and `hyper(group)`, the op's hyperparameters
+read from a param group at every step. Everything else lives here: which
+backend steps which bucket of params (one device, one dtype, dense or not),
+state creation (float32 states for bf16/fp16 params: Note [fp32 states of
+low-precision params]), the atomic step, load_state_dict, plan() and report().
+
+Note [cached step plans]: per group, the bucketed param lists, the backend
+choice and the state dicts are built once and kept while nothing they depend
+on changes: the group's params list (same list, same tensors), which params
+have a grad, the states the rule uses with the current hyperparameters. Each
+step then re-gathers only the grads and the state tensors (so a state
+replaced in opt.state[p] takes effect, as in torch) and reads the group's
+hyperparameters anew (a scheduler may change lr, betas, ... at every step).
+add_param_group, load_state_dict and unpickling drop every plan.
+
+Note [fp32 states of low-precision params]: torch keeps Adam's moments in the
+param's dtype, so a bf16 model's v underflows and its updates stall (AReaL
+#1292). fusedopt keeps every state in float32 for bf16/fp16 params, and keeps
+it float32 through load_state_dict, which torch would cast to the param's dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from operator import is_
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer
+
+from fusedopt import _extension, backends
+from fusedopt._checks import check_lists, is_dense, same_layout
+from fusedopt.reference import compute_dtype
+from fusedopt.registry import Rule
+
+logger = logging.getLogger("fusedopt")
+
+
+def check_tensor_lr(lr: float | Tensor) -> None:
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+
+
+def check_fused_flags(foreach: bool | None, differentiable: bool, fused: bool | None) -> None:
+    """torch's flags that a fused kernel cannot honour."""
+    if differentiable:
+        raise ValueError(
+            "fusedopt optimizers are not differentiable (a fused kernel is not a graph of "
+            "autograd ops); use torch.optim with differentiable=True"
+        )
+    if foreach:
+        raise ValueError("fusedopt optimizers are fused; `foreach=True` cannot apply")
+    if fused is False:
+        raise ValueError("fusedopt optimizers are always fused; use torch.optim for fused=False")
+
+
+@dataclass
+class _Call:
+    """One backend call of a step: a bucket of a group's params with grads."""
+
+    bucket: backends.Bucket
+    choice: backends.Choice
+    indices: list[int]  # positions in the group's params
+    params: list[Tensor]
+    state_dicts: list[dict[str, Any]]
+    fresh: bool  # its states were created in this step (Rule.fresh_flag)
+
+
+@dataclass
+class _GroupPlan:
+    params: list[Tensor]  # the group's params list when the plan was built
+    source: list[Tensor]  # that list object itself
+    has_grad: tuple[bool, ...] | None  # None: every param had a grad
+    used: tuple[str, ...]
+    calls: list[_Call] = field(default_factory=list)
+
+
+class FusedOptimizer(Optimizer):
+    rule: ClassVar[Rule]
+
+    def __init__(self, params, defaults: dict[str, Any], backend: str) -> None:
+        if backend not in backends.BACKEND_NAMES:
+            raise ValueError(
+                f"fusedopt: unknown backend {backend!r}; choose one of {backends.BACKEND_NAMES}"
+            )
+        super().__init__(params, defaults)
+        # Not a group key: the state_dict keeps torch's layout exactly.
+        self.backend = backend
+        # GradScaler hands grad_scale and found_inf to step() instead of
+        # unscaling grads itself; every backend applies them in its one pass.
+        self._step_supports_amp_scaling = True
+        self._plans: dict[int, _GroupPlan] = {}
+        _extension.warn_once_if_missing()
+
+    def hyper(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        """The rule's hyperparameters (registry.Rule.hyper) of this group now."""
+        raise NotImplementedError
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("backend", "auto")
+        self._plans = {}
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self.__dict__["_plans"] = {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load_state_dict, but low-precision params keep float32 states
+        (Note [fp32 states of low-precision params])."""
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        saved_states = state_dict["state"]
+        super().load_state_dict(state_dict)
+        self._plans = {}
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, param in zip(saved_ids, params):
+            # Only where torch's cast lost precision; fp32 params keep exactly
+            # what torch's own load made.
+            low_precision = compute_dtype(param.dtype) != param.dtype
+            if not low_precision or param not in self.state or saved_id not in saved_states:
+                continue
+            state = self.state[param]
+            for key in self.rule.states:
+                if key in state:
+                    state[key] = saved_states[saved_id][key].to(
+                        device=param.device, dtype=compute_dtype(param.dtype)
+                    )
+
+    # --- plans ---------------------------------------------------------------
+
+    def _new_state(self, group: Mapping[str, Any], p: Tensor, used: tuple[str, ...]) -> None:
+        state = self.state[p]
+        if self.rule.has_step and "step" not in state:
+            # torch keeps `step` on the CPU unless capturable (note "special device
+            # hosting for step" in torch/optim/adam.py).
+            device = p.device if group.get("capturable", False) else "cpu"
+            state["step"] = torch.zeros((), dtype=torch.float32, device=device)
+        for key in used:
+            if key not in state:
+                state[key] = torch.zeros_like(
+                    p, dtype=compute_dtype(p.dtype), memory_format=torch.preserve_format
+                )
+
+    def _bucket_keys(self, params: list[Tensor], grads: list[Tensor]) -> list[tuple]:
+        """(device, dtype, dense) of each param, after the checks that must pass
+        before any state is created or written."""
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError(
+                f"{type(self).__name__} does not support sparse gradients"
+                + (", please consider SparseAdam instead" if self.rule.name == "adam" else "")
+            )
+        dtypes = [p.dtype for p in params]
+        # torch refuses a grad of another shape or device when it is assigned;
+        # another dtype only gets through with p.grad_dtype = None.
+        if [g.dtype for g in grads] != dtypes:
+            for p, g in zip(params, grads):
+                if g.dtype is not p.dtype:
+                    raise RuntimeError(
+                        f"fusedopt: a grad must match its param's dtype; got a {g.dtype} grad "
+                        f"for a {p.dtype} param of shape {tuple(p.shape)}"
+                    )
+        # Contiguous pairs (nearly all) settle density without the general test.
+        dense = [
+            (p.is_contiguous() and g.is_contiguous()) or (is_dense(p) and same_layout(g, p))
+            for p, g in zip(params, grads)
+        ]
+        return list(zip([p.device for p in params], dtypes, dense))
+
+    def _build_plan(
+        self, group: dict[str, Any], grads: list, used: tuple[str, ...], created: list[Tensor]
+    ) -> _GroupPlan:
+        source = group["params"]
+        has_grad = None if None not in grads else tuple(g is not None for g in grads)
+        indices = [i for i, g in enumerate(grads) if g is not None]
+        params = [source[i] for i in indices]
+        keys = self._bucket_keys(params, [grads[i] for i in indices])
+        fresh_flag = self.rule.fresh_flag
+        split: dict[tuple, list[int]] = {}
+        for position, (i, key) in enumerate(zip(indices, keys)):
+            p = source[i]
+            fresh = fresh_flag is not None and any(k not in self.state[p] for k in used)
+            split.setdefault((*key, fresh), []).append(position)
+        plan = _GroupPlan(list(source), source, has_grad, used)
+        for (device, dtype, dense, fresh), positions in split.items():
+            bucket = backends.Bucket(device, dtype, dense)
+            choice = backends.resolve(self.backend, bucket, group.get("capturable", False))
+            call_params = [params[k] for k in positions]
+            for p in call_params:
+                if not self.state.get(p):
+                    created.append(p)
+                self._new_state(group, p, used)
+            plan.calls.append(
+                _Call(
+                    bucket,
+                    choice,
+                    [indices[k] for k in positions],
+                    call_params,
+                    [self.state[p] for p in call_params],
+                    fresh,
+                )
+            )
+        return plan
+
+    def _plan(self, index: int, group: dict[str, Any], grads: list, used, created) -> _GroupPlan:
+        """The group's cached plan if still valid (Note [cached step plans]), else a new one."""
+        plan = self._plans.get(index)
+        source = group["params"]
+        has_grad = None if None not in grads else tuple(g is not None for g in grads)
+        if (
+            plan is None
+            or plan.source is not source
+            or plan.used != used
+            or plan.has_grad != has_grad
+            or len(plan.params) != len(source)
+            or not all(map(is_, plan.params, source))
+        ):
+            plan = self._plans[index] = self._build_plan(group, grads, used, created)
+        return plan
+
+    def plan(self) -> list[tuple[int, backends.Bucket, int, backends.Choice]]:
+        """(group index, bucket, number of params, backend choice) for the params
+        that have grads now: what the next step() will do. fusedopt.report() prints it."""
+        out = []
+        for index, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            keys = self._bucket_keys(params, [p.grad for p in params])
+            counts: dict[tuple, int] = {}
+            for key in keys:
+                counts[key] = counts.get(key, 0) + 1
+            for key, count in counts.items():
+                bucket = backends.Bucket(*key)
+                choice = backends.resolve(self.backend, bucket, group.get("capturable", False))
+                out.append((index, bucket, count, choice))
+        return out
+
+    def _log_choice(self, index: int, call: _Call) -> None:
+        """Says once, at INFO level, which backend steps each bucket."""
+        key = (index, call.bucket)
+        logged = self.__dict__.setdefault("_logged_choices", {})
+        if logged.get(key) != call.choice.backend.name:
+            logged[key] = call.choice.backend.name
+            logger.info(
+                "fusedopt: group %d, %s params on %s -> backend %r%s",
+                index,
+                call.bucket.dtype,
+                call.bucket.device,
+                call.choice.backend.name,
+                "".join(f"; passed over {n}: {r}" for n, r in call.choice.passed_over),
+            )
+
+    # --- the step --------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Performs a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model
+                and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        rule = self.rule
+
+        # Every list is gathered, and with several calls every call checked,
+        # before anything is written: each backend's own checks would only
+        # cover its call, and a refused step writes nothing, in any group.
+        created: list[Tensor] = []  # params whose state this step created: dropped if it fails
+        work = []
+        try:
+            for index, group in enumerate(self.param_groups):
+                grads = [p.grad for p in group["params"]]
+                hyper = self.hyper(group)
+                used = rule.used_states(hyper)
+                plan = self._plan(index, group, grads, used, created)
+                for call in plan.calls:
+                    self._log_choice(index, call)
+                    call_grads = (
+                        grads if len(call.indices) == len(grads) else [grads[i] for i in call.indices]
+                    )
+                    states = [sd[name] for name in used for sd in call.state_dicts]
+                    steps = [sd["step"] for sd in call.state_dicts] if rule.has_step else []
+                    if rule.fresh_flag is not None:
+                        hyper = {**hyper, rule.fresh_flag: call.fresh}
+                    work.append((call, group["lr"], hyper, call_grads, states, steps))
+            if len(work) > 1:
+                for call, _, hyper, call_grads, states, steps in work:
+                    backend = call.choice.backend
+                    check_lists(
+                        call.params,
+                        call_grads,
+                        states,
+                        steps,
+                        state_names=rule.used_states(hyper),
+                        has_step=rule.has_step,
+                        state_dtype=backend.state_dtype,
+                        require_dense=backend.requires_dense,
+                    )
+            for call, lr, hyper, call_grads, states, steps in work:
+                call.choice.backend.step(
+                    rule,
+                    call.params,
+                    call_grads,
+                    states,
+                    steps,
+                    lr=lr,
+                    hyper=hyper,
+                    grad_scale=grad_scale,
+                    found_inf=found_inf,
+                )
+        except Exception:
+            for p in created:
+                self.state.pop(p, None)
+            self._plans = {}
+            raise
+        if any(call.fresh for call, *_ in work):
+            self._plans = {}  # fresh states are old from now on
+        return loss
