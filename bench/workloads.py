@@ -1,8 +1,8 @@
 """What the benchmarks share: the workloads' tensor shapes and the bytes model.
 
-Bytes model (Note [bytes per element]; bench/README.md has the table): an Adam
-step reads p, g, m, v and writes p, m, v once per element. fusedopt keeps m
-and v in fp32 whatever the param dtype; torch keeps them in the param's dtype.
+Bytes model (bench/README.md has the table): a step reads p, g and each state
+and writes p and each state once per element. fusedopt keeps its states in
+fp32 whatever the param dtype; torch keeps them in the param's dtype.
 """
 
 from __future__ import annotations
@@ -44,3 +44,10 @@ def bytes_per_element(
     reads = 2 * param + 2 * state_bytes  # p, g, m, v
     writes = param + 2 * state_bytes  # p, m, v
     return reads + writes + 2 * state_bytes * amsgrad  # v_max read and written
+
+
+def sgd_bytes_per_element(dtype: torch.dtype, momentum: bool = True) -> int:
+    """Bytes one SGD step moves per element: read p, g (and the momentum buffer
+    b), write p (and b): 12 for fp32 without momentum, 20 with."""
+    param = torch.finfo(dtype).bits // 8
+    return 3 * param + 2 * FP32_STATE_BYTES * momentum

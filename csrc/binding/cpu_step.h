@@ -37,6 +37,7 @@ void step_cpu(const char* rule, const StepArgs& a) {
 
   std::vector<cpu::Tensor<R>> tensors(n);
   std::vector<int64_t> numels(n);
+  std::vector<float*> steps(R::kHasStep ? n : 0);
   int64_t total = 0;
   // Tensors at one step count (nearly always all of them) share their scalars.
   double last_step = -1.0;
@@ -45,12 +46,15 @@ void step_cpu(const char* rule, const StepArgs& a) {
     cpu::Tensor<R>& t = tensors[i];
     t.param = a.params[i].data_ptr();
     t.grad = a.grads[i].data_ptr();
+    // (Every dtype was checked: the untyped data_ptr skips the check per call.)
     for (int k = 0, used = 0; k < R::kStates; ++k) {
-      t.state[k] = (mask >> k) & 1u ? a.states[used++ * n + i].data_ptr<float>() : nullptr;
+      t.state[k] =
+          (mask >> k) & 1u ? static_cast<float*>(a.states[used++ * n + i].data_ptr()) : nullptr;
     }
     // Note [step-count protocol]: the scalars of count + 1; the count itself
     // advances below, after the loops.
-    const double step = R::kHasStep ? static_cast<double>(*a.steps[i].data_ptr<float>()) + 1.0 : 1.0;
+    if (R::kHasStep) steps[i] = static_cast<float*>(a.steps[i].data_ptr());
+    const double step = R::kHasStep ? static_cast<double>(*steps[i]) + 1.0 : 1.0;
     if (step != last_step || i == 0) {
       scalars = R::per_tensor(config, lr, step);
       last_step = step;
@@ -73,7 +77,7 @@ void step_cpu(const char* rule, const StepArgs& a) {
     at::parallel_for(0, n_chunks, 1,
                      [&](int64_t begin, int64_t end) { cpu::run_chunks(work, begin, end); });
   }
-  for (const at::Tensor& step : a.steps) *step.data_ptr<float>() += 1.0f;
+  for (float* step : steps) *step += 1.0f;
 }
 
 }  // namespace fusedopt::binding

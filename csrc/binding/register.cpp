@@ -23,9 +23,8 @@ namespace {
 // The boxed kernel of rule R on one device: `step` is step_cpu<R> or step_cuda<R>.
 template <class R, void (*step)(const char*, const StepArgs&), const char* kName>
 void boxed_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
-  const StepArgs args = peek_step_args<R>(*stack, 0);
+  step(kName, peek_step_args<R>(*stack, 0));
   torch::jit::drop(*stack, step_arg_count<R>());
-  step(kName, args);
 }
 
 #define FUSEDOPT_RULE_NAME(Type, name) constexpr char k##Type##Name[] = #name;

@@ -24,8 +24,24 @@
 
 namespace fusedopt::binding {
 
+// A Tensor[] argument, read in place on the dispatcher's stack: no copy and no
+// refcount traffic per tensor (copying the lists cost ~0.3 us per tensor, most
+// of it in releasing the copies' Python references; measured with 2000 params).
+class TensorListView {
+ public:
+  TensorListView() = default;
+  explicit TensorListView(c10::ArrayRef<c10::IValue> items) : items_(items) {}
+  size_t size() const { return items_.size(); }
+  bool empty() const { return items_.empty(); }
+  const at::Tensor& operator[](size_t i) const { return items_[i].toTensor(); }
+
+ private:
+  c10::ArrayRef<c10::IValue> items_;
+};
+
+// Valid while the call's inputs stay on the stack.
 struct StepArgs {
-  std::vector<at::Tensor> params, grads, states, steps;
+  TensorListView params, grads, states, steps;
   double lr = 0.0;                       // the float overload's lr
   std::optional<at::Tensor> lr_tensor;   // the tensor_lr overload's lr
   std::vector<double> hyper;             // R::kHyper's values, in order
@@ -42,16 +58,16 @@ constexpr size_t step_arg_count() {
 }
 
 // The step op's arguments, `extra` inputs before the stack's end; they stay
-// on the stack.
+// on the stack, and must until the step is done (the lists are views).
 template <class R>
 StepArgs peek_step_args(const torch::jit::Stack& stack, size_t extra) {
   const size_t n = step_arg_count<R>();
   auto args = torch::jit::last(stack, n + extra);
   StepArgs a;
-  a.params = args[0].toTensorVector();
-  a.grads = args[1].toTensorVector();
-  a.states = args[2].toTensorVector();
-  a.steps = args[3].toTensorVector();
+  a.params = TensorListView(args[0].toListRef());
+  a.grads = TensorListView(args[1].toListRef());
+  a.states = TensorListView(args[2].toListRef());
+  a.steps = TensorListView(args[3].toListRef());
   if (args[4].isTensor()) {
     a.lr_tensor = args[4].toTensor();
   } else {

@@ -120,7 +120,6 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   const bool steps_in_kernel = extra[0].toBool();
   const bool lr_in_kernel = extra[1].toBool();
   const int64_t threads_per_block = extra[2].toInt();
-  torch::jit::drop(*stack, binding::step_arg_count<R>() + kEmulationExtraArgs);
 
   TORCH_CHECK(a.lr_tensor.has_value() && a.lr_tensor->scalar_type() == at::kFloat,
               "fusedopt: the emulation takes lr as a float32 tensor");
@@ -140,7 +139,7 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
                 "fusedopt: grad_scale and found_inf must be one-element float32 CPU tensors");
   }
   EmulationObserver observer;
-  for (const at::Tensor& p : a.params) observer.updates.emplace_back(p.numel(), 0);
+  for (size_t i = 0; i < a.params.size(); ++i) observer.updates.emplace_back(a.params[i].numel(), 0);
   const float* found_inf = a.found_inf.has_value() ? a.found_inf->data_ptr<float>() : nullptr;
   // With host-owned counts the host reads found_inf before anything else, as
   // the CUDA op does.
@@ -181,6 +180,7 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
                                       observer.out_of_range_updates,
                                       never,
                                       more};
+  torch::jit::drop(*stack, binding::step_arg_count<R>() + kEmulationExtraArgs);
   torch::jit::push(*stack, c10::IValue(stats));
 }
 

@@ -76,9 +76,15 @@ class _Call:
 class _GroupPlan:
     params: list[Tensor]  # the group's params list when the plan was built
     source: list[Tensor]  # that list object itself
-    has_grad: tuple[bool, ...] | None  # None: every param had a grad
+    has_grad: list[bool]  # which of them had a grad
     used: tuple[str, ...]
     calls: list[_Call] = field(default_factory=list)
+
+
+def _has_grad(grads: list) -> list[bool]:
+    # Not `None in grads`: `in` compares each tensor with None through
+    # Tensor.__eq__, 18 us per tensor.
+    return [g is not None for g in grads]
 
 
 class FusedOptimizer(Optimizer):
@@ -176,7 +182,7 @@ class FusedOptimizer(Optimizer):
         self, group: dict[str, Any], grads: list, used: tuple[str, ...], created: list[Tensor]
     ) -> _GroupPlan:
         source = group["params"]
-        has_grad = None if None not in grads else tuple(g is not None for g in grads)
+        has_grad = _has_grad(grads)
         indices = [i for i, g in enumerate(grads) if g is not None]
         params = [source[i] for i in indices]
         keys = self._bucket_keys(params, [grads[i] for i in indices])
@@ -211,12 +217,11 @@ class FusedOptimizer(Optimizer):
         """The group's cached plan if still valid (Note [cached step plans]), else a new one."""
         plan = self._plans.get(index)
         source = group["params"]
-        has_grad = None if None not in grads else tuple(g is not None for g in grads)
         if (
             plan is None
             or plan.source is not source
             or plan.used != used
-            or plan.has_grad != has_grad
+            or plan.has_grad != _has_grad(grads)
             or len(plan.params) != len(source)
             or not all(map(is_, plan.params, source))
         ):
