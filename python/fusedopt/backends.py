@@ -93,11 +93,30 @@ class _CompiledOpBackend(Backend):
     """The C++ op family torch.ops.fusedopt.<rule>_step_, which torch's
     dispatcher sends to the CPU loops or the CUDA kernels by the tensors' device."""
 
-    def step(self, rule, params, grads, states, state_steps, *, lr, hyper, grad_scale=None,
-             found_inf=None):
+    def step(
+        self,
+        rule,
+        params,
+        grads,
+        states,
+        state_steps,
+        *,
+        lr,
+        hyper,
+        grad_scale=None,
+        found_inf=None,
+    ):
         op = rule.op.tensor_lr if isinstance(lr, Tensor) else rule.op.default
-        op(params, grads, states, state_steps, lr=lr, **hyper, grad_scale=grad_scale,
-           found_inf=found_inf)
+        op(
+            params,
+            grads,
+            states,
+            state_steps,
+            lr=lr,
+            **hyper,
+            grad_scale=grad_scale,
+            found_inf=found_inf,
+        )
 
 
 class CpuBackend(_CompiledOpBackend):
@@ -177,8 +196,19 @@ class ReferenceBackend(Backend):
             return f"params are {bucket.dtype}; optimizers step floating-point params"
         return None
 
-    def step(self, rule, params, grads, states, state_steps, *, lr, hyper, grad_scale=None,
-             found_inf=None):
+    def step(
+        self,
+        rule,
+        params,
+        grads,
+        states,
+        state_steps,
+        *,
+        lr,
+        hyper,
+        grad_scale=None,
+        found_inf=None,
+    ):
         names = rule.used_states(hyper)
         check_lists(
             params,

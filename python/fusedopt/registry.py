@@ -54,7 +54,8 @@ class Rule:
 
 
 def _adam_states(h: Mapping[str, Any]) -> tuple[str, ...]:
-    return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if h["amsgrad"] else ("exp_avg", "exp_avg_sq")
+    moments = ("exp_avg", "exp_avg_sq")
+    return (*moments, "max_exp_avg_sq") if h["amsgrad"] else moments
 
 
 def _sgd_states(h: Mapping[str, Any]) -> tuple[str, ...]:

@@ -21,8 +21,12 @@ from typing import Any
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from fusedopt.optim.base import FusedOptimizer, check_fused_flags, check_tensor_lr
-from fusedopt.reference import WeightDecayMode
+from fusedopt.optim.base import (
+    FusedOptimizer,
+    check_fused_flags,
+    check_lr_and_weight_decay,
+    weight_decay_hyper,
+)
 from fusedopt.registry import RULES
 
 
@@ -34,6 +38,15 @@ class Adam(FusedOptimizer):
     """
 
     rule = RULES["adam"]
+    group_key_defaults = {
+        "amsgrad": False,
+        "maximize": False,
+        "foreach": None,
+        "capturable": False,
+        "differentiable": False,
+        "fused": None,
+        "decoupled_weight_decay": False,
+    }
 
     def __init__(
         self,
@@ -52,17 +65,13 @@ class Adam(FusedOptimizer):
         decoupled_weight_decay: bool = False,
         backend: str = "auto",
     ) -> None:
-        check_tensor_lr(lr)
-        if not 0.0 <= lr:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        check_lr_and_weight_decay(lr, weight_decay)
         if not 0.0 <= eps:
             raise ValueError(f"Invalid epsilon value: {eps}")
         if not 0.0 <= betas[0] < 1.0:
             raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
         if not 0.0 <= betas[1] < 1.0:
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
-        if not 0.0 <= weight_decay:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         check_fused_flags(foreach, differentiable, fused)
         for i, beta in enumerate(betas):
             if isinstance(beta, Tensor) and beta.numel() != 1:
@@ -82,28 +91,13 @@ class Adam(FusedOptimizer):
         }
         super().__init__(params, defaults, backend)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("amsgrad", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("capturable", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("fused", None)
-            group.setdefault("decoupled_weight_decay", False)
-
     def hyper(self, group: Mapping[str, Any]) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
         return {
             "beta1": float(beta1),
             "beta2": float(beta2),
             "eps": group["eps"],
-            "weight_decay": float(group["weight_decay"]),
-            "weight_decay_mode": int(
-                WeightDecayMode.DECOUPLED if group["decoupled_weight_decay"] else WeightDecayMode.L2
-            ),
-            "lr_max": 1.0,
+            **weight_decay_hyper(group),
             "amsgrad": group["amsgrad"],
             "maximize": group["maximize"],
         }

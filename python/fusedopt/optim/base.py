@@ -36,15 +36,31 @@ from torch.optim.optimizer import Optimizer
 
 from fusedopt import _extension, backends
 from fusedopt._checks import check_lists, is_dense, same_layout
-from fusedopt.reference import compute_dtype
+from fusedopt.reference import WeightDecayMode, compute_dtype
 from fusedopt.registry import Rule
 
 logger = logging.getLogger("fusedopt")
 
 
-def check_tensor_lr(lr: float | Tensor) -> None:
+def check_lr_and_weight_decay(lr: float | Tensor, weight_decay: float | Tensor) -> None:
+    """torch's checks, with torch's messages."""
     if isinstance(lr, Tensor) and lr.numel() != 1:
         raise ValueError("Tensor lr must be 1-element")
+    if not 0.0 <= lr:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not 0.0 <= weight_decay:
+        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+
+
+def weight_decay_hyper(group: Mapping[str, Any]) -> dict[str, Any]:
+    """The weight-decay hyperparameters every rule's op takes, from the group's
+    `weight_decay` and `decoupled_weight_decay` (torch.optim.Adam's key)."""
+    decoupled = group.get("decoupled_weight_decay", False)
+    return {
+        "weight_decay": float(group["weight_decay"]),
+        "weight_decay_mode": int(WeightDecayMode.DECOUPLED if decoupled else WeightDecayMode.L2),
+        "lr_max": 1.0,
+    }
 
 
 def check_fused_flags(foreach: bool | None, differentiable: bool, fused: bool | None) -> None:
@@ -89,6 +105,9 @@ def _has_grad(grads: list) -> list[bool]:
 
 class FusedOptimizer(Optimizer):
     rule: ClassVar[Rule]
+    # Group keys that pickles of older versions may lack, with their defaults
+    # (torch's __setstate__ fills them in the same way).
+    group_key_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params, defaults: dict[str, Any], backend: str) -> None:
         if backend not in backends.BACKEND_NAMES:
@@ -110,6 +129,9 @@ class FusedOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.group_key_defaults.items():
+                group.setdefault(key, value)
         self.__dict__.setdefault("backend", "auto")
         self._plans = {}
 
@@ -290,9 +312,8 @@ class FusedOptimizer(Optimizer):
                 plan = self._plan(index, group, grads, used, created)
                 for call in plan.calls:
                     self._log_choice(index, call)
-                    call_grads = (
-                        grads if len(call.indices) == len(grads) else [grads[i] for i in call.indices]
-                    )
+                    whole = len(call.indices) == len(grads)
+                    call_grads = grads if whole else [grads[i] for i in call.indices]
                     states = [sd[name] for name in used for sd in call.state_dicts]
                     steps = [sd["step"] for sd in call.state_dicts] if rule.has_step else []
                     if rule.fresh_flag is not None:

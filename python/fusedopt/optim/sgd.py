@@ -18,8 +18,12 @@ from typing import Any
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from fusedopt.optim.base import FusedOptimizer, check_fused_flags, check_tensor_lr
-from fusedopt.reference import WeightDecayMode
+from fusedopt.optim.base import (
+    FusedOptimizer,
+    check_fused_flags,
+    check_lr_and_weight_decay,
+    weight_decay_hyper,
+)
 from fusedopt.registry import RULES
 
 
@@ -27,6 +31,14 @@ class SGD(FusedOptimizer):
     """Stochastic gradient descent with torch.optim.SGD's exact interface."""
 
     rule = RULES["sgd"]
+    group_key_defaults = {
+        "nesterov": False,
+        "maximize": False,
+        "foreach": None,
+        "differentiable": False,
+        "fused": None,
+        "decoupled_weight_decay": False,
+    }
 
     def __init__(
         self,
@@ -44,13 +56,9 @@ class SGD(FusedOptimizer):
         decoupled_weight_decay: bool = False,
         backend: str = "auto",
     ) -> None:
-        check_tensor_lr(lr)
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
+        check_lr_and_weight_decay(lr, weight_decay)
         if momentum < 0.0:
             raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         check_fused_flags(foreach, differentiable, fused)
@@ -68,27 +76,11 @@ class SGD(FusedOptimizer):
         }
         super().__init__(params, defaults, backend)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("nesterov", False)
-            group.setdefault("maximize", False)
-            group.setdefault("foreach", None)
-            group.setdefault("differentiable", False)
-            group.setdefault("fused", None)
-            group.setdefault("decoupled_weight_decay", False)
-
     def hyper(self, group: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "momentum": float(group["momentum"]),
             "dampening": float(group["dampening"]),
-            "weight_decay": float(group["weight_decay"]),
-            "weight_decay_mode": int(
-                WeightDecayMode.DECOUPLED
-                if group.get("decoupled_weight_decay", False)
-                else WeightDecayMode.L2
-            ),
-            "lr_max": 1.0,
+            **weight_decay_hyper(group),
             "nesterov": group["nesterov"],
             "maximize": group["maximize"],
             "first_step": False,  # set per call by the base (Rule.fresh_flag)
