@@ -38,15 +38,7 @@ class Adam(FusedOptimizer):
     """
 
     rule = RULES["adam"]
-    group_key_defaults = {
-        "amsgrad": False,
-        "maximize": False,
-        "foreach": None,
-        "capturable": False,
-        "differentiable": False,
-        "fused": None,
-        "decoupled_weight_decay": False,
-    }
+    group_key_defaults = {"amsgrad": False, "capturable": False}
 
     def __init__(
         self,

@@ -106,7 +106,15 @@ def _has_grad(grads: list) -> list[bool]:
 class FusedOptimizer(Optimizer):
     rule: ClassVar[Rule]
     # Group keys that pickles of older versions may lack, with their defaults
-    # (torch's __setstate__ fills them in the same way).
+    # (torch's __setstate__ fills them in the same way): these, and the
+    # class's own `group_key_defaults`.
+    common_group_key_defaults: ClassVar[dict[str, Any]] = {
+        "maximize": False,
+        "foreach": None,
+        "differentiable": False,
+        "fused": None,
+        "decoupled_weight_decay": False,
+    }
     group_key_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params, defaults: dict[str, Any], backend: str) -> None:
@@ -130,7 +138,7 @@ class FusedOptimizer(Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         for group in self.param_groups:
-            for key, value in self.group_key_defaults.items():
+            for key, value in {**self.common_group_key_defaults, **self.group_key_defaults}.items():
                 group.setdefault(key, value)
         self.__dict__.setdefault("backend", "auto")
         self._plans = {}

@@ -31,14 +31,7 @@ class SGD(FusedOptimizer):
     """Stochastic gradient descent with torch.optim.SGD's exact interface."""
 
     rule = RULES["sgd"]
-    group_key_defaults = {
-        "nesterov": False,
-        "maximize": False,
-        "foreach": None,
-        "differentiable": False,
-        "fused": None,
-        "decoupled_weight_decay": False,
-    }
+    group_key_defaults = {"nesterov": False}
 
     def __init__(
         self,
