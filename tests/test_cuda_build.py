@@ -1,8 +1,11 @@
 """The CUDA backend as built here: the extension imports without a GPU, says
-what it built, registers its CUDA kernels, refuses what they cannot take with
-our own errors, and CMake's FUSEDOPT_CUDA switch decides as documented."""
+what it built, registers a CUDA kernel for every rule's op, refuses what the
+kernels cannot take with our own errors, and CMake's FUSEDOPT_CUDA and
+FUSEDOPT_TESTING switches decide as documented."""
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -10,11 +13,13 @@ import fusedopt
 import pytest
 import torch
 from _cuda_tools import REPO, cuda_build_expected
+from _op_hyper import OP_HYPER, op_lists
 from fusedopt import backends
-from fusedopt._C import cuda_archs, cuda_built
-from helpers import adam_hyper
+from fusedopt._C import cuda_archs, cuda_built, kernel_arg_bytes
+from fusedopt.registry import RULES
 
 DEFAULT_ARCHS = "80-real,90-real,100-real,120"  # CMakeLists.txt FUSEDOPT_DEFAULT_CUDA_ARCHS
+OVERLOADS = ["default", "tensor_lr"]
 
 
 def test_cuda_kernels_built_where_nvcc_and_cuda_torch_are():
@@ -26,46 +31,50 @@ def test_cuda_kernels_built_where_nvcc_and_cuda_torch_are():
         assert cuda_archs == want
 
 
+def _nvcc_version() -> tuple[int, int]:
+    out = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
+    major, minor = re.search(r"release (\d+)\.(\d+)", out).groups()
+    return int(major), int(minor)
+
+
+def test_kernel_parameter_space():
+    # 32,764 bytes with nvcc >= 12.1 (mta/args.h); the classic 4 KB only when
+    # CMake found an older nvcc, which also defines FUSEDOPT_SMALL_KERNEL_ARGS
+    # for the host code.
+    small = cuda_built and shutil.which("nvcc") is not None and _nvcc_version() < (12, 1)
+    assert kernel_arg_bytes == (4096 if small else 32764)
+
+
 needs_cuda_build = pytest.mark.skipif(
     not cuda_built, reason="fusedopt._C was built without CUDA kernels: none to call"
 )
 
 
 @needs_cuda_build
-@pytest.mark.parametrize("overload", ["default", "tensor_lr"])
-def test_cuda_kernel_registered(overload):
-    name = "fusedopt::adam_step_" + ("" if overload == "default" else ".tensor_lr")
+@pytest.mark.parametrize("overload", OVERLOADS)
+@pytest.mark.parametrize("rule", RULES)
+def test_cuda_kernel_registered(rule, overload):
+    name = f"fusedopt::{rule}_step_" + ("" if overload == "default" else ".tensor_lr")
     assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA")
 
 
-def _lists(n=4):
-    return (
-        [torch.zeros(n)],
-        [torch.ones(n)],
-        [torch.zeros(n)],
-        [torch.zeros(n)],
-        [],
-        [torch.zeros(())],
-    )
-
-
-HYPER = adam_hyper(weight_decay=0.0)
-
-
 @needs_cuda_build
-@pytest.mark.parametrize("overload", ["default", "tensor_lr"])
-def test_cuda_kernel_refuses_cpu_tensors_with_our_error(overload):
+@pytest.mark.parametrize("overload", OVERLOADS)
+@pytest.mark.parametrize("rule", RULES)
+def test_cuda_kernel_refuses_cpu_tensors_with_our_error(rule, overload):
     # No CUDA tensor can exist here, so the dispatcher would pick the CPU
     # kernel; redispatching to the CUDA key runs our CUDA kernel's own checks,
     # which must refuse before touching the driver (else: "CUDA driver version
     # is insufficient").
-    op = getattr(torch.ops.fusedopt.adam_step_, overload)
+    op = getattr(getattr(torch.ops.fusedopt, f"{rule}_step_"), overload)
     lr = 1e-3 if overload == "default" else torch.tensor(1e-3)
-    params, *rest = _lists()
+    params, grads, states, steps = op_lists(rule, [4])
+    before = [t.clone() for t in (*params, *grads, *states, *steps)]
     keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
     with pytest.raises(RuntimeError, match="this kernel takes CUDA tensors, got params on cpu"):
-        op.redispatch(keys, params, *rest, lr=lr, **HYPER)
-    assert torch.equal(params[0], torch.zeros(4)), "a refused call writes nothing"
+        op.redispatch(keys, params, grads, states, steps, lr=lr, **OP_HYPER[rule])
+    after = (*params, *grads, *states, *steps)
+    assert all(torch.equal(a, b) for a, b in zip(after, before)), "a refused call writes nothing"
 
 
 def test_cuda_backend_availability():
@@ -78,10 +87,11 @@ def test_cuda_backend_availability():
         assert reason == "torch sees no CUDA device"
 
 
-def test_cuda_backend_refuses_cpu_params():
+@pytest.mark.parametrize("make", [fusedopt.AdamW, fusedopt.Adam, fusedopt.SGD])
+def test_cuda_backend_refuses_cpu_params(make):
     param = torch.nn.Parameter(torch.zeros(3))
     param.grad = torch.ones(3)
-    opt = fusedopt.AdamW([param], backend="cuda")
+    opt = make([param], lr=1e-3, backend="cuda")
     with pytest.raises(ValueError, match="backend='cuda' cannot step"):
         opt.step()
     assert torch.equal(param.detach(), torch.zeros(3))
@@ -126,10 +136,12 @@ def _configure(tmp_path, **env):
     )
 
 
-def test_cmake_fusedopt_cuda_0_skips_the_kernels(tmp_path):
-    result = _configure(tmp_path, FUSEDOPT_CUDA="0")
+def test_cmake_cuda_0_skips_the_kernels_and_testing_1_adds_the_test_ops(tmp_path):
+    # One configure for both switches: each costs ~4 s.
+    result = _configure(tmp_path, FUSEDOPT_CUDA="0", FUSEDOPT_TESTING="1")
     assert result.returncode == 0, result.stderr
     assert "fusedopt: CUDA kernels NOT built (FUSEDOPT_CUDA=0)" in result.stdout
+    assert "fusedopt: building fusedopt._testing (FUSEDOPT_TESTING=1)" in result.stdout
 
 
 def test_cmake_fusedopt_cuda_1_fails_clearly_without_nvcc(tmp_path):
@@ -142,9 +154,15 @@ def test_cmake_fusedopt_cuda_1_fails_clearly_without_nvcc(tmp_path):
 
 @pytest.mark.skipif(not cuda_build_expected(), reason="needs nvcc and a CUDA build of torch")
 def test_cmake_auto_says_which_archs(tmp_path):
-    result = _configure(tmp_path)
+    result = _configure(tmp_path, FUSEDOPT_CUDA_ARCHS="")
     assert result.returncode == 0, result.stderr
     assert (
         "fusedopt: building the CUDA kernels for architectures 80-real;90-real;100-real;120"
         in result.stdout
     )
+
+
+def test_cmake_fusedopt_testing_2_fails_configure_clearly(tmp_path):
+    result = _configure(tmp_path, FUSEDOPT_CUDA="0", FUSEDOPT_TESTING="2")
+    assert result.returncode != 0
+    assert "FUSEDOPT_TESTING must be 0 or 1, got '2'" in result.stderr

@@ -1,31 +1,52 @@
-"""The CUDA op's host side and its kernels' traversal, run on the CPU.
+"""The CUDA op's host side and its kernels' traversal, run on the CPU, for every rule.
 
-fusedopt::_cuda_emulate_adam_step_ fills the kernel arguments exactly as the
-CUDA op does (csrc/ops.cpp, prepare_cuda_adam) and runs the kernels' body
-(csrc/include/fusedopt/adam_cuda_traversal.h: adam_thread, then
-increment_step_thread) for every (block, thread) of the planned grid, one
-after another. The traversal has no shared memory and no barriers, so this is
-the same computation as on a GPU up to floating-point contraction.
+fusedopt_testing::<rule>_emulate_step_ (csrc/testing/emulation.cpp) fills the
+kernel arguments exactly as the CUDA op does (csrc/binding/cuda_work.h,
+prepare_cuda) and runs the kernels' body (csrc/include/fusedopt/mta/
+traversal.h: element_thread, then increment_step_thread) for every (block,
+thread) of the planned grid, one after another. The traversal has no shared
+memory and no barriers, so this is the same computation as on a GPU up to
+floating-point contraction.
 
-What it covers: the launch split and block -> (tensor, chunk) map, the chunk
-and element index math, the choice between the 16-byte vector path and the
-scalar path, the GradScaler unscale and skip, the scalars computed on the host
-and in the kernel (capturable), the step-count increments, and the fp32 /
-bf16 / fp16 conversions as the host compiler builds them.
+What it covers, for every rule of fusedopt.registry.RULES and each of its
+state sets: the launch split (slots and blocks per launch derived from the
+rule) and the block -> (tensor, chunk) map, the chunk and element index math,
+the choice between the 16-byte vector path and the scalar path (the alignment
+of every stream, states included), the state-major state lists, the GradScaler
+unscale and skip, the per-tensor scalars computed on the host and in the kernel
+(capturable: step counts and lr in device memory), the step-count protocol
+(Note [step-count protocol] in fusedopt/registry.py) across several
+step-increment launches, and the fp32 / bf16 / fp16 conversions as the host
+compiler builds them.
 What it does not cover: the device compiler's code (FMA contraction, the
-device conversions intrinsics, 64-bit address arithmetic in SASS), the
-launch itself and the stream, concurrency between blocks. Those are
-compiled-only here (tests/test_cuda_sass.py reads the SASS).
+device conversion intrinsics, the fp64 pow of the capturable path, 64-bit
+address arithmetic in SASS), the launch itself and the stream, concurrency
+between blocks. Those are compiled-only here (tests/test_cuda_sass.py reads the
+SASS).
 """
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
 
 import fusedopt  # noqa: F401  (registers the ops)
 import pytest
 import torch
-from fusedopt import reference
+from _op_hyper import OP_HYPER
+from fusedopt._C import kernel_arg_bytes
+from fusedopt.registry import RULES, Rule
 
-CHUNK = 65536
-HYPER = dict(beta1=0.9, beta2=0.999, eps=1e-8, lr_max=1.0)
-LR = 2.0**-10  # exact in float32: the emulation reads lr from a float32 tensor
+pytest.importorskip(
+    "fusedopt._testing", reason="fusedopt._testing is built only with FUSEDOPT_TESTING=1"
+)
+
+CHUNK = 65536  # mta::kChunkSize
+GROUP = 4  # elements per vector group of one thread (mta/traversal.h)
+# Exact in float32 (the emulation reads lr from a float32 tensor), and large
+# enough that most bf16 params move (one bf16 ulp of a value near 1 is 2^-7).
+LR = 2.0**-5
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 STATS = (
     "launches",
     "blocks",
@@ -36,110 +57,183 @@ STATS = (
     "never",
     "more_than_once",
 )
+# Step counts one step-increment launch advances (mta::kStepsPerLaunch: the
+# kernel-parameter space less found_inf and n_steps, 8 bytes per pointer).
+STEPS_PER_LAUNCH = (kernel_arg_bytes - 16) // 8
 
 
-def make_case(numels, dtype, amsgrad, seed=0, steps=None):
+@dataclass(frozen=True)
+class RuleCases:
+    """A rule's hyperparameters for these tests: `hyper` (every name of
+    Rule.hyper), overrides that reach each of its state sets (each crossed with
+    the three weight-decay modes), and other switches."""
+
+    hyper: dict
+    state_variants: dict[str, dict]
+    extra: dict[str, dict] = field(default_factory=dict)
+
+
+CASES = {
+    "adam": RuleCases(
+        hyper={**OP_HYPER["adam"], "amsgrad": False},
+        state_variants={"plain": {}, "amsgrad": dict(amsgrad=True)},
+        extra={
+            "maximize": dict(maximize=True),
+            "amsgrad-maximize": dict(amsgrad=True, maximize=True),
+            "no-decay": dict(weight_decay=0.0, weight_decay_mode=0),
+        },
+    ),
+    "sgd": RuleCases(
+        hyper=OP_HYPER["sgd"],
+        state_variants={
+            "no-momentum": dict(momentum=0.0),
+            "first-step": dict(first_step=True),
+            "momentum": {},
+            "nesterov": dict(nesterov=True, dampening=0.0),
+        },
+        extra={
+            "maximize": dict(maximize=True),
+            "no-decay": dict(weight_decay=0.0, weight_decay_mode=0),
+        },
+    ),
+}
+
+# How each state starts: the second moments are nonnegative, as Adam keeps them.
+STATE_INIT = {
+    "exp_avg": lambda n, gen: torch.randn(n, generator=gen) * 0.1,
+    "exp_avg_sq": lambda n, gen: torch.rand(n, generator=gen) * 0.01,
+    "max_exp_avg_sq": lambda n, gen: torch.rand(n, generator=gen) * 0.02,
+    "momentum_buffer": lambda n, gen: torch.randn(n, generator=gen) * 0.1,
+}
+
+
+def variants(name: str) -> dict[str, dict]:
+    cases = CASES[name]
+    out = {}
+    for sv_id, overrides in cases.state_variants.items():
+        for mode in (0, 1, 2):
+            out[f"{sv_id}-wd{mode}"] = {**cases.hyper, **overrides, "weight_decay_mode": mode}
+    for extra_id, overrides in cases.extra.items():
+        out[extra_id] = {**cases.hyper, **overrides}
+    return out
+
+
+def full_hyper(name: str) -> dict:
+    """The variant that uses every state of the rule."""
+    rule = RULES[name]
+    for hyper in variants(name).values():
+        if rule.used_states(hyper) == rule.states:
+            return hyper
+    raise AssertionError(f"no variant of {name} uses all of {rule.states}")
+
+
+@dataclass
+class Case:
+    rule: Rule
+    hyper: dict
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    states: dict[str, list[torch.Tensor]]  # the used states, in the rule's order
+    steps: list[torch.Tensor]  # empty for a rule without step counts
+
+    def op_lists(self):
+        # Note [state-major lists]: every param's first state, then every param's second...
+        flat = [t for name in self.states for t in self.states[name]]
+        return self.params, self.grads, flat, self.steps
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [
+            *self.params,
+            *self.grads,
+            *(t for s in self.states.values() for t in s),
+            *self.steps,
+        ]
+
+    def clone(self) -> Case:
+        return Case(
+            self.rule,
+            self.hyper,
+            [t.clone() for t in self.params],
+            [t.clone() for t in self.grads],
+            {k: [t.clone() for t in v] for k, v in self.states.items()},
+            [t.clone() for t in self.steps],
+        )
+
+
+def make_case(name, numels, dtype, hyper, *, steps=None, seed=0) -> Case:
+    rule = RULES[name]
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn(n, generator=gen).to(dtype) for n in numels]
     grads = [torch.randn(n, generator=gen).to(dtype) for n in numels]
-    exp_avgs = [torch.randn(n, generator=gen) * 0.1 for n in numels]
-    exp_avg_sqs = [torch.rand(n, generator=gen) * 0.01 for n in numels]
-    max_sqs = [v + torch.rand(v.numel(), generator=gen) * 0.01 for v in exp_avg_sqs]
-    state_steps = [torch.tensor(float(s)) for s in (steps or [3] * len(numels))]
-    return [params, grads, exp_avgs, exp_avg_sqs, max_sqs if amsgrad else [], state_steps]
-
-
-def clone(case):
-    return [[t.clone() for t in lst] for lst in case]
+    states = {s: [STATE_INIT[s](n, gen) for n in numels] for s in rule.used_states(hyper)}
+    counts = steps if steps is not None else [3] * len(numels)
+    state_steps = [torch.tensor(float(c)) for c in counts] if rule.has_step else []
+    return Case(rule, hyper, params, grads, states, state_steps)
 
 
 def emulate(
-    case,
+    case: Case,
     *,
-    wd_mode=1,
-    weight_decay=0.01,
-    amsgrad=False,
-    maximize=False,
     grad_scale=None,
     found_inf=None,
     steps_in_kernel=False,
     lr_in_kernel=False,
     threads=512,
-):
-    stats = torch.ops.fusedopt._cuda_emulate_adam_step_(
-        *case,
+) -> dict[str, int]:
+    op = getattr(torch.ops.fusedopt_testing, f"{case.rule.name}_emulate_step_")
+    stats = op(
+        *case.op_lists(),
         lr=torch.tensor(LR),
-        weight_decay=weight_decay,
-        weight_decay_mode=wd_mode,
-        amsgrad=amsgrad,
-        maximize=maximize,
+        **case.hyper,
         grad_scale=grad_scale,
         found_inf=found_inf,
         steps_in_kernel=steps_in_kernel,
         lr_in_kernel=lr_in_kernel,
         threads_per_block=threads,
-        **HYPER,
     )
     return dict(zip(STATS, stats, strict=True))
 
 
-def cpu_backend(
-    case,
-    *,
-    wd_mode=1,
-    weight_decay=0.01,
-    amsgrad=False,
-    maximize=False,
-    grad_scale=None,
-    found_inf=None,
-):
-    torch.ops.fusedopt.adam_step_(
-        *case,
-        lr=LR,
-        weight_decay=weight_decay,
-        weight_decay_mode=wd_mode,
-        amsgrad=amsgrad,
-        maximize=maximize,
-        grad_scale=grad_scale,
-        found_inf=found_inf,
-        **HYPER,
-    )
+def cpu_op(case: Case, *, grad_scale=None, found_inf=None) -> None:
+    case.rule.op(*case.op_lists(), lr=LR, **case.hyper, grad_scale=grad_scale, found_inf=found_inf)
 
 
-def reference_step(
-    case, *, wd_mode=1, weight_decay=0.01, amsgrad=False, maximize=False, grad_scale=None
-):
-    params, grads, exp_avgs, exp_avg_sqs, max_sqs, steps = case
-    for i in range(len(params)):
-        reference.adam_step_(
-            params[i],
-            grads[i],
-            exp_avgs[i],
-            exp_avg_sqs[i],
-            max_sqs[i] if amsgrad else None,
-            steps[i],
+def reference_step(case: Case, *, grad_scale=None) -> None:
+    for i in range(len(case.params)):
+        state = {name: tensors[i] for name, tensors in case.states.items()}
+        if case.rule.has_step:
+            state["step"] = case.steps[i]
+        case.rule.reference(
+            case.params[i],
+            case.grads[i],
+            state,
             lr=LR,
-            weight_decay=weight_decay,
-            weight_decay_mode=reference.WeightDecayMode(wd_mode),
-            amsgrad=amsgrad,
-            maximize=maximize,
             grad_scale=None if grad_scale is None else grad_scale.item(),
-            **HYPER,
+            **case.hyper,
         )
 
 
-def expected_accesses(numels, amsgrad, unscale):
-    """(vector, scalar) accesses of the traversal: per group of 4 elements (a
-    chunk's whole groups) or per tail element, one access per stream: loads
-    p, g, m, v (+v_max), stores p, m, v (+v_max) (+g when unscaling)."""
-    per = 7 + 2 * amsgrad + unscale
+def n_streams(case: Case, unscale: bool) -> int:
+    """Accesses per element or vector group: loads p, g and each used state;
+    stores p and each used state; + the unscaled g stored back."""
+    return 3 + 2 * len(case.states) + int(unscale)
+
+
+def expected_accesses(numels, streams: int) -> tuple[int, int]:
+    """(vector, scalar) accesses of the traversal on aligned tensors: per whole
+    group of 4 elements of a chunk, one access per stream (a 16-byte pack of
+    fp32, an 8-byte pack of bf16/fp16); per tail element, one per stream."""
     groups = tails = 0
     for n in numels:
         for start in range(0, n, CHUNK):
             size = min(CHUNK, n - start)
-            groups += size // 4
-            tails += size % 4
-    return groups * per, tails * per
+            groups += size // GROUP
+            tails += size % GROUP
+    return groups * streams, tails * streams
+
+
+def n_chunks(numels) -> int:
+    return sum(-(-n // CHUNK) for n in numels)
 
 
 def assert_clean(stats, numels):
@@ -147,139 +241,208 @@ def assert_clean(stats, numels):
     assert stats["out_of_range"] == 0
     assert stats["more_than_once"] == 0
     assert stats["never"] == 0, f"{stats['never']} of {sum(numels)} elements not updated"
+    assert stats["blocks"] == n_chunks(numels)
 
 
-def assert_same(a, b):
-    for lst_a, lst_b in zip(a, b, strict=True):
-        for x, y in zip(lst_a, lst_b, strict=True):
-            assert torch.equal(x, y), (x - y).abs().max() if x.numel() else "size"
+def assert_same(a: Case, b: Case):
+    for x, y in zip(a.tensors(), b.tensors(), strict=True):
+        assert x.shape == y.shape
+        assert torch.equal(x, y), (x.float() - y.float()).abs().max()
 
 
-# Error budget against the fp32 reference, per param dtype: fp32 within a few
-# ulps (the reference forms 1 - beta^t in a different order); bf16 / fp16
-# within one ulp of the stored value (one rounding at the store, either side).
+def assert_grads_untouched(case: Case, before: Case):
+    for got, old in zip(case.grads, before.grads, strict=True):
+        assert torch.equal(got, old), "grads are written only when unscaling"
+
+
+# Error budget against the fp32 reference, per stored dtype: fp32 within a few
+# ulps (the reference forms 1 - beta^t and its products in another order);
+# bf16 / fp16 params within one ulp of the stored value (one rounding at the
+# store, either side of the exact result). States are always fp32.
 TOLERANCE = {
     torch.float32: dict(rtol=1e-6, atol=1e-7),
     torch.bfloat16: dict(rtol=2**-7, atol=1e-6),
     torch.float16: dict(rtol=2**-10, atol=1e-6),
 }
 
-SIZES = [0, 1, 3, 4097, 65537, 2 * CHUNK + 5, 0]  # zero-size first and last, a prime, 2 chunks+
+# Zero-size first and last, primes (2, 3, 7919, 65537), one past 4096, one
+# past a chunk, two chunks and 5.
+SIZES = [0, 1, 2, 3, 7919, 4097, 65537, 2 * CHUNK + 5, 0]
+
+VARIANTS = [(name, vid) for name in RULES for vid in variants(name)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("amsgrad", [False, True])
-@pytest.mark.parametrize("wd_mode", [0, 1])
-def test_matches_cpu_backend_and_reference(dtype, amsgrad, wd_mode):
-    case = make_case(SIZES, dtype, amsgrad)
-    on_cpu, ref = clone(case), clone(case)
-    stats = emulate(case, wd_mode=wd_mode, amsgrad=amsgrad)
+def test_every_rule_has_cases_reaching_its_full_state_set():
+    assert set(CASES) == set(RULES), "add the new rule's entry to CASES and STATE_INIT"
+    for name, rule in RULES.items():
+        for hyper in variants(name).values():
+            assert set(hyper) == set(rule.hyper), name
+        sets = {rule.used_states(h) for h in variants(name).values()}
+        assert rule.states in sets, f"{name}: no variant uses every state"
+        assert set(rule.states) <= set(STATE_INIT)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name,variant", VARIANTS, ids=[f"{n}-{v}" for n, v in VARIANTS])
+def test_matches_cpu_op_and_reference(name, variant, dtype):
+    case = make_case(name, SIZES, dtype, variants(name)[variant])
+    before, on_cpu, ref = case.clone(), case.clone(), case.clone()
+    stats = emulate(case)
     assert_clean(stats, SIZES)
-    assert (stats["vector"], stats["scalar"]) == expected_accesses(SIZES, amsgrad, False)
-    cpu_backend(on_cpu, wd_mode=wd_mode, amsgrad=amsgrad)
+    assert stats["launches"] == 1
+    assert (stats["vector"], stats["scalar"]) == expected_accesses(
+        SIZES, n_streams(case, unscale=False)
+    )
+    cpu_op(on_cpu)
     # The same rule on the same scalars, compiled by the same host compiler.
     assert_same(case, on_cpu)
-    reference_step(ref, wd_mode=wd_mode, amsgrad=amsgrad)
-    for got, want in zip(case[0] + case[2] + case[3], ref[0] + ref[2] + ref[3], strict=True):
-        torch.testing.assert_close(got, want, **TOLERANCE[got.dtype])
-    assert [s.item() for s in case[5]] == [4.0] * len(SIZES)
+    reference_step(ref)
+    for got, want in zip(case.params, ref.params, strict=True):
+        torch.testing.assert_close(got, want, **TOLERANCE[dtype])
+    moved = sum(int((got != old).sum()) for got, old in zip(case.params, before.params))
+    assert moved > sum(SIZES) // 2, f"the step moved {moved} of {sum(SIZES)} elements"
+    for name_ in case.states:
+        for got, want in zip(case.states[name_], ref.states[name_], strict=True):
+            torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
+    assert [s.item() for s in case.steps] == [4.0] * len(case.steps)
+    assert_grads_untouched(case, before)
 
 
 @pytest.mark.parametrize("threads", [1, 37, 128])
-def test_any_block_size_updates_each_element_once(threads):
+@pytest.mark.parametrize("name", RULES)
+def test_any_block_size_updates_each_element_once(name, threads):
     numels = [5, 4097, CHUNK + 3]
-    case = make_case(numels, torch.float32, amsgrad=False)
-    on_cpu = clone(case)
+    case = make_case(name, numels, torch.float32, full_hyper(name))
+    on_cpu = case.clone()
     assert_clean(emulate(case, threads=threads), numels)
-    cpu_backend(on_cpu)
+    cpu_op(on_cpu)
     assert_same(case, on_cpu)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_unaligned_view_takes_the_scalar_path(dtype):
+def _stream_ids(name: str) -> list[str]:
+    return ["param", "grad", *RULES[name].used_states(full_hyper(name))]
+
+
+UNALIGNED = [(name, stream) for name in RULES for stream in _stream_ids(name)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name,stream", UNALIGNED, ids=[f"{n}-{s}" for n, s in UNALIGNED])
+def test_unaligned_view_takes_the_scalar_path(name, stream, dtype):
+    """One stream (param, grad or a state) is a view one element into its
+    storage: 4 or 2 bytes off the 16-byte boundary, so its chunks must not use
+    the vector path, whichever stream it is. The others are aligned copies."""
     n = 4099
-    case = make_case([n + 1], dtype, amsgrad=False)
-    # A param that is a view one element into its storage: 4 or 2 bytes off
-    # the 16-byte boundary, so its chunks must not use the vector path.
-    case[0] = [case[0][0][1:]]
-    case[1] = [case[1][0][1:].clone()]
-    case[2] = [case[2][0][1:].clone()]
-    case[3] = [case[3][0][1:].clone()]
-    assert case[0][0].data_ptr() % 16 != 0
-    on_cpu = clone(case)
-    on_cpu[0] = [case[0][0].clone()]
+    case = make_case(name, [n + 1], dtype, full_hyper(name))
+    lists = {"param": case.params, "grad": case.grads, **case.states}
+    for key, tensors in lists.items():
+        tensors[0] = tensors[0][1:] if key == stream else tensors[0][1:].clone()
+    for key, tensors in lists.items():
+        assert (tensors[0].data_ptr() % 16 != 0) == (key == stream), key
+    on_cpu = case.clone()
     stats = emulate(case)
     assert_clean(stats, [n])
-    assert stats["vector"] == 0 and stats["scalar"] == 7 * n
-    cpu_backend(on_cpu)
+    assert stats["vector"] == 0
+    assert stats["scalar"] == n_streams(case, unscale=False) * n
+    cpu_op(on_cpu)
     assert_same(case, on_cpu)
 
 
 @pytest.mark.parametrize(
     "steps_in_kernel,lr_in_kernel", [(True, False), (False, True), (True, True)]
 )
-def test_scalars_computed_in_kernel_match_host(steps_in_kernel, lr_in_kernel):
+@pytest.mark.parametrize("name", RULES)
+def test_scalars_computed_in_kernel_match_host(name, steps_in_kernel, lr_in_kernel):
     numels = [3, 4097, CHUNK + 1]
     steps = [0, 7, 1000]  # per-tensor counts, as after a partial state load
-    case = make_case(numels, torch.float32, amsgrad=True, steps=steps)
-    host = clone(case)
-    assert_clean(
-        emulate(case, amsgrad=True, steps_in_kernel=steps_in_kernel, lr_in_kernel=lr_in_kernel),
-        numels,
-    )
-    emulate(host, amsgrad=True)
+    case = make_case(name, numels, torch.float32, full_hyper(name), steps=steps)
+    host = case.clone()
+    stats = emulate(case, steps_in_kernel=steps_in_kernel, lr_in_kernel=lr_in_kernel)
+    assert_clean(stats, numels)
+    emulate(host)
     assert_same(case, host)
-    assert [s.item() for s in case[5]] == [s + 1.0 for s in steps]
+    if RULES[name].has_step:
+        assert [s.item() for s in case.steps] == [s + 1.0 for s in steps]
 
 
+HAS_STEP = [name for name in RULES if RULES[name].has_step]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", HAS_STEP)
+def test_per_tensor_step_counts(name, dtype):
+    """Tensors of one call at different counts get their own scalars."""
+    numels = [3, 4097, CHUNK + 1, 17]
+    steps = [0, 1, 7, 1000]
+    case = make_case(name, numels, dtype, full_hyper(name), steps=steps)
+    on_cpu, ref = case.clone(), case.clone()
+    assert_clean(emulate(case), numels)
+    cpu_op(on_cpu)
+    assert_same(case, on_cpu)
+    reference_step(ref)
+    for got, want in zip(case.params, ref.params, strict=True):
+        torch.testing.assert_close(got, want, **TOLERANCE[dtype])
+    assert [s.item() for s in case.steps] == [s + 1.0 for s in steps]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("steps_in_kernel", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_grad_scaler_unscales_and_stores_grads(steps_in_kernel, dtype):
+@pytest.mark.parametrize("name", RULES)
+def test_grad_scaler_unscales_and_stores_grads(name, steps_in_kernel, dtype):
     numels = [7, 4097]
-    case = make_case(numels, dtype, amsgrad=False)
-    on_cpu = clone(case)
+    case = make_case(name, numels, dtype, full_hyper(name))
+    before, on_cpu = case.clone(), case.clone()
     scale = torch.tensor(1024.0)
     stats = emulate(
         case, grad_scale=scale, found_inf=torch.tensor(0.0), steps_in_kernel=steps_in_kernel
     )
     assert_clean(stats, numels)
-    assert (stats["vector"], stats["scalar"]) == expected_accesses(numels, False, True)
-    cpu_backend(on_cpu, grad_scale=scale, found_inf=torch.tensor(0.0))
+    assert (stats["vector"], stats["scalar"]) == expected_accesses(
+        numels, n_streams(case, unscale=True)
+    )
+    for got, old in zip(case.grads, before.grads, strict=True):
+        assert torch.equal(got, (old.float() / 1024.0).to(dtype)), "grads stored back unscaled"
+    cpu_op(on_cpu, grad_scale=scale, found_inf=torch.tensor(0.0))
     assert_same(case, on_cpu)
 
 
 @pytest.mark.parametrize("steps_in_kernel", [False, True])
-def test_found_inf_changes_nothing(steps_in_kernel):
+@pytest.mark.parametrize("name", RULES)
+def test_found_inf_changes_nothing(name, steps_in_kernel):
+    """GradScaler found an inf: no element is read or written (grads included)
+    and step counts stay, whether the host reads found_inf (host-owned counts)
+    or the kernels do."""
     numels = [7, 4097]
-    case = make_case(numels, torch.float32, amsgrad=True)
-    before = clone(case)
+    case = make_case(name, numels, torch.float32, full_hyper(name))
+    before = case.clone()
     stats = emulate(
         case,
-        amsgrad=True,
         grad_scale=torch.tensor(8.0),
         found_inf=torch.tensor(1.0),
         steps_in_kernel=steps_in_kernel,
     )
+    assert stats["vector"] == 0 and stats["scalar"] == 0
     assert stats["never"] == sum(numels)
     assert_same(case, before)
 
 
-def test_more_tensors_than_one_launch_and_one_step_launch_hold():
-    # 600 tensors: 19 Adam launches of <= 32 slots and 2 step launches of <= 500.
-    numels = [1 + i % 5 for i in range(600)]
-    case = make_case(numels, torch.float32, amsgrad=False, steps=list(range(600)))
-    on_cpu = clone(case)
+@pytest.mark.parametrize("name", RULES)
+def test_more_tensors_than_one_launch_and_one_step_launch_hold(name):
+    _, slots, blocks, _ = torch.ops.fusedopt_testing.launch_plan(name, [])
+    assert blocks >= slots, "one-chunk tensors fill a launch's slots before its blocks"
+    # Enough one-chunk tensors for several element launches and (counts in
+    # device memory) more than one step-increment launch; zero-size ones take
+    # no slot but their counts advance too.
+    n = max(2 * slots + 3, STEPS_PER_LAUNCH + 7)
+    numels = [0 if i % 97 == 0 else 1 + i % 5 for i in range(n)]
+    steps = [i % 1000 for i in range(n)]
+    case = make_case(name, numels, torch.float32, full_hyper(name), steps=steps)
+    on_cpu = case.clone()
     stats = emulate(case, steps_in_kernel=True)
-    assert stats["launches"] == 19
+    non_empty = sum(1 for k in numels if k)
+    assert stats["launches"] == math.ceil(non_empty / slots) > 1
     assert_clean(stats, numels)
-    cpu_backend(on_cpu)
+    cpu_op(on_cpu)
     assert_same(case, on_cpu)
-
-
-def test_maximize():
-    numels = [4097]
-    case = make_case(numels, torch.float32, amsgrad=False)
-    ref = clone(case)
-    assert_clean(emulate(case, maximize=True), numels)
-    reference_step(ref, maximize=True)
-    torch.testing.assert_close(case[0][0], ref[0][0], **TOLERANCE[torch.float32])
+    if RULES[name].has_step:
+        assert [s.item() for s in case.steps] == [s + 1.0 for s in steps]

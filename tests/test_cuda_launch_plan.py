@@ -1,18 +1,35 @@
-"""The CUDA kernels' launch plan (csrc/include/fusedopt/launch_plan.h), driven
-on the CPU through the test-only op fusedopt::_cuda_launch_plan with
-adversarial numel lists: every element of every non-empty tensor is covered by
-exactly one block's chunk, zero-size tensors take no slot, and every launch
-fits its metadata limits."""
+"""The CUDA kernels' launch plan (csrc/include/fusedopt/core/launch_plan.h),
+with the slots and blocks per launch each rule derives from its slot size
+(mta/args.h), driven on the CPU through the test-only op
+fusedopt_testing::launch_plan with adversarial numel lists: every element of
+every non-empty tensor is covered by exactly one block's chunk, zero-size
+tensors take no slot, every launch fits its metadata limits, and the
+workloads of the issue's targets take few launches."""
 
 import random
+import sys
 
 import fusedopt  # noqa: F401  (registers the ops)
 import pytest
 import torch
+from _cuda_tools import REPO
+from fusedopt._C import kernel_arg_bytes
+from fusedopt.registry import RULES
+
+sys.path.insert(0, str(REPO / "bench"))
+from workloads import gpt2_small_shapes  # noqa: E402
+
+pytest.importorskip(
+    "fusedopt._testing", reason="fusedopt._testing is built only with FUSEDOPT_TESTING=1"
+)
+
+CHUNK = 65536
+# A block's map entry: its uint8 slot and int32 chunk index (mta/args.h).
+BLOCK_ENTRY_BYTES = 5
 
 
-def plan(numels):
-    flat = torch.ops.fusedopt._cuda_launch_plan(numels)
+def plan(rule, numels):
+    flat = torch.ops.fusedopt_testing.launch_plan(rule, numels)
     chunk, max_slots, max_blocks, n_launches = flat[:4]
     pos, launches = 4, []
     for _ in range(n_launches):
@@ -27,9 +44,9 @@ def plan(numels):
     return chunk, max_slots, max_blocks, launches
 
 
-def check_plan(numels):
-    chunk, max_slots, max_blocks, launches = plan(numels)
-    assert chunk == 65536
+def check_plan(rule, numels):
+    chunk, max_slots, max_blocks, launches = plan(rule, numels)
+    assert chunk == CHUNK
     covered = {t: [] for t in range(len(numels))}
     for tensors, blocks in launches:
         assert 1 <= len(tensors) <= max_slots
@@ -52,6 +69,16 @@ def check_plan(numels):
 PRIMES = [2, 3, 5, 7, 65521, 65537, 131071]
 
 
+@pytest.mark.parametrize("rule", RULES)
+def test_header_fits_the_kernel_parameter_space(rule):
+    chunk, max_slots, max_blocks, launches = plan(rule, [])
+    assert chunk == CHUNK and launches == []
+    assert 1 <= max_slots <= 256, "a block's slot index is a uint8"
+    assert max_blocks >= max_slots
+    assert max_blocks * BLOCK_ENTRY_BYTES < kernel_arg_bytes
+
+
+@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize(
     "numels",
     [
@@ -69,45 +96,67 @@ PRIMES = [2, 3, 5, 7, 65521, 65537, 131071]
         [65537],  # exactly one chunk, one short, one over
     ],
 )
-def test_plan_covers_every_chunk_once(numels):
-    check_plan(numels)
+def test_plan_covers_every_chunk_once(rule, numels):
+    check_plan(rule, numels)
 
 
-def test_more_tensors_than_one_launch_holds():
-    _, max_slots, _, _ = plan([])
+@pytest.mark.parametrize("rule", RULES)
+def test_more_tensors_than_one_launch_holds(rule):
+    _, max_slots, _, _ = plan(rule, [])
     numels = [3] * (max_slots * 2 + 1) + [0]
-    launches = check_plan(numels)
+    launches = check_plan(rule, numels)
     assert [len(t) for t, _ in launches] == [max_slots, max_slots, 1]
 
 
-def test_more_blocks_than_one_launch_holds():
-    chunk, max_slots, max_blocks, _ = plan([])
-    launches = check_plan([chunk * (max_blocks + 3) - 1, 7])
+@pytest.mark.parametrize("rule", RULES)
+def test_more_blocks_than_one_launch_holds(rule):
+    chunk, _, max_blocks, _ = plan(rule, [])
+    launches = check_plan(rule, [chunk * (max_blocks + 3) - 1, 7])
     assert [len(b) for _, b in launches] == [max_blocks, 4]
     assert launches[1][0] == [0, 1], "the split tensor takes a slot again in the next launch"
 
 
-def test_tensor_over_2_pow_31_elements():
-    chunk, *_ = plan([])
+@pytest.mark.parametrize("rule", RULES)
+def test_tensor_over_2_pow_31_elements(rule):
     numel = 2**31 + 5
-    launches = check_plan([1, numel, 2])
+    launches = check_plan(rule, [1, numel, 2])
     last_chunk = max(
         index for tensors, blocks in launches for slot, index in blocks if tensors[slot] == 1
     )
-    assert last_chunk == numel // chunk
-    assert last_chunk * chunk > 2**31 - 1, "the last chunk starts past int32's range"
+    assert last_chunk == numel // CHUNK
+    assert last_chunk * CHUNK > 2**31 - 1, "the last chunk starts past int32's range"
 
 
-def test_numel_beyond_the_chunk_index_range_is_refused():
+@pytest.mark.parametrize("rule", RULES)
+def test_numel_beyond_the_chunk_index_range_is_refused(rule):
     with pytest.raises(RuntimeError, match="want 0 <= numel <"):
-        plan([2**31 * 65536])
+        plan(rule, [2**31 * CHUNK])
     with pytest.raises(RuntimeError, match="want 0 <= numel <"):
-        plan([-1])
+        plan(rule, [-1])
 
 
-def test_random_lists():
+def test_unknown_rule_is_refused():
+    with pytest.raises(RuntimeError, match="no rule named nadam_typo"):
+        plan("nadam_typo", [1])
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_random_lists(rule):
     rng = random.Random(0)
     for _ in range(50):
-        n_tensors = rng.randrange(1, 90)
+        n_tensors = rng.randrange(1, 600)
         numels = [rng.choice([0, 1, 3, rng.randrange(1, 300_000)]) for _ in range(n_tensors)]
-        check_plan(numels)
+        check_plan(rule, numels)
+
+
+def test_adam_2000_tensors_of_4096_in_at_most_8_launches():
+    # The issue's target (torch's fused AdamW: ~8; the 4 KB tables took 63).
+    launches = check_plan("adam", [4096] * 2000)
+    assert len(launches) <= 8, len(launches)
+
+
+def test_adam_gpt2_small_in_one_or_two_launches():
+    numels = [torch.Size(s).numel() for s in gpt2_small_shapes()]
+    assert len(numels) == 148
+    launches = check_plan("adam", numels)
+    assert 1 <= len(launches) <= 2, len(launches)

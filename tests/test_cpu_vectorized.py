@@ -1,0 +1,138 @@
+"""gcc vectorizes every CPU element loop (csrc/cpu/loop.cpp, run_elements): one
+instantiation per rule x param dtype x state set (the rule's kStateSets) x
+GradScaler unscale, each of which must report "LOOP VECTORIZED" in gcc's
+vectorizer dump, and none of whose loops may be left scalar. The file is
+compiled here as CMakeLists.txt compiles it (its flags and each ISA's flag set
+read from there), for the AVX-512 and the baseline (SSE2) builds."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from _cuda_tools import REPO
+from fusedopt.registry import RULES
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None or shutil.which("c++filt") is None,
+    reason="needs g++ and c++filt (binutils) to compile and read the CPU loops",
+)
+
+ISAS = ["avx512", "avx2", "baseline"]
+DTYPES = {"float": "fp32", "fusedopt::Bf16": "bf16", "fusedopt::Fp16": "fp16"}
+CMAKE = (REPO / "CMakeLists.txt").read_text()
+
+
+def isa_flags(isa: str) -> list[str]:
+    m = re.search(rf"set\(FUSEDOPT_ISA_FLAGS_{isa}((?:\s+[^\s)]+)*)\s*\)", CMAKE)
+    assert m, f"CMakeLists.txt sets no FUSEDOPT_ISA_FLAGS_{isa}"
+    flags = m.group(1).split()
+    return [] if flags == ['""'] else flags
+
+
+def loop_flags() -> list[str]:
+    """The flags CMakeLists.txt gives every fusedopt_cpu_<isa> object."""
+    m = re.search(r"target_compile_options\(fusedopt_cpu_\$\{isa\} PRIVATE ([^$]*)\$\{", CMAKE)
+    assert m, "CMakeLists.txt's compile options of the CPU loops moved"
+    return m.group(1).split()
+
+
+def rule_types() -> dict[str, str]:
+    """C++ type -> rule name, from FUSEDOPT_FOR_EACH_RULE (rules/registry.h)."""
+    header = (REPO / "csrc/include/fusedopt/rules/registry.h").read_text()
+    pairs = dict(re.findall(r"\bX\((\w+),\s*(\w+)\)", header))
+    assert set(pairs.values()) == set(RULES), "rules/registry.h and fusedopt/registry.py differ"
+    return pairs
+
+
+def state_sets(rule: str) -> set[int]:
+    """The masks of `kStateSets[] = {...}` in the rule's header."""
+    header = (REPO / f"csrc/include/fusedopt/rules/{rule}.h").read_text()
+    m = re.search(r"kStateSets\[\]\s*=\s*\{([^}]*)\}", header)
+    assert m, f"rules/{rule}.h declares no kStateSets"
+    return {int(x.strip(), 0) for x in m.group(1).split(",") if x.strip()}
+
+
+def compile_with_vect_dump(isa: str, out: Path) -> str:
+    out.mkdir()
+    cmd = [
+        "g++",
+        "-std=c++20",
+        *loop_flags(),
+        *isa_flags(isa),
+        f"-DFUSEDOPT_ISA={isa}",
+        f"-I{REPO / 'csrc/include'}",
+        f"-I{REPO / 'csrc/cpu'}",
+        "-fdump-tree-vect-details",
+        "-c",
+        str(REPO / "csrc/cpu/loop.cpp"),
+        "-o",
+        str(out / "loop.o"),
+        "-dumpdir",
+        f"{out}/",
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    (dump,) = out.glob("*.vect")
+    return dump.read_text()
+
+
+@pytest.fixture(scope="module")
+def dumps(tmp_path_factory) -> dict[str, str]:
+    base = tmp_path_factory.mktemp("vect")
+    with ThreadPoolExecutor(len(ISAS)) as pool:
+        texts = pool.map(lambda isa: compile_with_vect_dump(isa, base / isa), ISAS)
+        return dict(zip(ISAS, texts))
+
+
+def run_elements_sections(dump: str) -> dict[tuple[str, str, int, bool], list[str]]:
+    """{(rule, dtype, state mask, unscale): [its function bodies in the dump]}.
+    gcc names clones (.constprop, .isra) only by their mangled name, so every
+    header's symbol is demangled."""
+    sections = re.split(r"^;; Function ", dump, flags=re.M)[1:]
+    symbols = [re.match(r".*?\((\S+?),", s).group(1) for s in sections]
+    demangled = subprocess.run(
+        ["c++filt"], input="\n".join(symbols), capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    types = rule_types()
+    found: dict[tuple[str, str, int, bool], list[str]] = {}
+    for name, body in zip(demangled, sections):
+        m = re.search(r"run_elements<fusedopt::(\w+), ([\w:]+), (\d+)u?, (true|false)>", name)
+        if m:
+            key = (types[m[1]], DTYPES[m[2]], int(m[3]), m[4] == "true")
+            found.setdefault(key, []).append(body)
+    return found
+
+
+def expected_instantiations() -> set[tuple[str, str, int, bool]]:
+    return {
+        (rule, dtype, mask, unscale)
+        for rule in RULES
+        for mask in state_sets(rule)
+        for dtype in DTYPES.values()
+        for unscale in (False, True)
+    }
+
+
+def test_expected_count():
+    # 3 dtypes x 2 (unscale or not) x the state sets of every rule.
+    want = 3 * 2 * sum(len(state_sets(rule)) for rule in RULES)
+    assert len(expected_instantiations()) == want
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_element_loop_is_vectorized(dumps, isa):
+    found = run_elements_sections(dumps[isa])
+    assert set(found) == expected_instantiations()
+    failures = []
+    for key, bodies in sorted(found.items()):
+        text = "\n".join(bodies)
+        if "LOOP VECTORIZED" not in text:
+            failures.append(f"{key}: no loop vectorized")
+        for line in re.findall(r"^.*missed: couldn't vectorize loop.*$", text, flags=re.M):
+            failures.append(f"{key}: {line}")
+    assert not failures, f"{isa}:\n" + "\n".join(failures)
