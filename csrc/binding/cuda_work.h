@@ -62,14 +62,14 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
     }
     slot.numel = a.params[i].numel();
     float* step = R::kHasStep ? a.steps[i].data_ptr<float>() : nullptr;
+    // Note [step-count protocol]: the scalars of count + 1 (1 for a rule
+    // without counts); the host advances its counts once the launches are queued.
+    slot.host_step = step != nullptr && !sources.steps_in_kernel ? *step + 1.0f : 1.0f;
     if (sources.steps_in_kernel) {
       slot.step = step;
       if (step != nullptr) device_steps.push_back(step);
       continue;
     }
-    // Note [step-count protocol]: the scalars of count + 1, the count advanced
-    // by the host once the launches are queued.
-    slot.host_step = step != nullptr ? *step + 1.0f : 1.0f;
     slot.scalars = R::per_tensor(config, sources.lr_value, static_cast<double>(slot.host_step));
     if (step != nullptr) work.host_steps.push_back(step);
   }

@@ -145,6 +145,11 @@ FUSEDOPT_HD void element_thread(const LaunchArgs<R>& args, int32_t block, int32_
   for (int k = 0; k < R::kStates; ++k) {
     b.state[k] = slot.state[k] != nullptr ? slot.state[k] + chunk_start : nullptr;
     aligned = aligned && (b.state[k] == nullptr || is_aligned16(b.state[k]));
+#if defined(__CUDA_ARCH__)
+    // Without this, nvcc for sm_80/sm_90 left Adam's third state on generic
+    // LD/ST instead of LDG/STG (seen in the SASS; sm_100/sm_120 were fine).
+    if (b.state[k] != nullptr) __builtin_assume(__isGlobal(b.state[k]));
+#endif
   }
   // Elements per vector group: one 16-byte pack of each fp32 stream; 8 bytes
   // of a bf16/fp16 param or grad. (Groups of 8 gave 16-bit params 16-byte
