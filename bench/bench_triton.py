@@ -5,12 +5,13 @@ AdamW (`torch._fused_adamw_`), timed with CUDA events (warm-up, then the median
 of repeats), in ms and GB/s at 28 bytes per fp32 param (read p, g, m, v; write
 p, m, v; no GradScaler), and launches per step.
 
-Without a GPU, what the interpreter can honestly say: correctness against
-fusedopt.reference, launches per step, and the launcher's host-side time for
-many tensors with the kernel launch itself excluded (the Python work that
-surrounds it: argument checks, plan lookup, table refresh) beside the host
-time of torch's fused AdamW on 1-element CPU tensors (its Python and dispatch
-cost; the arithmetic is negligible at 1 element).
+Without a GPU, what the interpreter can honestly say: correctness of every
+rule against fusedopt.reference, launches per step, and the launcher's host
+time for many 1-element tensors with the kernel launches stubbed out (the
+Python around them: plan lookup and validation, grad addresses, per-tensor
+scalars, count handling) beside the host time of torch's fused AdamW on
+1-element CPU tensors (its Python and dispatch cost; the arithmetic is
+negligible at 1 element).
 
     python bench/bench_triton.py [--tensors 2000] [--repeats 50]
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import statistics
@@ -32,13 +34,14 @@ if not torch.cuda.is_available():
 
 import fusedopt  # noqa: E402
 import triton  # noqa: E402
-from fusedopt import backends, reference  # noqa: E402
-from fusedopt.kernels import adam as kernels  # noqa: E402
+from fusedopt import backends  # noqa: E402
+from fusedopt.kernels import mta, rules  # noqa: E402
+from fusedopt.registry import RULES  # noqa: E402
 from workloads import bytes_per_element  # noqa: E402
 
 # Bytes per fp32 param of one AdamW step: read p, g, m, v; write p, m, v.
 BYTES_PER_PARAM_FP32 = bytes_per_element(torch.float32)  # 28
-HYPER = dict(
+ADAMW = dict(
     beta1=0.9,
     beta2=0.999,
     eps=1e-8,
@@ -48,6 +51,18 @@ HYPER = dict(
     amsgrad=False,
     maximize=False,
 )
+SGD = dict(
+    momentum=0.9,
+    dampening=0.0,
+    weight_decay=0.0,
+    weight_decay_mode=0,
+    lr_max=1.0,
+    nesterov=False,
+    maximize=False,
+    first_step=False,
+)
+HYPER = {"adam": ADAMW, "sgd": SGD}
+KERNELS = ("_element_kernel", "_per_tensor_kernel", "_advance_counts_kernel")
 
 
 def provenance() -> str:
@@ -68,24 +83,14 @@ def provenance() -> str:
     )
 
 
-def make_lists(sizes, device, step=0.0):
+def make_lists(name, sizes, device, count=0.0, counts_device="cpu"):
+    """[params, grads, states (state-major), counts] for rule `name`."""
+    rule = RULES[name]
     params = [torch.randn(n, device=device) for n in sizes]
     grads = [torch.randn(n, device=device) for n in sizes]
-    exp_avgs = [torch.zeros(n, device=device) for n in sizes]
-    exp_avg_sqs = [torch.zeros(n, device=device) for n in sizes]
-    steps = [torch.tensor(step) for _ in sizes]
-    return [params, grads, exp_avgs, exp_avg_sqs, [], steps]
-
-
-def median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    states = [torch.zeros(n, device=device) for _ in rule.used_states(HYPER[name]) for n in sizes]
+    counts = [torch.tensor(count, device=counts_device) for _ in sizes] if rule.has_step else []
+    return [params, grads, states, counts]
 
 
 class _NoLaunch:
@@ -105,110 +110,133 @@ def table(rows, header) -> str:
 
 def correctness() -> str:
     sizes = [0, 1, 3, 4097, 1031, 0]
-    ours = make_lists(sizes, "cuda" if torch.cuda.is_available() else "cpu", step=2.0)
-    theirs = [[t.cpu().clone() for t in ts] for ts in ours]
-    backends.get("triton").adam_step(*ours, lr=1e-2, **HYPER)
-    worst = 0.0
-    for i in range(len(sizes)):
-        reference.adam_step_(
-            theirs[0][i],
-            theirs[1][i],
-            theirs[2][i],
-            theirs[3][i],
-            None,
-            theirs[5][i],
-            lr=1e-2,
-            **{**HYPER, "weight_decay_mode": reference.WeightDecayMode(1)},
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    worst = {}
+    for name, rule in RULES.items():
+        ours = make_lists(name, sizes, device, count=2.0)
+        theirs = [[t.cpu().clone() for t in ts] for ts in ours]
+        backends.get("triton").step(rule, *ours, lr=1e-2, hyper=HYPER[name])
+        backends.get("reference").step(rule, *theirs, lr=1e-2, hyper=HYPER[name])
+        worst[name] = max(
+            ((a.cpu() - b).abs() / b.abs().clamp_min(1e-6)).max().item()
+            for a, b in zip(ours[0], theirs[0], strict=True)
+            if b.numel()
         )
-        if sizes[i]:
-            diff = (ours[0][i].cpu() - theirs[0][i]).abs() / theirs[0][i].abs().clamp_min(1e-6)
-            worst = max(worst, diff.max().item())
-    return f"max relative difference to fusedopt.reference, fp32, sizes {sizes}: {worst:.1e}"
+    text = ", ".join(f"{name} {err:.1e}" for name, err in worst.items())
+    return f"max relative difference to fusedopt.reference, fp32, sizes {sizes}: {text}"
 
 
 def launches_per_step(n_tensors: int) -> list[tuple]:
     rows = []
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    for steps_in_kernel in (False, True):
-        lists = make_lists([1 + i % 7 for i in range(n_tensors)], device)
-        launcher = kernels.AdamLauncher()
-        launcher.adam_step(*lists, lr=1e-3, **HYPER, steps_in_kernel=steps_in_kernel)
-        rows.append(
-            (
-                f"{n_tensors} tensors, steps {'in-kernel' if steps_in_kernel else 'on host'}",
-                launcher.launches,
+    sizes = [1 + i % 7 for i in range(n_tensors)]
+    for name in RULES:
+        for on_device in (False, True) if RULES[name].has_step else (False,):
+            lists = make_lists(name, sizes, device)
+            launcher = mta.Launcher()
+            launcher.step(
+                rules.get(name),
+                *lists,
+                lr=1e-3,
+                hyper=HYPER[name],
+                counts_on_device=on_device,
+                block=mta.INTERPRETER_BLOCK_SIZE,
             )
-        )
+            where = " (counts on the device)" if on_device else ""
+            rows.append((f"{name}, {n_tensors} tensors{where}", launcher.launches))
     return rows
+
+
+def interleaved_ms(fns: dict, repeats: int) -> dict:
+    """Median ms of each function, timed in alternation (one call of each per
+    round) so that a noisy machine slows them alike."""
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def host_time(n_tensors: int, repeats: int) -> list[tuple]:
     """The launcher's Python work per step with the kernels stubbed out, beside
     torch's fused AdamW on 1-element CPU tensors."""
-    lists = make_lists([1] * n_tensors, "cpu")
-    backend = backends.get("triton")
-    real = kernels._adam_kernel, kernels._count_steps_kernel
-    kernels._adam_kernel = kernels._count_steps_kernel = _NoLaunch()
-    try:
-        launcher = kernels.AdamLauncher()
-        plain = median_ms(
-            lambda: launcher.adam_step(*lists, lr=1e-3, **HYPER, steps_in_kernel=False), repeats
-        )
-        in_kernel = median_ms(
-            lambda: launcher.adam_step(*lists, lr=1e-3, **HYPER, steps_in_kernel=True), repeats
-        )
-        whole = median_ms(lambda: backend.adam_step(*lists, lr=1e-3, **HYPER), repeats)
-    finally:
-        kernels._adam_kernel, kernels._count_steps_kernel = real
-    params, grads, exp_avgs, exp_avg_sqs, _, steps = make_lists([1] * n_tensors, "cpu")
-
-    def torch_fused():
-        torch._fused_adamw_(
-            params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
-            [],
-            steps,
+    real = {k: getattr(mta, k) for k in KERNELS}
+    for k in KERNELS:
+        setattr(mta, k, _NoLaunch())
+    fns = {}
+    for name, on_device in (("adam", False), ("adam", True), ("sgd", False)):
+        lists = make_lists(name, [1] * n_tensors, "cpu", count=5.0)
+        launcher = mta.Launcher()
+        where = "device counts" if on_device else ("CPU counts" if name == "adam" else "no counts")
+        fns[f"{name} launcher, {where}"] = functools.partial(
+            launcher.step,
+            rules.get(name),
+            *lists,
             lr=1e-3,
-            beta1=0.9,
-            beta2=0.999,
-            weight_decay=0.01,
-            eps=1e-8,
-            amsgrad=False,
-            maximize=False,
+            hyper=HYPER[name],
+            counts_on_device=on_device,
         )
-
-    fused = median_ms(torch_fused, repeats)
-    count = median_ms(lambda: torch._foreach_add_(steps, 1.0), repeats)
-    return [
-        ("triton launcher, steps on host (kernel excluded)", f"{plain:.3f}"),
-        ("triton launcher, steps in-kernel (kernels excluded)", f"{in_kernel:.3f}"),
-        ("triton backend.adam_step with argument checks (kernel excluded)", f"{whole:.3f}"),
-        ("torch _fused_adamw_ on CPU (1-element tensors)", f"{fused:.3f}"),
-        ("torch _foreach_add_(steps, 1) on CPU, which torch's Adam adds", f"{count:.3f}"),
-    ]
+        if name == "adam" and not on_device:
+            fns["  of which _foreach_add_ of the CPU counts"] = functools.partial(
+                torch._foreach_add_, lists[3], 0.0
+            )
+    backend = backends.get("triton")
+    lists = make_lists("adam", [1] * n_tensors, "cpu")
+    fns["adam TritonBackend.step with argument checks"] = lambda: backend.step(
+        RULES["adam"], *lists, lr=1e-3, hyper=ADAMW
+    )
+    params, grads, states, counts = make_lists("adam", [1] * n_tensors, "cpu")
+    n = n_tensors
+    fns["torch _fused_adamw_ on CPU (1-element tensors)"] = lambda: torch._fused_adamw_(
+        params,
+        grads,
+        states[:n],
+        states[n:],
+        [],
+        counts,
+        lr=1e-3,
+        beta1=0.9,
+        beta2=0.999,
+        weight_decay=0.01,
+        eps=1e-8,
+        amsgrad=False,
+        maximize=False,
+    )
+    fns["torch _foreach_add_(steps, 1) on CPU, which torch's Adam adds"] = lambda: (
+        torch._foreach_add_(counts, 1.0)
+    )
+    try:
+        medians = interleaved_ms(fns, repeats)
+    finally:
+        for k, kernel in real.items():
+            setattr(mta, k, kernel)
+    return [(name, f"{ms:.3f}") for name, ms in medians.items()]
 
 
 def gpu_time(sizes, repeats: int) -> list[tuple]:
     rows = []
-    lists = make_lists(sizes, "cuda")
-    lists[5] = [s.cuda() for s in lists[5]]  # torch's fused layout: steps on the device
+    lists = make_lists("adam", sizes, "cuda", counts_device="cuda")  # torch's fused layout
+    n = len(sizes)
     numel = sum(sizes)
-    launcher = backends.get("triton").launcher
+    backend = backends.get("triton")
 
     def ours():
-        backends.get("triton").adam_step(*lists, lr=1e-3, **HYPER)
+        backend.step(RULES["adam"], *lists, lr=1e-3, hyper=ADAMW)
 
     def theirs():
-        torch._foreach_add_(lists[5], 1)
+        torch._foreach_add_(lists[3], 1)
         torch._fused_adamw_(
             lists[0],
             lists[1],
-            lists[2],
-            lists[3],
+            lists[2][:n],
+            lists[2][n:],
             [],
-            lists[5],
+            lists[3],
             lr=1e-3,
             beta1=0.9,
             beta2=0.999,
@@ -230,18 +258,12 @@ def gpu_time(sizes, repeats: int) -> list[tuple]:
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
         ms = statistics.median(times)
-        rows.append(
-            (
-                f"{len(sizes)} x {sizes[0]}",
-                name,
-                f"{ms:.3f}",
-                f"{numel * BYTES_PER_PARAM_FP32 / ms / 1e6:.0f}",
-            )
-        )
-    before = launcher.launches
+        gbs = f"{numel * BYTES_PER_PARAM_FP32 / ms / 1e6:.0f}"
+        rows.append((f"{n} x {sizes[0]}", name, f"{ms:.3f}", gbs))
+    before = backend.launcher.launches
     ours()
     rows.append(
-        (f"{len(sizes)} x {sizes[0]}", "triton launches per step", launcher.launches - before, "")
+        (f"{n} x {sizes[0]}", "triton launches per step", backend.launcher.launches - before, "")
     )
     return rows
 
@@ -263,8 +285,8 @@ def main() -> None:
         print(table(rows, ("tensors", "backend", "ms (median, CUDA events)", "GB/s")))
     else:
         print(
-            f"host-side time per step, {args.tensors} tensors of 1 element "
-            f"(median of {args.repeats}, ms):"
+            f"host-side time per step, {args.tensors} tensors of 1 element, kernel launches "
+            f"stubbed out (median of {args.repeats}, interleaved, ms):"
         )
         print(table(host_time(args.tensors, args.repeats), ("what", "ms")))
 

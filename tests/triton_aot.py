@@ -4,7 +4,11 @@ without a GPU, and prints what the machine code says as JSON.
 Run as a script, in a process without TRITON_INTERPRET (which replaces
 @triton.jit functions by the interpreter's): tests/test_triton_static.py does
 that. Registers and spills come from the cubin, read by the cuobjdump that
-ships in triton's wheel.
+ships in triton's wheel. Every rule of fusedopt.registry is compiled, for each
+param dtype and each of its state sets (STATE_SETS), with a GradScaler
+(grad_scale and found_inf in memory, the heaviest variant); the per-tensor
+table variant (Note [per-tensor scalars] in kernels/mta.py) only changes
+scalar loads, so it is compiled for fp32 params alone.
 """
 
 from __future__ import annotations
@@ -19,59 +23,95 @@ from pathlib import Path
 
 import triton
 import triton.language as tl
-from fusedopt.kernels import adam
+from fusedopt.kernels import mta, rules
+from fusedopt.registry import RULES
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-TARGETS = {"sm80": GPUTarget("cuda", 80, 32), "sm90": GPUTarget("cuda", 90, 32)}
+# Every arch of the build's list (CMakeLists.txt): Ampere, Hopper, datacenter
+# and consumer Blackwell. triton 3.8 compiles all four.
+TARGETS = {
+    "sm80": GPUTarget("cuda", 80, 32),
+    "sm90": GPUTarget("cuda", 90, 32),
+    "sm100": GPUTarget("cuda", 100, 32),
+    "sm120": GPUTarget("cuda", 120, 32),
+}
+PARAM_DTYPES = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16}
 # torch's caching allocator hands out 512-byte aligned blocks: the tables are
 # at least 16-byte aligned, as Triton assumes of every tensor argument.
-TABLE_ATTRS = {(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]]}
-PARAM_DTYPES = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16}
+ALIGNED = [["tt.divisibility", 16]]
 
 
-def adam_source(dtype: str, amsgrad: bool, steps_in_memory: bool) -> ASTSource:
-    """The variant of _adam_kernel that the launcher uses for a float lr and a
-    GradScaler (grad_scale and found_inf in memory)."""
-    fn = adam._adam_kernel
-    signature = {name: "fp32" for name in fn.arg_names}
-    signature.update(
-        tensor_table="*i64",
-        block_table="*i64",
-        lr_ptr="constexpr",
-        grad_scale_ptr="*fp32",
-        found_inf_ptr="*fp32",
+def _fp32_tuple(cls) -> tuple:
+    return cls(*["fp32"] * len(cls._fields))
+
+
+def _source(fn, signature: dict, constexprs: dict, aligned_args: tuple[str, ...]) -> ASTSource:
+    signature = {**signature, **dict.fromkeys(constexprs, "constexpr")}
+    return ASTSource(
+        fn=fn,
+        signature=signature,
+        constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()},
+        attrs={(fn.arg_names.index(k),): ALIGNED for k in aligned_args},
     )
-    constexprs = {
-        "lr_ptr": None,
-        "PARAM_DTYPE": PARAM_DTYPES[dtype],
-        "WD_MODE": 1,
-        "AMSGRAD": amsgrad,
-        "MAXIMIZE": False,
-        "LR_IN_MEMORY": False,
-        "STEP_IN_MEMORY": steps_in_memory,
-        "HAS_GRAD_SCALE": True,
-        "HAS_FOUND_INF": True,
-        "BLOCK": adam.BLOCK_SIZE,
-    }
-    for name in constexprs:
-        signature[name] = "constexpr"
-    return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=TABLE_ATTRS)
 
 
-def count_steps_source() -> ASTSource:
-    fn = adam._count_steps_kernel
+def element_source(rule, dtype: str, used: int, in_table: bool) -> ASTSource:
+    """The element kernel as the launcher runs it with a GradScaler."""
     signature = {
         "tensor_table": "*i64",
-        "n_tensors": "i32",
+        "block_table": "*i64",
+        "per_tensor_table": "*fp32",
+        "launch": _fp32_tuple(rule.Launch),
+        "grad_scale_ptr": "*fp32",
         "found_inf_ptr": "*fp32",
-        "HAS_FOUND_INF": "constexpr",
-        "BLOCK": "constexpr",
     }
-    constexprs = {"HAS_FOUND_INF": True, "BLOCK": adam.COUNT_BLOCK_SIZE}
-    return ASTSource(
-        fn=fn, signature=signature, constexprs=constexprs, attrs={(0,): [["tt.divisibility", 16]]}
-    )
+    constexprs = {
+        "UPDATE": rule.update,
+        "PER_TENSOR": rule.PerTensor,
+        "USED": used,
+        "PARAM_DTYPE": PARAM_DTYPES[dtype],
+        "PER_TENSOR_IN_TABLE": in_table,
+        "HAS_GRAD_SCALE": True,
+        "HAS_FOUND_INF": True,
+        "BLOCK": mta.BLOCK_SIZE,
+    }
+    if in_table:
+        constexprs["per_tensor"] = None
+    else:
+        signature["per_tensor"] = _fp32_tuple(rule.PerTensor)
+    aligned = ("tensor_table", "block_table", "per_tensor_table")
+    return _source(mta._element_kernel, signature, constexprs, aligned)
+
+
+def prologue_source(rule) -> ASTSource:
+    """The capturable prologue: lr and counts in memory."""
+    signature = {
+        "tensor_table": "*i64",
+        "per_tensor_table": "*fp32",
+        "n_tensors": "i32",
+        "lr_ptr": "*fp32",
+        "lr_hi": "fp32",
+        "lr_lo": "fp32",
+        "step": "fp32",
+        "config_hi": _fp32_tuple(rule.Config),
+        "config_lo": _fp32_tuple(rule.Config),
+    }
+    constexprs = {
+        "PER_TENSOR_DEVICE": rule.per_tensor_device,
+        "CONFIG": rule.Config,
+        "LR_IN_MEMORY": True,
+        "COUNTS_IN_MEMORY": rule.HAS_STEP,
+        "BLOCK": mta.TABLE_BLOCK,
+    }
+    aligned = ("tensor_table", "per_tensor_table")
+    return _source(mta._per_tensor_kernel, signature, constexprs, aligned)
+
+
+def count_source() -> ASTSource:
+    signature = {"tensor_table": "*i64", "n_tensors": "i32", "found_inf_ptr": "*fp32"}
+    constexprs = {"HAS_FOUND_INF": True, "BLOCK": mta.TABLE_BLOCK}
+    return _source(mta._advance_counts_kernel, signature, constexprs, ("tensor_table",))
 
 
 def cuobjdump() -> str:
@@ -100,6 +140,8 @@ def facts(source: ASTSource, target: GPUTarget, num_warps: int) -> dict:
         "st_v4": len(re.findall(r"st\.global(?:\.\w+)*\.v4", ptx)),
         "ld": len(re.findall(r"ld\.global", ptx)),
         "st": len(re.findall(r"st\.global", ptx)),
+        # Anything on doubles: add.f64, cvt.rn.f32.f64, a .reg .f64 declaration.
+        "f64": ptx.count(".f64"),
         **resource_usage(kernel.asm["cubin"]),
     }
 
@@ -108,13 +150,16 @@ def main() -> None:
     assert os.environ.get("TRITON_INTERPRET", "0") != "1", "run without TRITON_INTERPRET"
     out = {}
     for target_name, target in TARGETS.items():
-        for dtype in PARAM_DTYPES:
-            for amsgrad in (False, True):
-                for steps_in_memory in (False, True):
-                    name = f"adam_{dtype}_amsgrad{int(amsgrad)}_stepmem{int(steps_in_memory)}"
-                    source = adam_source(dtype, amsgrad, steps_in_memory)
-                    out[f"{target_name}/{name}"] = facts(source, target, adam.NUM_WARPS)
-        out[f"{target_name}/count_steps"] = facts(count_steps_source(), target, 4)
+        for name in RULES:
+            rule = rules.get(name)
+            for used in rule.STATE_SETS:
+                for dtype in PARAM_DTYPES:
+                    for in_table in (False, True) if dtype == "fp32" else (False,):
+                        variant = f"{name}_element_{dtype}_used{used:b}_table{int(in_table)}"
+                        source = element_source(rule, dtype, used, in_table)
+                        out[f"{target_name}/{variant}"] = facts(source, target, mta.NUM_WARPS)
+            out[f"{target_name}/{name}_prologue"] = facts(prologue_source(rule), target, 4)
+        out[f"{target_name}/count_steps"] = facts(count_source(), target, 4)
     json.dump(out, sys.stdout, indent=1)
 
 

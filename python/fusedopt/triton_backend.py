@@ -3,7 +3,8 @@
 It serves CUDA tensors wherever `triton` imports, with or without the compiled
 extension fusedopt._C; under TRITON_INTERPRET=1 it also steps CPU tensors (the
 interpreter runs the same kernels on the host: that is how they are tested on
-a machine without a GPU).
+a machine without a GPU). Every rule of fusedopt.registry steps through one
+kernel frame (kernels/mta.py) with the rule's Triton mirror (kernels/rules/).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 from fusedopt import backends
-from fusedopt._checks import check_adam_lists
+from fusedopt._checks import check_lists
 
 
 def _device_scalar(value: Tensor | None, name: str, device: torch.device) -> None:
@@ -28,7 +29,7 @@ def _device_scalar(value: Tensor | None, name: str, device: torch.device) -> Non
 class TritonBackend(backends.Backend):
     name = "triton"
     # With step counts on the params' device (torch's capturable layout) the
-    # kernels read lr, step, grad_scale and found_inf in memory: no host sync.
+    # kernels read lr, counts, grad_scale and found_inf in memory: no host sync.
     supports_capturable = True
 
     def __init__(self) -> None:
@@ -36,11 +37,11 @@ class TritonBackend(backends.Backend):
 
     @property
     def launcher(self):
-        """The AdamLauncher (its `launches` counts kernel launches)."""
+        """The kernels' Launcher (its `launches` counts kernel launches)."""
         if self._launcher is None:
-            from fusedopt.kernels.adam import AdamLauncher
+            from fusedopt.kernels.mta import Launcher
 
-            self._launcher = AdamLauncher()
+            self._launcher = Launcher()
         return self._launcher
 
     def unavailable_reason(self):
@@ -63,49 +64,43 @@ class TritonBackend(backends.Backend):
             return f"params are on {bucket.device}; the triton backend steps CUDA tensors"
         return backends._kernel_dtype_reason(bucket)
 
-    def adam_step(
+    def step(
         self,
+        rule,
         params,
         grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
+        states,
         state_steps,
         *,
         lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-        weight_decay_mode,
-        lr_max,
-        amsgrad,
-        maximize,
+        hyper,
         grad_scale=None,
         found_inf=None,
     ):
-        check_adam_lists(
+        check_lists(
             params,
             grads,
-            exp_avgs,
-            exp_avg_sqs,
-            max_exp_avg_sqs,
+            states,
             state_steps,
-            amsgrad=amsgrad,
-            state_dtype=torch.float32,
-            require_dense=True,
+            state_names=rule.used_states(hyper),
+            has_step=rule.has_step,
+            state_dtype=self.state_dtype,
+            require_dense=self.requires_dense,
         )
         if not params:
             return
-        device = params[0].device
-        bucket = backends.Bucket(device, params[0].dtype, True)
-        reason = self.unavailable_reason() or self.unsupported_reason(bucket)
+        device, dtype = params[0].device, params[0].dtype
+        reason = self.unavailable_reason() or self.unsupported_reason(
+            backends.Bucket(device, dtype, True)
+        )
         if reason is not None:
             raise RuntimeError(f"fusedopt: the triton backend cannot step these params: {reason}")
-        if any(p.device != device or p.dtype != params[0].dtype for p in params):
+        if any(p.device != device or p.dtype is not dtype for p in params):
             raise RuntimeError("fusedopt: the triton backend steps one device and dtype per call")
         step_devices = {s.device for s in state_steps}
-        if len(step_devices) != 1 or not step_devices <= {device, torch.device("cpu")}:
+        if rule.has_step and (
+            len(step_devices) != 1 or not step_devices <= {device, torch.device("cpu")}
+        ):
             raise RuntimeError(
                 f"fusedopt: state_steps must all be on the CPU or all on the params' device "
                 f"{device}, got {sorted(map(str, step_devices))}"
@@ -116,26 +111,24 @@ class TritonBackend(backends.Backend):
             if lr.device != device:
                 if lr.device.type != "cpu":
                     raise RuntimeError(f"fusedopt: lr is on {lr.device}, the params on {device}")
-                lr = lr.item()
+                lr = lr.item()  # a CPU value: no device sync
         _device_scalar(grad_scale, "grad_scale", device)
         _device_scalar(found_inf, "found_inf", device)
-        self.launcher.adam_step(
+        from fusedopt.kernels import mta, rules
+
+        interpreter = backends.triton_interpreter_on()
+        self.launcher.step(
+            rules.get(rule.name),
             params,
             grads,
-            exp_avgs,
-            exp_avg_sqs,
-            max_exp_avg_sqs,
+            states,
             state_steps,
             lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            weight_decay=weight_decay,
-            weight_decay_mode=int(weight_decay_mode),
-            lr_max=lr_max,
-            amsgrad=amsgrad,
-            maximize=maximize,
+            hyper=hyper,
             grad_scale=grad_scale,
             found_inf=found_inf,
-            steps_in_kernel=step_devices == {device} and device.type != "cpu",
+            # Under the interpreter the params' device is the CPU: its counts
+            # take the host path there, as a non-capturable GPU step's would.
+            counts_on_device=step_devices == {device} and device.type != "cpu",
+            block=mta.INTERPRETER_BLOCK_SIZE if interpreter else mta.BLOCK_SIZE,
         )

@@ -1,0 +1,514 @@
+"""The one multi-tensor kernel frame of every rule, then its launcher.
+
+One launch steps every tensor of a bucket (one device, one param dtype),
+however many tensors it holds: the element kernel reads each tensor's
+addresses from an int64 tensor table and each program's (tensor, first
+element) from a block table, as torch's and apex's multi_tensor_apply do with
+kernel arguments. Peers that launch one kernel per param (optimi, flashoptim)
+pay a launch per tensor; flashoptim#1 measured that as 26.7 ms (torch
+foreach) vs 40-44 ms per step. The frame loads, unscales, stores and skips;
+the rule (kernels/rules/<name>.py) enters as its @triton.jit `update`, a
+constexpr argument that Triton specialises on like any constexpr (checked in
+triton 3.8, compiled ahead of time and under the interpreter).
+
+Note [full blocks take the vector path]: a program whose block lies wholly
+inside its tensor, and whose tensor's addresses (param, grad, states) are all
+16-byte aligned, loads and stores without a mask under `tl.multiple_of` hints:
+that is what gives 128-bit `ld.global.v4`. Every other block (a tensor's tail,
+or any block of a tensor that is a view at an odd offset) takes the masked
+path with no hint. The flag is computed on the host per block, so a hint is
+never false: hints are no-ops in the interpreter, and a false one would pass
+every CPU test and break on a GPU.
+
+Note [per-tensor scalars]: a rule's PerTensor (bias corrections, -lr, ...) is
+computed once per tensor and step, never per element: the element kernel has
+no FP64 instruction (tests/test_triton_static.py).
+  - lr a float, counts on the CPU or none: on the host, in double. Equal
+    counts (the usual case) give one PerTensor, passed as fp32 arguments;
+    counts that differ (after a partial load_state_dict) give a float64
+    tensor per field, rounded to an fp32 table of one row per tensor.
+  - lr a device tensor, or counts on the device (capturable): the prologue
+    kernel fills that table on the device in float64, one program per
+    TABLE_BLOCK tensors, reading lr and counts in memory: no host sync.
+Triton passes Python floats as fp32, so the prologue gets the rule's Config as
+two fp32 tuples, hi and lo, whose sum carries 48 significant bits: beta2
+rounded to fp32 instead would put ~2e-5 relative error into 1 - beta2^t at
+t = 1000.
+
+Note [step counts]: fusedopt/registry.py's Note [step-count protocol]. The
+scalars come from count + 1; counts advance after the element launch: CPU
+counts by torch._foreach_add_ once the launches returned, device counts by
+_advance_counts_kernel, the last launch, which a nonzero found_inf makes a
+no-op. Zero-size tensors' counts advance too.
+
+Note [plan validity]: a plan's tables are a function of the dereferenced
+tensors' addresses and sizes, nothing else (the full-block flags come from
+alignment and numel). Every step reads all of them again: the grads' addresses
+(grads may be new tensors each step), and the addresses of params, states and
+device counts plus the params' numels, compared with the plan's. A plan is
+reused only when all are equal, and then its tables are exactly what a rebuild
+would give, whatever happened in between (a param's `.data` swapped, a state
+replaced in place in the same list, a freed list's id reused). Plans are found
+by the params list's identity (the optimizer keeps one list per bucket) and
+hold no tensor of the caller's, so a stale plan costs memory, never a wrong
+address. Reading an address costs ~55 ns per tensor from Python: 2000 Adam
+params with device counts read ~5 x 2000 of them, ~0.55 ms (bench_triton.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import struct
+from collections import OrderedDict
+from collections.abc import Sequence
+from types import ModuleType
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+# Columns of the tensor table, one int64 row per tensor.
+COL_PARAM = tl.constexpr(0)
+COL_GRAD = tl.constexpr(1)
+COL_STATE = tl.constexpr(2)  # state k's address at COL_STATE + k; 0 where the step skips it
+MAX_STATES = tl.constexpr(4)  # kMaxStates in csrc/include/fusedopt/core/rule.h
+COL_NUMEL = tl.constexpr(6)
+COL_COUNT = tl.constexpr(7)  # address of the float32 count the prologue reads; 0 without
+TENSOR_COLS = tl.constexpr(8)
+# Columns of the block table, one int64 row per program.
+COL_CODE = tl.constexpr(0)  # tensor index << 1 | 1 for a full, aligned block
+COL_START = tl.constexpr(1)  # the block's first element in its tensor (int64: 2^31+ is real)
+BLOCK_COLS = tl.constexpr(2)
+# The per-tensor table: one fp32 row per tensor, the rule's PerTensor first.
+PER_TENSOR_COLS = tl.constexpr(4)
+# The widest global load and store, in bytes (ld.global.v4.b32).
+VECTOR_BYTES = tl.constexpr(16)
+
+
+@triton.jit
+def _f64(hi, lo):
+    """A double that the launcher split into two fp32 arguments (_split)."""
+    return tl.cast(hi, tl.float64) + tl.cast(lo, tl.float64)
+
+
+@triton.jit
+def _address(row, col, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Column `col` of a tensor-table row as a pointer; ALIGNED only where the
+    host proved it (Note [full blocks take the vector path])."""
+    ptr = tl.load(row + col).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, VECTOR_BYTES)
+    return ptr
+
+
+@triton.jit
+def _element_kernel(
+    tensor_table,
+    block_table,
+    per_tensor_table,
+    launch,
+    per_tensor,
+    grad_scale_ptr,
+    found_inf_ptr,
+    UPDATE: tl.constexpr,
+    PER_TENSOR: tl.constexpr,
+    USED: tl.constexpr,
+    PARAM_DTYPE: tl.constexpr,
+    PER_TENSOR_IN_TABLE: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One block of one tensor per program, stepped by the rule's UPDATE.
+    `launch` is the rule's Launch; `per_tensor` its PerTensor, or None when
+    PER_TENSOR_IN_TABLE (Note [per-tensor scalars]). States outside the USED
+    mask are neither loaded nor stored. With found_inf nonzero nothing is
+    written. Bytes per element: the rule module's docstring."""
+    pid = tl.program_id(0)
+    code = tl.load(block_table + pid * BLOCK_COLS + COL_CODE)
+    start = tl.load(block_table + pid * BLOCK_COLS + COL_START)
+    tensor = code >> 1
+    row = tensor_table + tensor * TENSOR_COLS
+    if PER_TENSOR_IN_TABLE:
+        scalars = ()
+        for j in tl.static_range(len(PER_TENSOR._fields)):
+            scalars = scalars + (tl.load(per_tensor_table + tensor * PER_TENSOR_COLS + j),)
+        per_tensor = PER_TENSOR(*scalars)
+    scale = 1.0
+    if HAS_GRAD_SCALE:
+        scale = tl.load(grad_scale_ptr)
+    skip = 0.0
+    if HAS_FOUND_INF:
+        skip = tl.load(found_inf_ptr)
+    if skip == 0.0:
+        # Both variants of the block are compiled, FULL = 0 (masked) and 1
+        # (vector hints); the block's flag picks one at run time.
+        for FULL in tl.static_range(2):
+            if (code & 1) == FULL:
+                offs = start + tl.arange(0, BLOCK)
+                mask = None
+                if FULL:
+                    offs = tl.max_contiguous(tl.multiple_of(offs, BLOCK), BLOCK)
+                else:
+                    mask = offs < tl.load(row + COL_NUMEL)
+                p_ptrs = _address(row, COL_PARAM, PARAM_DTYPE, FULL) + offs
+                g_ptrs = _address(row, COL_GRAD, PARAM_DTYPE, FULL) + offs
+                p = tl.load(p_ptrs, mask=mask).to(tl.float32)
+                g = tl.load(g_ptrs, mask=mask).to(tl.float32)
+                if HAS_GRAD_SCALE:
+                    # GradScaler's unscale, stored back unscaled as torch's fused optimizers do.
+                    g = tl.div_rn(g, scale)
+                    tl.store(g_ptrs, g.to(PARAM_DTYPE), mask=mask)
+                # A state this step does not use keeps a placeholder (p), which
+                # the rule ignores and the frame never stores. State addresses are
+                # read again for the stores rather than kept live across the
+                # update: measured, that keeps the masked path's 64-bit
+                # per-element addresses out of registers (66 -> 62 on sm_120).
+                s = ()
+                for k in tl.static_range(MAX_STATES):
+                    value = p
+                    if (USED >> k) & 1:
+                        value = tl.load(
+                            _address(row, COL_STATE + k, tl.float32, FULL) + offs, mask=mask
+                        )
+                    s = s + (value,)
+                p, s = UPDATE(p, g, s, USED, launch, per_tensor)
+                tl.store(p_ptrs, p.to(PARAM_DTYPE), mask=mask)
+                for k in tl.static_range(MAX_STATES):
+                    if (USED >> k) & 1:
+                        tl.store(
+                            _address(row, COL_STATE + k, tl.float32, FULL) + offs, s[k], mask=mask
+                        )
+
+
+@triton.jit
+def _per_tensor_kernel(
+    tensor_table,
+    per_tensor_table,
+    n_tensors,
+    lr_ptr,
+    lr_hi,
+    lr_lo,
+    step,
+    config_hi,
+    config_lo,
+    PER_TENSOR_DEVICE: tl.constexpr,
+    CONFIG: tl.constexpr,
+    LR_IN_MEMORY: tl.constexpr,
+    COUNTS_IN_MEMORY: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The prologue of Note [per-tensor scalars]: the rule's PerTensor of BLOCK
+    tensors per program, in float64, into the per-tensor table. `step` is every
+    tensor's count + 1 unless COUNTS_IN_MEMORY (then each tensor's count + 1
+    is read through the COL_COUNT column). Reads 4 B and writes
+    4 * PER_TENSOR_COLS B per tensor."""
+    index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = index < n_tensors
+    if LR_IN_MEMORY:
+        lr = tl.load(lr_ptr).to(tl.float64)
+    else:
+        lr = _f64(lr_hi, lr_lo)
+    if COUNTS_IN_MEMORY:
+        counts = tl.load(tensor_table + index * TENSOR_COLS + COL_COUNT, mask=mask, other=0)
+        counts = counts.to(tl.pointer_type(tl.float32))
+        step = tl.load(counts, mask=mask, other=0.0).to(tl.float64) + 1.0
+    else:
+        step = tl.cast(step, tl.float64)
+    fields = ()
+    for j in tl.static_range(len(config_hi)):
+        fields = fields + (_f64(config_hi[j], config_lo[j]),)
+    scalars = PER_TENSOR_DEVICE(CONFIG(*fields), lr, step)
+    zeros = tl.zeros([BLOCK], tl.float32)
+    for j in tl.static_range(len(scalars)):
+        tl.store(per_tensor_table + index * PER_TENSOR_COLS + j, scalars[j] + zeros, mask=mask)
+
+
+@triton.jit
+def _advance_counts_kernel(
+    tensor_table, n_tensors, found_inf_ptr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr
+):
+    """Note [step counts]: adds 1 to every tensor's device-held count, unless
+    GradScaler found an inf. Reads and writes 4 B per tensor."""
+    index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = n_tensors
+    if HAS_FOUND_INF:
+        live = tl.where(tl.load(found_inf_ptr) == 0.0, n_tensors, 0)
+    mask = index < live
+    counts = tl.load(tensor_table + index * TENSOR_COLS + COL_COUNT, mask=mask, other=0)
+    counts = counts.to(tl.pointer_type(tl.float32))
+    tl.store(counts, tl.load(counts, mask=mask) + 1.0, mask=mask)
+
+
+# Elements per program on a GPU, and its warps: 4 elements per thread, one
+# 128-bit access per fp32 stream. Measured from the cubins (tests/triton_aot.py):
+# 32-62 registers on sm_80 to sm_120 with triton 3.8 (up to 64 with 3.6), no
+# spills; 4 warps (8 elements per thread) took 144-150 for bf16 Adam.
+BLOCK_SIZE = 1024
+NUM_WARPS = 8
+# The interpreter costs ~1-2 ms per program whatever its size (measured), so
+# the backend gives it fewer, larger programs.
+INTERPRETER_BLOCK_SIZE = 16384
+# Tensors per program of the prologue and the count kernel: one 4 B count per
+# lane, so one program covers most param groups.
+TABLE_BLOCK = 1024
+# Plans kept per launcher, least recently used dropped first: one per bucket a
+# model steps (layer-wise lr decay makes a group per layer); a plan holds no
+# caller's tensor (Note [plan validity]), only its own tables.
+MAX_PLANS = 256
+_FP32 = struct.Struct("f")
+_TORCH_TO_TRITON = {
+    torch.float32: tl.float32,
+    torch.bfloat16: tl.bfloat16,
+    torch.float16: tl.float16,
+}
+_data_ptr = Tensor.data_ptr
+_numel = Tensor.numel
+
+
+def _split(x: float) -> tuple[float, float]:
+    """x as fp32 hi + lo (see _f64); exact to about 2^-48 relative."""
+    hi = _FP32.unpack(_FP32.pack(x))[0]
+    return hi, x - hi
+
+
+def _to_device(host: Tensor, out: Tensor) -> None:
+    """Copies a host table into its device twin without a host sync: from
+    pinned memory, which torch's caching host allocator keeps until the copy
+    has run."""
+    if out.is_cuda:
+        out.copy_(host.pin_memory(), non_blocking=True)
+    else:
+        out.copy_(host)
+
+
+def _device_guard(device: torch.device):
+    """Triton launches on the current device: make it the params'."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def state_mask(rule: ModuleType, config) -> int:
+    """The USED mask of a step: bit k set when the rule uses state k."""
+    return sum(1 << k for k in range(len(rule.STATE_NAMES)) if rule.state_used(k, config))
+
+
+class _Plan:
+    """The tables of one tensor set (Note [plan validity])."""
+
+    def __init__(self, addresses, numels, n_states: int, used: int, host_counts: bool, device):
+        n = len(numels)
+        self.addresses, self.numels, self.device = addresses, numels, device
+        used_columns = [COL_STATE.value + k for k in range(MAX_STATES.value) if (used >> k) & 1]
+        columns = torch.tensor(addresses, dtype=torch.int64).view(-1, n)
+        host = torch.zeros((n, TENSOR_COLS.value), dtype=torch.int64)
+        host[:, COL_PARAM.value] = columns[0]
+        host[:, used_columns] = columns[1 : 1 + n_states].T
+        host[:, COL_NUMEL.value] = torch.tensor(numels, dtype=torch.int64)
+        # Host counts that differ reach the prologue through this buffer.
+        self.count_values = None
+        if host_counts:
+            self.count_values = torch.zeros(n, dtype=torch.float32, device=device)
+            host[:, COL_COUNT.value] = self.count_values.data_ptr() + 4 * torch.arange(n)
+        elif len(columns) > 1 + n_states:
+            host[:, COL_COUNT.value] = columns[1 + n_states]
+        self.host = host
+        self.fixed_aligned = (
+            host[:, [COL_PARAM.value, *used_columns]] % VECTOR_BYTES.value == 0
+        ).all(1)
+        self.tensor_table = torch.empty_like(host, device=device)
+        self.per_tensor_table = torch.empty(
+            (n, PER_TENSOR_COLS.value), dtype=torch.float32, device=device
+        )
+        self.grad_addresses: list[int] | None = None
+        self.aligned: Tensor | None = None
+        self.block_table: Tensor | None = None
+        self.n_blocks = 0
+
+    def refresh_grads(self, grads: Sequence[Tensor], block: int) -> None:
+        """Points the grad column at this step's grads and re-derives the
+        full-block flags if an alignment changed; a no-op when no grad moved."""
+        addresses = list(map(_data_ptr, grads))
+        if addresses == self.grad_addresses:
+            return
+        self.host[:, COL_GRAD.value] = torch.tensor(addresses, dtype=torch.int64)
+        aligned = self.fixed_aligned & (self.host[:, COL_GRAD.value] % VECTOR_BYTES.value == 0)
+        if self.aligned is None or not torch.equal(aligned, self.aligned):
+            block_table = _block_table(self.host[:, COL_NUMEL.value], aligned, block)
+            self.block_table = torch.empty_like(block_table, device=self.device)
+            _to_device(block_table, self.block_table)
+            self.n_blocks = block_table.shape[0]
+            self.aligned = aligned
+        _to_device(self.host, self.tensor_table)
+        self.grad_addresses = addresses
+
+
+def _block_table(numels: Tensor, aligned: Tensor, block: int) -> Tensor:
+    """(code, start) per block of `block` elements, tensor by tensor."""
+    blocks = (numels + block - 1) // block
+    tensor = torch.repeat_interleave(torch.arange(len(blocks)), blocks)
+    first_block = torch.cumsum(blocks, 0) - blocks
+    start = (torch.arange(len(tensor)) - first_block[tensor]) * block
+    full = aligned[tensor] & (start + block <= numels[tensor])
+    return torch.stack([tensor * 2 + full.to(torch.int64), start], dim=1)
+
+
+class Launcher:
+    """Steps a bucket's tensors with any rule: one element launch, plus the
+    prologue and the count launch where Note [per-tensor scalars] and Note
+    [step counts] need them. `launches` counts kernel launches, for tests and
+    benchmarks."""
+
+    def __init__(self) -> None:
+        self.launches = 0
+        self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
+
+    def _plan(self, params, states, device_counts, used: int, host_counts: bool, block: int):
+        key = (id(params), params[0].device, used, host_counts, block)
+        addresses = list(map(_data_ptr, itertools.chain(params, states, device_counts)))
+        numels = list(map(_numel, params))
+        plan = self._plans.get(key)
+        if plan is None or plan.addresses != addresses or plan.numels != numels:
+            plan = _Plan(
+                addresses,
+                numels,
+                len(states) // len(params),
+                used,
+                host_counts,
+                params[0].device,
+            )
+            self._plans[key] = plan
+            if len(self._plans) > MAX_PLANS:
+                self._plans.popitem(last=False)
+        self._plans.move_to_end(key)
+        return plan
+
+    def step(
+        self,
+        rule: ModuleType,
+        params: Sequence[Tensor],
+        grads: Sequence[Tensor],
+        states: Sequence[Tensor],
+        state_steps: Sequence[Tensor],
+        *,
+        lr: float | Tensor,
+        hyper,
+        grad_scale: Tensor | None = None,
+        found_inf: Tensor | None = None,
+        counts_on_device: bool = False,
+        block: int = BLOCK_SIZE,
+    ) -> None:
+        """Steps checked, dense tensors of one device and param dtype
+        (fusedopt._checks.check_lists) with `rule`, a kernels/rules module.
+        `states` is state-major, holding the states this step uses.
+
+        `counts_on_device`: the counts live on the params' device and the
+        kernels read and advance them there (no host sync: capturable).
+        Otherwise they are CPU tensors, read and advanced here, and a found_inf
+        is read on the host to decide whether to step at all (a sync: the
+        non-capturable path, like torch's)."""
+        if not params:
+            return
+        config = rule.config(hyper)
+        used = state_mask(rule, config)
+        if len(states) != len(params) * bin(used).count("1"):
+            raise RuntimeError(
+                f"fusedopt: {len(states)} states for {len(params)} params and state mask {used:b}"
+            )
+        host_counts = rule.HAS_STEP and not counts_on_device
+        if host_counts and found_inf is not None:
+            if found_inf.item() != 0:
+                return
+            found_inf = None
+        counts_on_device = counts_on_device and rule.HAS_STEP
+        device_counts = state_steps if counts_on_device else ()
+        plan = self._plan(params, states, device_counts, used, host_counts, block)
+        counts = list(map(Tensor.item, state_steps)) if host_counts else None
+        with _device_guard(params[0].device):
+            plan.refresh_grads(grads, block)
+            if plan.n_blocks:
+                per_tensor = self._per_tensor(rule, plan, config, lr, counts, counts_on_device)
+                _element_kernel[(plan.n_blocks,)](
+                    plan.tensor_table,
+                    plan.block_table,
+                    plan.per_tensor_table,
+                    rule.launch(config),
+                    per_tensor,
+                    grad_scale,
+                    found_inf,
+                    UPDATE=rule.update,
+                    PER_TENSOR=rule.PerTensor,
+                    USED=used,
+                    PARAM_DTYPE=_TORCH_TO_TRITON[params[0].dtype],
+                    PER_TENSOR_IN_TABLE=per_tensor is None,
+                    HAS_GRAD_SCALE=grad_scale is not None,
+                    HAS_FOUND_INF=found_inf is not None,
+                    BLOCK=block,
+                    num_warps=NUM_WARPS,
+                )
+                self.launches += 1
+            if counts_on_device:
+                _advance_counts_kernel[(triton.cdiv(len(params), TABLE_BLOCK),)](
+                    plan.tensor_table,
+                    len(params),
+                    found_inf,
+                    HAS_FOUND_INF=found_inf is not None,
+                    BLOCK=TABLE_BLOCK,
+                )
+                self.launches += 1
+        if host_counts:
+            torch._foreach_add_(state_steps, 1.0)
+
+    def _per_tensor(self, rule, plan, config, lr, counts, counts_on_device: bool):
+        """Note [per-tensor scalars]: the PerTensor to pass as kernel arguments,
+        or None once the per-tensor table is filled, by the host or by the
+        prologue. `counts` are the host-held counts (None without)."""
+        n = plan.per_tensor_table.shape[0]
+        uniform = counts is None or counts.count(counts[0]) == n
+        step = counts[0] + 1.0 if counts else 0.0
+        lr_in_memory = isinstance(lr, Tensor)
+        if not (lr_in_memory or counts_on_device):
+            if uniform:
+                return rule.per_tensor(config, float(lr), step)
+            steps = torch.tensor(counts, dtype=torch.float64) + 1.0
+            rows = _per_tensor_rows(rule.per_tensor(config, float(lr), steps), n)
+            _to_device(rows, plan.per_tensor_table)
+            return None
+        if not uniform:
+            _to_device(torch.tensor(counts, dtype=torch.float32), plan.count_values)
+        lr_hi, lr_lo = (0.0, 0.0) if lr_in_memory else _split(float(lr))
+        config_hi, config_lo = _split_config(config)
+        _per_tensor_kernel[(triton.cdiv(n, TABLE_BLOCK),)](
+            plan.tensor_table,
+            plan.per_tensor_table,
+            n,
+            lr if lr_in_memory else None,
+            lr_hi,
+            lr_lo,
+            step,
+            config_hi,
+            config_lo,
+            PER_TENSOR_DEVICE=rule.per_tensor_device,
+            CONFIG=type(config),
+            LR_IN_MEMORY=lr_in_memory,
+            COUNTS_IN_MEMORY=counts_on_device or not uniform,
+            BLOCK=TABLE_BLOCK,
+        )
+        self.launches += 1
+        return None
+
+
+def _split_config(config) -> tuple:
+    """The Config as two tuples of fp32 parts (Note [per-tensor scalars])."""
+    parts = [_split(float(x)) for x in config]
+    return type(config)(*(hi for hi, _ in parts)), type(config)(*(lo for _, lo in parts))
+
+
+def _per_tensor_rows(scalars, n: int) -> Tensor:
+    """A host PerTensor whose fields are floats or float64 tensors of n counts,
+    as the fp32 per-tensor table (rounded once, like the C++ float casts)."""
+    rows = torch.zeros((n, PER_TENSOR_COLS.value), dtype=torch.float32)
+    for j, field in enumerate(scalars):
+        rows[:, j] = torch.as_tensor(field, dtype=torch.float64)
+    return rows

@@ -1,0 +1,522 @@
+"""The Triton kernel frame (kernels/mta.py) with every rule (kernels/rules/),
+under the interpreter (TRITON_INTERPRET=1, set by conftest.py): parity with
+fusedopt.reference through the ReferenceBackend, the edges that blocks and
+vector hints create, where the per-tensor scalars come from, the step-count
+protocol, GradScaler's tensors, the plan cache, and the launch count.
+
+The interpreter costs 1-2 ms per program, so tensors are small and BLOCK is
+small too, to still make several blocks and tails.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+# Triton is what these tests test: without it (a CPU-only torch) there is nothing to run.
+pytest.importorskip("triton")
+
+import torch  # noqa: E402
+from fusedopt import backends  # noqa: E402
+from fusedopt.kernels import mta, rules  # noqa: E402
+from fusedopt.reference import WeightDecayMode  # noqa: E402
+from fusedopt.registry import RULES  # noqa: E402
+
+BLOCK = 1024
+SIZES = [0, 1, 3, 4, 17, 1031, 4097, 2053, 0]  # primes, one block + 7, zero-size first and last
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+ADAM, SGD = RULES["adam"], RULES["sgd"]
+HEADERS = Path(__file__).resolve().parents[1] / "csrc" / "include" / "fusedopt" / "rules"
+
+# Tolerances, per param dtype, against the reference (which runs in fp32 too):
+#  - fp32: the per-tensor scalars come from fp64 exp2/log2 on the device, and
+#    the interpreter's numpy ops may round differently from torch's vectorized
+#    CPU kernels (and fuse nothing where torch's lerp/addcmul may): a few ulps
+#    at most (fp32 ulp is 6e-8 relative).
+#  - bf16: the interpreter TRUNCATES fp32 -> bf16 where torch (and every GPU)
+#    rounds to nearest even (seen with triton 3.8), so a stored param may be 1
+#    bf16 ulp below the reference's: compare within 1 ulp.
+#  - fp16: numpy rounds to nearest, but a 1-ulp fp32 difference can still flip
+#    the rounding of a value near a tie: within 1 fp16 ulp.
+FP32_RTOL, FP32_ATOL = 2e-6, 1e-7
+MANTISSA_BITS = {torch.bfloat16: 8, torch.float16: 11}
+
+
+def adam_hyper(**overrides) -> dict:
+    hyper = dict(
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        weight_decay=0.1,
+        weight_decay_mode=WeightDecayMode.DECOUPLED,
+        lr_max=2e-2,
+        amsgrad=False,
+        maximize=False,
+    )
+    return {**hyper, **overrides}
+
+
+def sgd_hyper(**overrides) -> dict:
+    hyper = dict(
+        momentum=0.9,
+        dampening=0.0,
+        weight_decay=0.1,
+        weight_decay_mode=WeightDecayMode.L2,
+        lr_max=2e-2,
+        nesterov=False,
+        maximize=False,
+        first_step=False,
+    )
+    return {**hyper, **overrides}
+
+
+def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
+    """[params, grads, states (state-major), counts] with nonzero states, as
+    after a few steps. A fresh SGD buffer (first_step) is NaN: the kernel must
+    not read it."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
+    grads = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
+    fills = {
+        "exp_avg": lambda n: 0.1 * torch.randn(n, generator=gen),
+        "exp_avg_sq": lambda n: 0.01 * torch.rand(n, generator=gen),
+        "max_exp_avg_sq": lambda n: 0.02 * torch.rand(n, generator=gen),
+        "momentum_buffer": lambda n: (
+            torch.full((n,), float("nan"))
+            if hyper.get("first_step")
+            else torch.randn(n, generator=gen)
+        ),
+    }
+    states = [fills[name](n) for name in rule.used_states(hyper) for n in sizes]
+    counts = [torch.tensor(count) for _ in sizes] if rule.has_step else []
+    return [params, grads, states, counts]
+
+
+def clone_lists(lists):
+    return [[t.clone() for t in ts] for ts in lists]
+
+
+def reference_step(rule, lists, *, lr, hyper, grad_scale=None, found_inf=None):
+    backends.ReferenceBackend().step(
+        rule, *lists, lr=lr, hyper=hyper, grad_scale=grad_scale, found_inf=found_inf
+    )
+
+
+def launch(rule, lists, *, lr, hyper, launcher=None, block=BLOCK, **kwargs):
+    launcher = launcher or mta.Launcher()
+    launcher.step(rules.get(rule.name), *lists, lr=lr, hyper=hyper, block=block, **kwargs)
+    return launcher
+
+
+def assert_within_one_ulp(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """|actual - expected| <= 1 ulp of `expected` in its (16-bit) dtype."""
+    assert actual.dtype == expected.dtype
+    a, e = actual.float(), expected.float()
+    _, exponent = torch.frexp(e)
+    ulp = torch.ldexp(torch.ones_like(e), exponent - MANTISSA_BITS[expected.dtype])
+    bad = (a - e).abs() > ulp
+    assert not bad.any(), f"{int(bad.sum())} elements over 1 ulp: {a[bad][:5]} vs {e[bad][:5]}"
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    if actual.dtype == torch.float32:
+        torch.testing.assert_close(actual, expected, rtol=FP32_RTOL, atol=FP32_ATOL)
+    else:
+        assert_within_one_ulp(actual, expected)
+
+
+def assert_lists_close(actual, expected) -> None:
+    for xs, ys in zip(actual, expected, strict=True):
+        for x, y in zip(xs, ys, strict=True):
+            assert_close(x, y)
+
+
+def assert_lists_equal(actual, expected) -> None:
+    for xs, ys in zip(actual, expected, strict=True):
+        for x, y in zip(xs, ys, strict=True):
+            assert torch.equal(x, y) or (x.isnan() & y.isnan()).all()
+
+
+# --- parity with the reference ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay_mode", list(WeightDecayMode))
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("maximize", [False, True])
+@pytest.mark.parametrize("counts_on_device", [False, True])
+def test_adam_matches_reference(dtype, weight_decay_mode, amsgrad, maximize, counts_on_device):
+    hyper = adam_hyper(weight_decay_mode=weight_decay_mode, amsgrad=amsgrad, maximize=maximize)
+    lists = make_lists(ADAM, SIZES, dtype, hyper)
+    expected = clone_lists(lists)
+    launch(ADAM, lists, lr=1e-2, hyper=hyper, counts_on_device=counts_on_device)
+    reference_step(ADAM, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+    assert all(c.item() == 4.0 for c in lists[3]), "every count, empty tensors' too, +1"
+
+
+SGD_CASES = [
+    dict(momentum=0.0),
+    dict(momentum=0.0, maximize=True, weight_decay_mode=WeightDecayMode.DECOUPLED),
+    dict(),
+    dict(first_step=True),
+    dict(dampening=0.5),
+    dict(dampening=0.5, first_step=True),
+    dict(nesterov=True),
+    dict(nesterov=True, first_step=True, maximize=True),
+    dict(weight_decay_mode=WeightDecayMode.DECOUPLED, maximize=True),
+    dict(weight_decay_mode=WeightDecayMode.FULLY_DECOUPLED, nesterov=True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "case", SGD_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items())
+)
+def test_sgd_matches_reference(dtype, case):
+    hyper = sgd_hyper(**case)
+    lists = make_lists(SGD, SIZES, dtype, hyper)
+    expected = clone_lists(lists)
+    launch(SGD, lists, lr=1e-2, hyper=hyper)
+    reference_step(SGD, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+
+
+@pytest.mark.parametrize("counts_on_device", [False, True])
+@pytest.mark.parametrize("rule", [ADAM, SGD], ids=lambda r: r.name)
+def test_lr_as_a_tensor(rule, counts_on_device):
+    """A device lr: the prologue kernel computes the per-tensor table."""
+    hyper = adam_hyper() if rule is ADAM else sgd_hyper()
+    lists = make_lists(rule, [3, 1100], torch.float32, hyper)
+    expected = clone_lists(lists)
+    launcher = launch(
+        rule, lists, lr=torch.tensor(3e-3), hyper=hyper, counts_on_device=counts_on_device
+    )
+    reference_step(rule, expected, lr=3e-3, hyper=hyper)
+    assert_lists_close(lists, expected)
+    assert launcher.launches == 2 + (counts_on_device and rule.has_step)
+
+
+@pytest.mark.parametrize(
+    "lr, counts_on_device",
+    [(1e-2, False), (1e-2, True), (torch.tensor(1e-2), False)],
+    ids=["host-table", "device-counts", "tensor-lr-host-counts"],
+)
+def test_counts_that_differ_per_tensor(lr, counts_on_device):
+    """After a partial load_state_dict, tensors can be at different steps: each
+    gets its own bias corrections, from each source of the per-tensor table."""
+    hyper = adam_hyper(amsgrad=True)
+    lists = make_lists(ADAM, [7, 1030, 5], torch.float32, hyper)
+    lists[3] = [torch.tensor(0.0), torch.tensor(41.0), torch.tensor(1000.0)]
+    expected = clone_lists(lists)
+    launch(ADAM, lists, lr=lr, hyper=hyper, counts_on_device=counts_on_device)
+    reference_step(ADAM, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+    assert [c.item() for c in lists[3]] == [1.0, 42.0, 1001.0]
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_prologue_matches_host_scalars(name):
+    """The device mirror of per_tensor (float64 exp2/log2, the Config rebuilt
+    from fp32 halves) against the host's (Python's pow on doubles), for counts
+    from 1 to 10^6, within 1 fp32 ulp: the two pows differ by ~1e-12."""
+    rule = rules.get(name)
+    hyper = adam_hyper(weight_decay_mode=2) if name == "adam" else sgd_hyper(weight_decay_mode=2)
+    config = rule.config(hyper)
+    counts = [0.0, 1.0, 9.0, 99.0, 12345.0, 999999.0]
+    lists = make_lists(RULES[name], [1] * len(counts), torch.float32, hyper)
+    lists[3] = [torch.tensor(c) for c in counts] if rule.HAS_STEP else []
+    launcher = launch(RULES[name], lists, lr=torch.tensor(3e-3, dtype=torch.float64), hyper=hyper)
+    (plan,) = launcher._plans.values()
+    for i, count in enumerate(counts if rule.HAS_STEP else [0.0]):
+        expected = torch.tensor(rule.per_tensor(config, 3e-3, count + 1.0), dtype=torch.float32)
+        actual = plan.per_tensor_table[i, : len(expected)]
+        torch.testing.assert_close(actual, expected, rtol=1.2e-7, atol=0.0)
+
+
+# --- edges of the traversal ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unaligned_views_take_the_masked_path(dtype):
+    """A param that is a view at an odd element offset has no 16-byte aligned
+    address: none of its blocks may be flagged full (that flag is what licenses
+    the vector hints), and its results stay right."""
+    n = 3000
+    buffers = [torch.randn(n + 1).to(dtype), torch.randn(n + 1).to(dtype)]
+    hyper = adam_hyper()
+    lists = [
+        [buffers[0][1:], torch.randn(n).to(dtype)],
+        [buffers[1][1:], torch.randn(n).to(dtype)],
+        [torch.zeros(n) for _ in range(4)],
+        [torch.tensor(0.0), torch.tensor(0.0)],
+    ]
+    expected = clone_lists(lists)
+    outside = buffers[0][0].clone()  # the element just before the view
+    launcher = launch(ADAM, lists, lr=1e-2, hyper=hyper)
+    reference_step(ADAM, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+    (plan,) = launcher._plans.values()
+    codes = plan.block_table[:, mta.COL_CODE.value]
+    tensor, full = codes >> 1, codes & 1
+    assert full[tensor == 0].sum() == 0, "an unaligned view's block is flagged for vector hints"
+    assert full[tensor == 1].tolist() == [1, 1, 0], "3000 = 2 full blocks of 1024 + a tail"
+    assert torch.equal(buffers[0][0], outside) and lists[0][0].data_ptr() % 16 != 0
+
+
+def test_many_tiny_tensors_one_launch():
+    """2000 tensors of 1 to 7 elements: one launch for the whole bucket."""
+    sizes = [1 + i % 7 for i in range(2000)]
+    hyper = adam_hyper()
+    lists = make_lists(ADAM, sizes, torch.float32, hyper)
+    expected = clone_lists(lists)
+    launcher = launch(ADAM, lists, lr=1e-2, hyper=hyper, block=mta.INTERPRETER_BLOCK_SIZE)
+    assert launcher.launches == 1
+    reference_step(ADAM, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+
+
+def test_only_empty_tensors_still_count():
+    hyper = adam_hyper()
+    for counts_on_device in (False, True):
+        lists = make_lists(ADAM, [0, 0], torch.float32, hyper)
+        launcher = launch(ADAM, lists, lr=1e-2, hyper=hyper, counts_on_device=counts_on_device)
+        assert [c.item() for c in lists[3]] == [4.0, 4.0]
+        assert launcher.launches == int(counts_on_device), "only the count launch"
+
+
+@pytest.mark.parametrize("counts_on_device", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rule", [ADAM, SGD], ids=lambda r: r.name)
+def test_grad_scale_and_found_inf(rule, dtype, counts_on_device):
+    hyper = adam_hyper(amsgrad=True) if rule is ADAM else sgd_hyper()
+    lists = make_lists(rule, [3, 1500], dtype, hyper)
+    scale = torch.tensor(1024.0)
+    # found_inf nonzero: nothing at all is written, counts included.
+    before = clone_lists(lists)
+    kwargs = dict(lr=1e-2, hyper=hyper, grad_scale=scale, counts_on_device=counts_on_device)
+    launch(rule, lists, found_inf=torch.tensor(1.0), **kwargs)
+    assert_lists_equal(lists, before)
+    # found_inf zero: grads are divided by the scale and stored back unscaled.
+    expected = clone_lists(lists)
+    launch(rule, lists, found_inf=torch.tensor(0.0), **kwargs)
+    reference_step(rule, expected, lr=1e-2, hyper=hyper, grad_scale=scale)
+    assert_lists_close(lists, expected)
+    assert lists[1][1].abs().max() < 0.01, "grads were stored back unscaled"
+
+
+# --- the plan cache (Note [plan validity]) -------------------------------------------
+
+
+def test_plan_is_reused_while_nothing_changed():
+    hyper = adam_hyper()
+    lists = make_lists(ADAM, [5, 9], torch.float32, hyper)
+    launcher = launch(ADAM, lists, lr=1e-2, hyper=hyper, counts_on_device=True)
+    (plan,) = launcher._plans.values()
+    block_table = plan.block_table
+    launch(ADAM, lists, lr=1e-2, hyper=hyper, counts_on_device=True, launcher=launcher)
+    assert launcher.launches == 6, "a prologue, an element and a count launch per step"
+    assert list(launcher._plans.values()) == [plan] and plan.block_table is block_table
+
+
+def test_new_grads_refresh_the_table():
+    """Grads may be new tensors each step (zero_grad(set_to_none=True)): the
+    plan must follow them, not read the freed ones."""
+    hyper = adam_hyper()
+    launcher = mta.Launcher()
+    lists = make_lists(ADAM, [33, 2000], torch.float32, hyper)
+    expected = clone_lists(lists)
+    for seed in range(2):
+        fresh = make_lists(ADAM, [33, 2000], torch.float32, hyper, seed=10 + seed)[1]
+        lists[1], expected[1] = fresh, [g.clone() for g in fresh]
+        launch(ADAM, lists, lr=1e-2, hyper=hyper, launcher=launcher)
+        reference_step(ADAM, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+    assert len(launcher._plans) == 1
+
+
+@pytest.mark.parametrize("change", ["state replaced in the list", "param .data swapped"])
+def test_a_stale_table_is_never_used(change):
+    """The same list objects, whose tensors changed between steps (the old
+    memory kept alive, so that the new tensor gets a new address): the kernel
+    steps the new tensors and leaves the old memory alone."""
+    hyper = adam_hyper()
+    launcher = mta.Launcher()
+    lists = make_lists(ADAM, [40, 1500], torch.float32, hyper)
+    expected = clone_lists(lists)
+    launch(ADAM, lists, lr=1e-2, hyper=hyper, launcher=launcher)
+    reference_step(ADAM, expected, lr=1e-2, hyper=hyper)
+    if change.startswith("state"):
+        stale = lists[2][1]
+        lists[2][1] = stale.clone()  # the same list object, a new exp_avg
+    else:
+        stale = lists[0][1].data
+        lists[0][1].data = stale.clone()
+    stale_before = stale.clone()
+    launch(ADAM, lists, lr=1e-2, hyper=hyper, launcher=launcher)
+    reference_step(ADAM, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+    assert torch.equal(stale, stale_before), "the old memory was written"
+
+
+def test_a_param_shrunk_in_place_rebuilds_the_blocks():
+    """Same address, fewer elements (p.data = p.data[:k]): the block table of
+    the old size would read past the new grads; the numel check rebuilds it."""
+    hyper = adam_hyper()
+    launcher = mta.Launcher()
+    lists = make_lists(ADAM, [2500, 7], torch.float32, hyper)
+    launch(ADAM, lists, lr=1e-2, hyper=hyper, launcher=launcher)
+    storage = lists[0][0]
+    tail = storage[1200:].clone()
+    lists[0][0] = storage[:1200]
+    lists[1][0] = lists[1][0][:1200].clone()
+    lists[2][0], lists[2][2] = lists[2][0][:1200], lists[2][2][:1200]
+    expected = clone_lists(lists)
+    launch(ADAM, lists, lr=1e-2, hyper=hyper, launcher=launcher)
+    reference_step(ADAM, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+    assert torch.equal(storage[1200:], tail), "elements past the new size were written"
+
+
+# --- host reads and the launch count -------------------------------------------------
+
+
+def test_device_counts_path_never_syncs(monkeypatch):
+    """With counts, lr, grad_scale and found_inf in memory, the launcher reads
+    no tensor's value on the host (what capturable needs): every host read raises."""
+    hyper = adam_hyper()
+    lists = make_lists(ADAM, [3, 1100], torch.float32, hyper)
+    scalars = [torch.tensor(2e-3), torch.tensor(8.0), torch.tensor(0.0)]
+    launcher = mta.Launcher()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host read of a tensor value")
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    with pytest.raises(AssertionError, match="host read"):
+        bool(torch.tensor(1.0))
+    # The interpreter itself reads memory through numpy, not these methods.
+    launcher.step(
+        rules.get("adam"),
+        *lists,
+        lr=scalars[0],
+        hyper=hyper,
+        grad_scale=scalars[1],
+        found_inf=scalars[2],
+        counts_on_device=True,
+        block=BLOCK,
+    )
+    monkeypatch.undo()
+    assert [c.item() for c in lists[3]] == [4.0, 4.0]
+
+
+def test_fp32_result_moves_and_tolerance_is_tight():
+    """The fp32 tolerance must be able to fail: one step moves params by ~lr,
+    10^4 times FP32_ATOL, and a wrong lr is caught."""
+    hyper = adam_hyper()
+    lists = make_lists(ADAM, [4097], torch.float32, hyper)
+    before = lists[0][0].clone()
+    expected = clone_lists(lists)
+    launch(ADAM, lists, lr=1.001e-2, hyper=hyper)
+    reference_step(ADAM, expected, lr=1e-2, hyper=hyper)
+    assert (lists[0][0] - before).abs().max() > 1e-3
+    with pytest.raises(AssertionError):
+        assert_close(lists[0][0], expected[0][0])
+
+
+def test_one_ulp_check_can_fail():
+    x = torch.tensor([1.0, 3.0], dtype=torch.bfloat16)
+    assert_within_one_ulp(x + torch.tensor([0.0078125, 0.0], dtype=torch.bfloat16), x)
+    with pytest.raises(AssertionError):
+        assert_within_one_ulp(x + torch.tensor([0.015625 * 2, 0.0], dtype=torch.bfloat16), x)
+
+
+# --- the backend ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", [ADAM, SGD], ids=lambda r: r.name)
+def test_backend_steps_every_rule(rule):
+    hyper = adam_hyper(amsgrad=True) if rule is ADAM else sgd_hyper()
+    lists = make_lists(rule, [3, 1500, 0], torch.float32, hyper)
+    expected = clone_lists(lists)
+    backend = backends.get("triton")
+    before = backend.launcher.launches
+    backend.step(rule, *lists, lr=1e-2, hyper=hyper)
+    reference_step(rule, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+    assert backend.launcher.launches - before == 1
+
+
+def test_refused_call_writes_nothing():
+    hyper = adam_hyper()
+    lists = make_lists(ADAM, [3, 5], torch.float32, hyper)
+    lists[2][1] = torch.zeros(5, dtype=torch.float64)
+    before = clone_lists(lists)
+    with pytest.raises(RuntimeError, match="exp_avg 1 must be torch.float32"):
+        backends.get("triton").step(ADAM, *lists, lr=1e-2, hyper=hyper)
+    assert_lists_equal(lists, before)
+
+
+def test_backend_availability(monkeypatch):
+    backend = backends.get("triton")
+    cpu = backends.Bucket(torch.device("cpu"), torch.float32, True)
+    assert backend.unavailable_reason() is None
+    assert backend.unsupported_reason(cpu) is None
+    assert "float64" in backend.unsupported_reason(
+        backends.Bucket(torch.device("cpu"), torch.float64, True)
+    )
+    assert "dense" in backend.unsupported_reason(
+        backends.Bucket(torch.device("cpu"), torch.float32, False)
+    )
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "TRITON_INTERPRET" in backend.unsupported_reason(cpu)
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in backend.unavailable_reason()
+
+
+# --- the rule modules mirror the C++ headers and the registry -----------------------
+
+
+def _struct_fields(header: str, struct: str) -> list[str]:
+    """The member names of `struct <struct> { ... };` in a rule header."""
+    body = re.search(rf"struct {struct} \{{(.*?)\}};", header, re.DOTALL).group(1)
+    body = re.sub(r"//[^\n]*", "", body)
+    return [
+        name.strip()
+        for statement in body.split(";")
+        if statement.strip()
+        for name in statement.split(None, 1)[1].split(",")
+    ]
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_rule_module_mirrors_its_header_and_registry_entry(name):
+    rule, entry = rules.get(name), RULES[name]
+    header = (HEADERS / f"{name}.h").read_text()
+    assert list(rule.Config._fields) == _struct_fields(header, "Config")
+    assert list(rule.Launch._fields) == _struct_fields(header, "Launch")
+    assert list(rule.PerTensor._fields) == _struct_fields(header, "PerTensor")
+    assert len(rule.PerTensor._fields) <= mta.PER_TENSOR_COLS.value
+    names = re.search(r"kStateNames\[\] = \{(.*?)\};", header).group(1)
+    assert rule.STATE_NAMES == tuple(re.findall(r'"(\w+)"', names)) == entry.states
+    assert rule.HAS_STEP == entry.has_step
+    assert len(rule.STATE_NAMES) <= mta.MAX_STATES.value
+    hyper = adam_hyper() if name == "adam" else sgd_hyper()
+    assert set(hyper) == set(entry.hyper)
+    for flag in (False, True):
+        h = {**hyper, "amsgrad": flag} if name == "adam" else {**hyper, "momentum": 0.9 * flag}
+        used = mta.state_mask(rule, rule.config(h))
+        assert [n for k, n in enumerate(rule.STATE_NAMES) if (used >> k) & 1] == list(
+            entry.used_states(h)
+        )
+        assert used in rule.STATE_SETS
+
+
+def test_weight_decay_modes_match_the_reference():
+    from fusedopt.kernels.rules import common
+
+    modes = (common.WD_L2, common.WD_DECOUPLED, common.WD_FULLY_DECOUPLED)
+    assert [m.value for m in modes] == [int(m) for m in WeightDecayMode]
