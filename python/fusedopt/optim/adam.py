@@ -64,13 +64,20 @@ class Adam(FusedOptimizer):
             raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
         if not 0.0 <= betas[1] < 1.0:
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not (
+            all(isinstance(beta, float) for beta in betas)
+            or all(isinstance(beta, Tensor) for beta in betas)
+        ):
+            raise ValueError("betas must be either both floats or both Tensors")
         check_fused_flags(foreach, differentiable, fused)
         for i, beta in enumerate(betas):
             if isinstance(beta, Tensor) and beta.numel() != 1:
                 raise ValueError(f"Tensor betas[{i}] must be 1-element")
+        # As torch keeps them: floats, or 0-dim tensors (hyper() reads either).
+        betas = tuple(b.squeeze() if isinstance(b, Tensor) else b for b in betas)
         defaults = {
             "lr": lr,
-            "betas": (float(betas[0]), float(betas[1])),
+            "betas": betas,
             "eps": eps,
             "weight_decay": weight_decay,
             "amsgrad": amsgrad,

@@ -14,7 +14,14 @@ have a grad, the states the rule uses with the current hyperparameters. Each
 step then re-gathers only the grads and the state tensors (so a state
 replaced in opt.state[p] takes effect, as in torch) and reads the group's
 hyperparameters anew (a scheduler may change lr, betas, ... at every step).
-add_param_group, load_state_dict and unpickling drop every plan.
+add_param_group, load_state_dict and unpickling drop every plan, and so does
+a change of `opt.state` itself seen in O(1): another object (a reset,
+`opt.state = defaultdict(dict)`) or another number of entries (`clear()`,
+`del opt.state[p]`). Replacing one param's whole dict (`opt.state[p] = {}`)
+is not seen: change its tensors instead, or call load_state_dict. A plan
+can also go stale in what it does not check each step (a grad's layout, say):
+when a call of cached plans is refused before anything is written, the step
+drops every plan and runs once more on new ones, which check everything.
 
 Note [fp32 states of low-precision params]: torch keeps Adam's moments in the
 param's dtype, so a bf16 model's v underflows and its updates stall (AReaL
@@ -129,11 +136,17 @@ class FusedOptimizer(Optimizer):
         # unscaling grads itself; every backend applies them in its one pass.
         self._step_supports_amp_scaling = True
         self._plans: dict[int, _GroupPlan] = {}
+        self._state_seen: tuple = ()  # (self.state, its length) when the plans were last used
         _extension.warn_once_if_missing()
 
     def hyper(self, group: Mapping[str, Any]) -> dict[str, Any]:
         """The rule's hyperparameters (registry.Rule.hyper) of this group now."""
         raise NotImplementedError
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's keeps defaults, state and param_groups: deepcopy and pickle
+        # would lose the backend.
+        return {**super().__getstate__(), "backend": self.backend}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -142,6 +155,7 @@ class FusedOptimizer(Optimizer):
                 group.setdefault(key, value)
         self.__dict__.setdefault("backend", "auto")
         self._plans = {}
+        self._state_seen = ()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -171,6 +185,8 @@ class FusedOptimizer(Optimizer):
     # --- plans ---------------------------------------------------------------
 
     def _new_state(self, group: Mapping[str, Any], p: Tensor, used: tuple[str, ...]) -> None:
+        if not used and not self.rule.has_step:
+            return  # nothing to keep: torch leaves no entry in self.state either
         state = self.state[p]
         if self.rule.has_step and "step" not in state:
             # torch keeps `step` on the CPU unless capturable (note "special device
@@ -231,20 +247,23 @@ class FusedOptimizer(Optimizer):
                 if not self.state.get(p):
                     created.append(p)
                 self._new_state(group, p, used)
+            stateful = bool(used) or self.rule.has_step
             plan.calls.append(
                 _Call(
                     bucket,
                     choice,
                     [indices[k] for k in positions],
                     call_params,
-                    [self.state[p] for p in call_params],
+                    [self.state[p] for p in call_params] if stateful else [],
                     fresh,
                 )
             )
         return plan
 
-    def _plan(self, index: int, group: dict[str, Any], grads: list, used, created) -> _GroupPlan:
-        """The group's cached plan if still valid (Note [cached step plans]), else a new one."""
+    def _cached_plan(
+        self, index: int, group: dict[str, Any], grads: list, used
+    ) -> _GroupPlan | None:
+        """The group's cached plan if still valid (Note [cached step plans]), else None."""
         plan = self._plans.get(index)
         source = group["params"]
         if (
@@ -255,7 +274,7 @@ class FusedOptimizer(Optimizer):
             or len(plan.params) != len(source)
             or not all(map(is_, plan.params, source))
         ):
-            plan = self._plans[index] = self._build_plan(group, grads, used, created)
+            return None
         return plan
 
     def plan(self) -> list[tuple[int, backends.Bucket, int, backends.Choice]]:
@@ -305,19 +324,37 @@ class FusedOptimizer(Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
-        rule = self.rule
+        seen = self._state_seen
+        if not seen or seen[0] is not self.state or seen[1] != len(self.state):
+            self._plans = {}
+        try:
+            work = self._step(grad_scale, found_inf)
+        except _StalePlan:
+            # Note [cached step plans]: nothing was written; new plans check everything.
+            work = self._step(grad_scale, found_inf)
+        if any(call.fresh for call, *_ in work):
+            self._plans = {}  # fresh states are old from now on
+        self._state_seen = (self.state, len(self.state))
+        return loss
 
+    def _step(self, grad_scale: Tensor | None, found_inf: Tensor | None) -> list:
+        rule = self.rule
         # Every list is gathered, and with several calls every call checked,
         # before anything is written: each backend's own checks would only
         # cover its call, and a refused step writes nothing, in any group.
         created: list[Tensor] = []  # params whose state this step created: dropped if it fails
         work = []
+        rebuilt = False  # some plan was built in this step
+        started = 0  # backend calls made
         try:
             for index, group in enumerate(self.param_groups):
                 grads = [p.grad for p in group["params"]]
                 hyper = self.hyper(group)
                 used = rule.used_states(hyper)
-                plan = self._plan(index, group, grads, used, created)
+                plan = self._cached_plan(index, group, grads, used)
+                if plan is None:
+                    rebuilt = True
+                    plan = self._plans[index] = self._build_plan(group, grads, used, created)
                 for call in plan.calls:
                     self._log_choice(index, call)
                     whole = len(call.indices) == len(grads)
@@ -341,6 +378,7 @@ class FusedOptimizer(Optimizer):
                         require_dense=backend.requires_dense,
                     )
             for call, lr, hyper, call_grads, states, steps in work:
+                started += 1
                 call.choice.backend.step(
                     rule,
                     call.params,
@@ -352,11 +390,15 @@ class FusedOptimizer(Optimizer):
                     grad_scale=grad_scale,
                     found_inf=found_inf,
                 )
-        except Exception:
+        except Exception as error:
             for p in created:
                 self.state.pop(p, None)
             self._plans = {}
+            if not rebuilt and started <= 1:
+                raise _StalePlan from error
             raise
-        if any(call.fresh for call, *_ in work):
-            self._plans = {}  # fresh states are old from now on
-        return loss
+        return work
+
+
+class _StalePlan(Exception):
+    """A call of cached plans was refused before anything was written."""
