@@ -1,16 +1,82 @@
-"""Shared test machinery: seeded params and grads, and stepping optimizers in lockstep."""
+"""Shared test machinery: seeded params and grads, stepping optimizers in
+lockstep, and the backends the harness runs (each skipped, with the reason,
+where it cannot run here)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
+import pytest
 import torch
-from fusedopt.reference import WeightDecayMode
+from fusedopt import backends
 
-# Sizes that exercise the chunk and vector edges: empty, one element, less than
-# one SIMD vector, one past a power of two, primes, and a size spanning
-# several 64K-element CPU chunks with a ragged end.
-EDGE_SIZES = (0, 1, 3, 16, 4097, 7919, 65537, 3 * 65536 + 5)
+# Sizes that exercise the chunk and vector edges: zero-size first, between and
+# last, one element, less than one SIMD vector, one past a power of two,
+# primes, and a size spanning several 64K-element CPU chunks with a ragged end.
+EDGE_SIZES = (0, 1, 3, 0, 16, 4097, 7919, 65537, 3 * 65536 + 5, 0)
+# The Triton interpreter costs 1-2 ms per program: a few small tensors that
+# still give a zero-size first and last tensor, a tail, and two blocks.
+INTERPRETER_SIZES = (0, 1, 3, 17, 1031, 0)
+
+
+@dataclass(frozen=True)
+class BackendCase:
+    """A fusedopt backend and the device of the params it steps."""
+
+    name: str
+    device: str
+
+    @property
+    def id(self) -> str:
+        return self.name if self.device == "cpu" or self.name == "cuda" else f"{self.name}-cuda"
+
+    @property
+    def interpreted(self) -> bool:
+        """The Triton interpreter (CPU tensors): slow, so the tests keep it small."""
+        return self.name == "triton" and self.device == "cpu"
+
+    def sizes(self, sizes: Sequence[int] = EDGE_SIZES) -> Sequence[int]:
+        return INTERPRETER_SIZES if self.interpreted else sizes
+
+    def skip_reason(self) -> str | None:
+        """None when this backend can step float32 params on its device here."""
+        if self.device == "cuda" and not torch.cuda.is_available():
+            return "no CUDA GPU on this machine"
+        try:
+            backend = backends.get(self.name)
+            reason = backend.unavailable_reason()
+            if reason is None:
+                bucket = backends.Bucket(torch.device(self.device), torch.float32, True)
+                reason = backend.unsupported_reason(bucket)
+        except ImportError as error:
+            reason = f"the {self.name} backend does not import: {error}"
+        return None if reason is None else f"{self.id}: {reason}"
+
+
+# Every backend, on each device it serves: one parametrisation, so that a
+# machine with a GPU runs the CUDA rows of the same tests.
+ALL_BACKENDS = (
+    BackendCase("cpu", "cpu"),
+    BackendCase("reference", "cpu"),
+    BackendCase("triton", "cpu"),
+    BackendCase("cuda", "cuda"),
+    BackendCase("triton", "cuda"),
+)
+KERNEL_BACKENDS = tuple(b for b in ALL_BACKENDS if b.name != "reference")
+CUDA_BACKENDS = tuple(b for b in ALL_BACKENDS if b.device == "cuda")
+
+
+def backend_params(cases: Sequence[BackendCase] = ALL_BACKENDS) -> list:
+    """pytest params for these backends, each skipped with its reason where it
+    cannot run here."""
+    out = []
+    for case in cases:
+        reason = case.skip_reason()
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        out.append(pytest.param(case, id=case.id, marks=marks))
+    return out
 
 
 def make_params(
@@ -22,17 +88,26 @@ def make_params(
 
 
 def clone_params(
-    params: Sequence[torch.Tensor], dtype: torch.dtype | None = None
+    params: Sequence[torch.Tensor],
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
 ) -> list[torch.Tensor]:
-    return [p.detach().clone().to(dtype or p.dtype).requires_grad_() for p in params]
+    return [
+        p.detach().clone().to(device=device or p.device, dtype=dtype or p.dtype).requires_grad_()
+        for p in params
+    ]
+
+
+def draw_grads(params: Sequence[torch.Tensor], step: int, seed: int = 1) -> list[torch.Tensor]:
+    """The grads set_grads gives at this step, on the CPU, in the params' dtype."""
+    gen = torch.Generator().manual_seed(seed * 100003 + step)
+    return [torch.randn(p.shape, generator=gen).to(p.dtype) for p in params]
 
 
 def set_grads(param_lists: Sequence[Sequence[torch.Tensor]], step: int, seed: int = 1) -> None:
     """Gives each list the same grads (drawn in the first list's dtype, then cast
     exactly to wider dtypes) for this step."""
-    gen = torch.Generator().manual_seed(seed * 100003 + step)
-    first = param_lists[0]
-    grads = [torch.randn(p.shape, generator=gen).to(p.dtype) for p in first]
+    grads = draw_grads(param_lists[0], step, seed)
     for params in param_lists:
         for p, g in zip(params, grads):
             p.grad = torch.empty_like(p).copy_(g)  # the param's layout, as autograd makes it
@@ -43,8 +118,10 @@ def run_lockstep(
     param_lists: Sequence[Sequence[torch.Tensor]],
     steps: int,
     before_step: Callable[[int], None] | None = None,
+    first: int = 0,
 ) -> None:
-    for k in range(steps):
+    """Steps k = first .. first + steps - 1 with set_grads(k) on every list."""
+    for k in range(first, first + steps):
         set_grads(param_lists, k)
         if before_step is not None:
             before_step(k)
@@ -52,18 +129,19 @@ def run_lockstep(
             opt.step()
 
 
-def adam_hyper(**overrides) -> dict:
-    """The Adam ops' keyword arguments after `lr`, for tests that call an op or
-    a backend directly: AdamW's defaults unless overridden."""
-    kwargs = dict(
-        beta1=0.9,
-        beta2=0.999,
-        eps=1e-8,
-        weight_decay=0.01,
-        weight_decay_mode=WeightDecayMode.DECOUPLED,
-        lr_max=1.0,
-        amsgrad=False,
-        maximize=False,
-    )
-    kwargs.update(overrides)
-    return kwargs
+def snapshot(params: Sequence[torch.Tensor], opt: torch.optim.Optimizer) -> tuple:
+    """Copies of the params and of the optimizer's state_dict, to compare after a
+    step that must change nothing."""
+    return [p.detach().clone() for p in params], copy.deepcopy(opt.state_dict())
+
+
+def assert_unchanged(params: Sequence[torch.Tensor], opt: torch.optim.Optimizer, before) -> None:
+    old_params, old_state = before
+    for p, q in zip(params, old_params):
+        assert torch.equal(p, q)
+    state = opt.state_dict()["state"]
+    assert state.keys() == old_state["state"].keys()
+    for i, saved in old_state["state"].items():
+        assert state[i].keys() == saved.keys()
+        for key, value in saved.items():
+            assert torch.equal(state[i][key], value), f"state {i} {key} changed"

@@ -1,117 +1,104 @@
-"""The CPU backend's edges: chunking, layouts, ISA variants, the op's schema,
-and how backends are chosen and reported."""
+"""What is particular to the CPU backend (the C++ loops behind
+torch.ops.fusedopt.<rule>_step_ on CPU tensors): ISA variants, which layouts
+it takes, its own bf16/fp16 conversions, the weight-decay mode no class
+exposes, and when it advances step counts. Parity and the chunking edges
+are in test_parity.py, for every backend."""
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import fusedopt
 import pytest
 import torch
-from helpers import EDGE_SIZES, adam_hyper, clone_params, make_params, run_lockstep
+from cases import CASES, case_params
+from fusedopt import backends
+from fusedopt.reference import WeightDecayMode
+from helpers import EDGE_SIZES, make_params, run_lockstep
 from tolerances import assert_normwise_close
 
-STEPS = 3
+if backends.get("cpu").unavailable_reason():
+    pytest.skip(backends.get("cpu").unavailable_reason(), allow_module_level=True)
+
+STATEFUL = [pytest.param(case, case.stateful, id=case.name) for case in CASES]
 
 
-def assert_matches_torch(ours, make_torch_params=None, **kwargs):
-    theirs = make_torch_params(ours) if make_torch_params else clone_params(ours)
-    opt = fusedopt.AdamW(ours, backend="cpu", lr=1e-2, **kwargs)
-    ref = torch.optim.AdamW(theirs, lr=1e-2, foreach=False, **kwargs)
-    run_lockstep([opt, ref], [ours, theirs], STEPS)
-    for p, q in zip(ours, theirs):
-        assert_normwise_close(p, q)
-    return opt
+def op_lists(case, kwargs, sizes, dtype=torch.float32, step=0.0):
+    """(rule, params, grads, states, state_steps, hyper) for calling the rule's
+    op through a backend directly: every state the options use, nonzero."""
+    rule = case.fused_cls.rule
+    params = [p.detach() for p in make_params(sizes, dtype=dtype)]
+    opt = case.make([torch.zeros(1, requires_grad=True)], kwargs)
+    hyper = opt.hyper(opt.param_groups[0])
+    gen = torch.Generator().manual_seed(5)
+    grads = [torch.randn(p.shape, generator=gen).to(dtype) for p in params]
+    states = [torch.rand(p.shape, generator=gen) for _ in rule.used_states(hyper) for p in params]
+    steps = [torch.tensor(step) for _ in params] if rule.has_step else []
+    return rule, params, grads, states, steps, hyper
 
 
-def test_zero_size_tensor_last_and_between():
-    assert_matches_torch(make_params([0, 5, 0, 4097, 0]))
+def copies(lists):
+    return [[t.clone() for t in ts] for ts in lists]
 
 
-def test_two_thousand_tiny_tensors():
-    opt = assert_matches_torch(make_params([1, 2, 3] * 667 + [0]))
-    assert all(opt.state[p]["step"].item() == STEPS for p in opt.param_groups[0]["params"])
+# --- which layouts, which device ------------------------------------------------------
 
 
-def test_views_at_odd_offsets_of_one_buffer():
-    """Params that are views into one flat buffer at offsets 1, 4, 11 (not
-    16-byte aligned): the flat loop must neither assume alignment nor touch
-    the buffer between them."""
-    buffer = torch.randn(2000)
-    grad_buffer = torch.randn(2000)
-    bounds = [(1, 4), (4, 11), (11, 1500)]
-    params = [buffer[a:b] for a, b in bounds]
-    for (a, b), p in zip(bounds, params):
-        p.grad = grad_buffer[a:b]
-    untouched = buffer[1500:].clone(), buffer[:1].clone()
-    expected = [p.clone().requires_grad_() for p in params]
-    for p, q in zip(expected, params):
-        p.grad = q.grad.clone()
-    fusedopt.AdamW(params, lr=1e-2, backend="cpu").step()
-    torch.optim.AdamW(expected, lr=1e-2, foreach=False).step()
-    for p, q in zip(params, expected):
-        assert_normwise_close(p, q)
-    assert torch.equal(buffer[1500:], untouched[0]) and torch.equal(buffer[:1], untouched[1])
-
-
-def test_channels_last_params_are_dense_and_handled():
-    ours = [torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last).requires_grad_()]
-    assert not ours[0].is_contiguous()
-    opt = assert_matches_torch(ours)
-    assert opt.state[ours[0]]["exp_avg"].stride() == ours[0].stride()
-
-
-def test_grads_whose_size_1_dims_have_other_strides_are_handled():
-    """A channels_last (16, 8, 1, 1) weight and a contiguous grad: strides
-    differ only on the size-1 dims, so the elements lie in the same order and
-    the kernel may step them (autograd produces such pairs)."""
-    param = torch.randn(16, 8, 1, 1).to(memory_format=torch.channels_last).requires_grad_()
-    grad = torch.randn(16, 8, 1, 1)
-    assert param.stride() != grad.stride()
-    param.grad = grad
-    expected = param.detach().clone().requires_grad_()
-    expected.grad = grad.clone()
-    opt = fusedopt.AdamW([param], lr=1e-2, backend="cpu")
-    opt.step()
-    torch.optim.AdamW([expected], lr=1e-2, foreach=False).step()
-    assert_normwise_close(param, expected)
-
-
-def test_strided_slice_params_fall_back_to_the_reference_under_auto():
+@pytest.mark.parametrize("case,kwargs", STATEFUL)
+def test_strided_slice_params_fall_back_to_the_reference_under_auto(case, kwargs):
     base = torch.randn(10, 8)
     sliced = base[:, ::2]  # gaps between elements: not dense
     sliced.grad = torch.randn(10, 8)[:, ::2]
-    opt = fusedopt.AdamW([sliced], lr=1e-2)
+    opt = case.make([sliced], kwargs)
     text = fusedopt.report(opt)
     assert "-> reference" in text and "passed over cpu: some params are not dense" in text
     expected = sliced.clone().requires_grad_()
     expected.grad = sliced.grad.clone()
-    opt.step()
-    torch.optim.AdamW([expected], lr=1e-2, foreach=False).step()
+    ref = case.make_torch([expected], kwargs)
+    for _ in range(2):
+        opt.step()
+        ref.step()
     assert_normwise_close(sliced, expected)
 
 
-def test_strided_slice_params_refused_by_an_explicit_cpu_backend():
+@pytest.mark.parametrize("case,kwargs", STATEFUL)
+def test_strided_slice_params_refused_by_an_explicit_cpu_backend(case, kwargs):
     sliced = torch.randn(10, 8)[:, ::2]
     sliced.grad = torch.randn(10, 4)
     with pytest.raises(ValueError, match="backend='cpu' cannot step.*not dense"):
-        fusedopt.AdamW([sliced], backend="cpu").step()
+        case.make([sliced], kwargs, "cpu").step()
+
+
+@pytest.mark.parametrize("case,kwargs", STATEFUL)
+def test_backend_cuda_on_cpu_params_is_an_error_naming_why(case, kwargs):
+    p = make_params([4])[0]
+    p.grad = torch.ones(4)
+    with pytest.raises(ValueError, match="backend='cuda' cannot step"):
+        case.make([p], kwargs, "cuda").step()
+
+
+# --- the loops themselves -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("isa", ["avx2", "baseline"])
 def test_isa_variants_agree_bit_for_bit(isa, tmp_path):
     """The AVX-512, AVX2 and baseline loops are built with -ffp-contract=off
-    from one source: on one input they must give identical bits. (A variant the
-    CPU lacks is not chosen: FUSEDOPT_CPU_ISA only lowers.)"""
+    from one source: on one input they must give identical bits, for every
+    rule and param dtype. (A variant the CPU lacks is not chosen:
+    FUSEDOPT_CPU_ISA only lowers.)"""
     script = textwrap.dedent(f"""
         import sys, torch, fusedopt
-        sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from cases import CASES
         from helpers import make_params, run_lockstep
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            ps = make_params({list(EDGE_SIZES)!r}, dtype=dtype)
-            opt = fusedopt.AdamW(ps, lr=1e-2, amsgrad=True, backend="cpu")
-            run_lockstep([opt], [ps], 3)
-            torch.save([p.detach() for p in ps], sys.argv[1] + str(dtype))
+        for case in CASES:
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                ps = make_params({list(EDGE_SIZES)!r}, dtype=dtype)
+                opt = case.make(ps, {{**case.stateful, "weight_decay": 0.1}}, "cpu")
+                run_lockstep([opt], [ps], 3)
+                torch.save([p.detach() for p in ps], f"{{sys.argv[1]}}-{{case.name}}-{{dtype}}")
         print(fusedopt._extension.cpu_isa())
     """)
     if fusedopt._extension.cpu_isa() == isa:
@@ -123,56 +110,22 @@ def test_isa_variants_agree_bit_for_bit(isa, tmp_path):
             [sys.executable, "-c", script, path],
             capture_output=True,
             text=True,
-            env={**__import__("os").environ, **env},
+            env={**os.environ, **env},
             check=True,
         )
         outputs[name] = (path, run.stdout.strip())
     assert outputs[isa][1] in (isa, "baseline")
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        a = torch.load(outputs["default"][0] + str(dtype))
-        b = torch.load(outputs[isa][0] + str(dtype))
-        assert all(torch.equal(x, y) for x, y in zip(a, b))
-
-
-def test_op_schema_and_fake_impl_pass_opcheck():
-    """torch.library.opcheck: the schema's mutation annotations are true, the
-    fake implementation agrees, and the op works under torch.compile's tracing."""
-    params = make_params([5, 17])
-    grads = [torch.randn_like(p) for p in params]
-    exp_avgs = [torch.zeros_like(p) for p in params]
-    exp_avg_sqs = [torch.zeros_like(p) for p in params]
-    steps = [torch.zeros(()) for _ in params]
-    args = ([p.detach() for p in params], grads, exp_avgs, exp_avg_sqs, [], steps)
-    kwargs = dict(lr=1e-3, **adam_hyper())
-    torch.library.opcheck(
-        torch.ops.fusedopt.adam_step_.default,
-        args,
-        kwargs,
-        test_utils=("test_schema", "test_faketensor"),
-    )
-
-
-def test_backend_cuda_on_cpu_params_is_an_error_naming_why():
-    p = make_params([4])[0]
-    p.grad = torch.ones(4)
-    with pytest.raises(ValueError, match="backend='cuda' cannot step"):
-        fusedopt.AdamW([p], backend="cuda").step()
-
-
-def test_report_names_the_backend_of_each_group():
-    fp32, bf16 = make_params([4]), make_params([4], dtype=torch.bfloat16)
-    opt = fusedopt.AdamW([{"params": fp32}, {"params": bf16}])
-    assert "no param has a grad yet" in fusedopt.report(opt)
-    run_lockstep([opt], [fp32 + bf16], 1)
-    text = fusedopt.report(opt)
-    assert "group 0: 1 torch.float32 params on cpu -> cpu" in text
-    assert "group 1: 1 torch.bfloat16 params on cpu -> cpu" in text
-    assert "CPU loop ISA" in text
+    for case in CASES:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            a = torch.load(f"{outputs['default'][0]}-{case.name}-{dtype}")
+            b = torch.load(f"{outputs[isa][0]}-{case.name}-{dtype}")
+            assert all(torch.equal(x, y) for x, y in zip(a, b)), f"{case.name} {dtype}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("scale", [1.0, 3.0, 2.0**-20])
-def test_every_16_bit_grad_converts_like_torch(dtype, scale):
+@pytest.mark.parametrize("case,kwargs", STATEFUL)
+def test_every_16_bit_grad_converts_like_torch(case, kwargs, dtype, scale):
     """The CPU loop's own bf16/fp16 conversions (integer bit moves, so that they
     vectorize) against torch's, on all 65536 bit patterns: with GradScaler's
     unscale, each grad is read, divided by `scale` in fp32 and stored back
@@ -181,7 +134,7 @@ def test_every_16_bit_grad_converts_like_torch(dtype, scale):
     grad = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
     param = torch.zeros(grad.shape, dtype=dtype)
     param.grad = grad.clone()
-    opt = fusedopt.AdamW([param], backend="cpu")
+    opt = case.make([param], kwargs, "cpu")
     opt.grad_scale, opt.found_inf = torch.tensor(scale), torch.tensor(0.0)
     opt.step()
     expected = (grad.float() / scale).to(dtype)
@@ -190,39 +143,82 @@ def test_every_16_bit_grad_converts_like_torch(dtype, scale):
     assert torch.equal(param.grad[~nan].view(torch.int16), expected[~nan].view(torch.int16))
 
 
+WEIGHT_DECAY_MODES = [c for c in CASES if "weight_decay_mode" in c.fused_cls.rule.hyper]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fully_decoupled_weight_decay_matches_the_reference(dtype):
+@pytest.mark.parametrize("case", case_params(WEIGHT_DECAY_MODES))
+def test_fully_decoupled_weight_decay_matches_the_reference(case, dtype):
     """weight_decay_mode 2 (p *= 1 - wd * lr / lr_max), which no optimizer class
     exposes yet, through the C++ op against the reference rule; and it is not
     mode 1 (p *= 1 - lr * wd) under another name."""
-    params = make_params([4097, 3], dtype=dtype)
+    rule, params, grads, states, steps, hyper = op_lists(case, case.stateful, [4097, 3], dtype)
 
-    def run(backend_name, mode):
-        ps = [p.detach().clone() for p in params]
-        lists = (
-            ps,
-            [torch.full_like(p, 0.5) for p in ps],
-            [torch.zeros(p.shape) for p in ps],
-            [torch.zeros(p.shape) for p in ps],
-            [],
-            [torch.zeros(()) for _ in ps],
-        )
+    def run(backend, mode):
+        lists = copies([params, grads, states, steps])
         for _ in range(3):
-            fusedopt.backends.get(backend_name).adam_step(
+            backends.get(backend).step(
+                rule,
                 *lists,
                 lr=1e-2,
-                beta1=0.9,
-                beta2=0.999,
-                eps=1e-8,
-                weight_decay=0.5,
-                weight_decay_mode=mode,
-                lr_max=4e-2,
-                amsgrad=False,
-                maximize=False,
+                hyper={**hyper, "weight_decay": 0.5, "weight_decay_mode": mode, "lr_max": 4e-2},
             )
-        return ps
+        return lists[0]
 
-    fully, reference, decoupled = run("cpu", 2), run("reference", 2), run("cpu", 1)
+    mode = WeightDecayMode.FULLY_DECOUPLED
+    fully, reference = run("cpu", mode), run("reference", mode)
+    decoupled = run("cpu", WeightDecayMode.DECOUPLED)
     for p, q, d in zip(fully, reference, decoupled):
         assert_normwise_close(p.float(), q.float())
         assert not torch.allclose(p.float(), d.float())
+
+
+HAS_STEP = [c for c in CASES if c.fused_cls.rule.has_step]
+
+
+@pytest.mark.parametrize("case,kwargs", [pytest.param(c, c.stateful, id=c.name) for c in HAS_STEP])
+def test_step_counts_advance_only_after_the_loops(case, kwargs):
+    """Note [step-count protocol]: the op reads count + 1 and advances the
+    counts after the element loops; a step GradScaler skips (found_inf) and a
+    refused call leave every count, and every tensor, as it was."""
+    rule, params, grads, states, steps, hyper = op_lists(case, kwargs, [4097, 3], step=4.0)
+    cpu = backends.get("cpu")
+    lists = [params, grads, states, steps]
+    before = copies(lists)
+    cpu.step(rule, *lists, lr=1e-2, hyper=hyper, found_inf=torch.tensor(1.0))
+    for xs, ys in zip(lists, before):
+        assert all(torch.equal(x, y) for x, y in zip(xs, ys))
+    bad = copies(lists)
+    bad[2][-1] = bad[2][-1].double()
+    with pytest.raises(RuntimeError, match="must be Float"):
+        cpu.step(rule, *bad, lr=1e-2, hyper=hyper)
+    assert [s.item() for s in bad[3]] == [4.0] * len(params)
+    assert all(torch.equal(x, y) for x, y in zip(bad[0], before[0]))
+    reference = copies(lists)
+    cpu.step(rule, *lists, lr=1e-2, hyper=hyper, found_inf=torch.tensor(0.0))
+    backends.get("reference").step(rule, *reference, lr=1e-2, hyper=hyper)
+    assert [s.item() for s in steps] == [5.0] * len(params)
+    for p, q in zip(lists[0], reference[0]):
+        assert_normwise_close(p, q)  # the count read was 4 + 1, as the reference's
+
+
+@pytest.mark.parametrize("case,kwargs", STATEFUL)
+def test_op_schema_and_fake_impl_pass_opcheck(case, kwargs):
+    """torch.library.opcheck: the schema's mutation annotations are true, the
+    fake implementation agrees, and the op works under torch.compile's tracing."""
+    rule, params, grads, states, steps, hyper = op_lists(case, kwargs, [5, 17])
+    torch.library.opcheck(
+        rule.op.default,
+        (params, grads, states, steps),
+        {"lr": 1e-3, **hyper},
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
+def test_the_cpu_loops_step_what_auto_gives_them():
+    """Guards the tests above: on this machine "auto" picks the CPU loops for
+    dense CPU params."""
+    params = make_params([4])
+    opt = fusedopt.SGD(params)
+    run_lockstep([opt], [params], 1)
+    assert "-> cpu" in fusedopt.report(opt)

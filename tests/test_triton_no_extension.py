@@ -1,7 +1,7 @@
 """The package without its compiled extension: `import fusedopt` works and the
-Triton and reference backends step, as when a user installs from source with
-no compiler (a failed extension build is the field's most common complaint,
-apex and DeepSpeed alike). Run in a subprocess whose import
+Triton and reference backends step every optimizer, as when a user installs
+from source with no compiler (a failed extension build is the field's most
+common complaint, apex and DeepSpeed alike). Run in a subprocess whose import
 system refuses fusedopt._C."""
 
 from __future__ import annotations
@@ -10,10 +10,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import pytest
+from helpers import BackendCase, backend_params
 
 SCRIPT = textwrap.dedent(
     """
-    import importlib.util, sys, warnings
+    import sys, warnings
 
     class RefuseExtension:
         def find_spec(self, name, path=None, target=None):
@@ -22,48 +26,46 @@ SCRIPT = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, RefuseExtension())
+    sys.path.insert(0, sys.argv[2])
     import torch
     import fusedopt
     from fusedopt import _extension, backends
+    from cases import CASES
+    from helpers import clone_params, make_params, run_lockstep
+    from tolerances import assert_normwise_close
 
+    backend = sys.argv[1]
     assert not _extension.loaded(), "fusedopt._C was imported"
     assert backends.get("cpu").unavailable_reason() is not None
-    results = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fusedopt.AdamW([torch.zeros(1, requires_grad=True)])
     assert any("fusedopt._C" in str(w.message) for w in caught), "no warning said why"
-    # Triton comes with CUDA builds of torch; a CPU-only torch has the reference only.
-    with_triton = importlib.util.find_spec("triton") is not None
-    for backend in ("triton", "reference") if with_triton else ("reference",):
-        torch.manual_seed(0)
-        params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
-        opt = fusedopt.AdamW(params, lr=1e-2, backend=backend)
-        for _ in range(2):
-            for p in params:
-                p.grad = torch.ones_like(p)
-            opt.step()
-        results[backend] = [p.detach().clone() for p in params]
+    for case in CASES:
+        ours = make_params([(5, 3), 7])
+        theirs = clone_params(ours)
+        opt = case.make(ours, case.stateful, backend)
+        ref = case.make_torch(theirs, case.stateful)
+        run_lockstep([opt, ref], [ours, theirs], 2)
         assert "-> " + backend in fusedopt.report(opt)
-    torch.manual_seed(0)
-    params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
-    opt = torch.optim.AdamW(params, lr=1e-2, foreach=False)
-    for _ in range(2):
-        for p in params:
-            p.grad = torch.ones_like(p)
-        opt.step()
-    for name, ours in results.items():
-        for a, b in zip(ours, params):
-            torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
+        for p, q in zip(ours, theirs):
+            assert_normwise_close(p, q)
     print("stepped without fusedopt._C")
     """
 )
 
 
-def test_triton_and_reference_work_without_the_extension():
+@pytest.mark.parametrize(
+    "backend", backend_params([BackendCase("reference", "cpu"), BackendCase("triton", "cpu")])
+)
+def test_backends_work_without_the_extension(backend):
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", SCRIPT, backend.name, str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stepped without fusedopt._C" in result.stdout
