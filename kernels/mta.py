@@ -51,8 +51,8 @@ would give, whatever happened in between (a param's `.data` swapped, a state
 replaced in place in the same list, a freed list's id reused). Plans are found
 by the params list's identity (the optimizer keeps one list per bucket) and
 hold no tensor of the caller's, so a stale plan costs memory, never a wrong
-address. Reading an address costs ~55 ns per tensor from Python: 2000 Adam
-params with device counts read ~5 x 2000 of them, ~0.55 ms (bench_triton.py).
+address. Reading an address costs ~55 ns per tensor from Python: 2000 params
+of a three-state rule with device counts read ~5 x 2000 of them, ~0.55 ms (bench_triton.py).
 """
 
 from __future__ import annotations

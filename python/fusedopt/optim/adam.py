@@ -39,6 +39,7 @@ class Adam(FusedOptimizer):
 
     rule = RULES["adam"]
     group_key_defaults = {"amsgrad": False, "capturable": False}
+    sparse_grad_hint = ", please consider SparseAdam instead"
 
     def __init__(
         self,

@@ -23,9 +23,9 @@ can also go stale in what it does not check each step (a grad's layout, say):
 when a call of cached plans is refused before anything is written, the step
 drops every plan and runs once more on new ones, which check everything.
 
-Note [fp32 states of low-precision params]: torch keeps Adam's moments in the
-param's dtype, so a bf16 model's v underflows and its updates stall (AReaL
-#1292). fusedopt keeps every state in float32 for bf16/fp16 params, and keeps
+Note [fp32 states of low-precision params]: torch keeps an optimizer's moments
+in the param's dtype, so a bf16 model's second moment underflows and its
+updates stall (AReaL #1292). fusedopt keeps every state in float32 for bf16/fp16 params, and keeps
 it float32 through load_state_dict, which torch would cast to the param's dtype.
 """
 
@@ -61,7 +61,7 @@ def check_lr_and_weight_decay(lr: float | Tensor, weight_decay: float | Tensor) 
 
 def weight_decay_hyper(group: Mapping[str, Any]) -> dict[str, Any]:
     """The weight-decay hyperparameters every rule's op takes, from the group's
-    `weight_decay` and `decoupled_weight_decay` (torch.optim.Adam's key)."""
+    `weight_decay` and `decoupled_weight_decay` (the key torch's optimizers use)."""
     decoupled = group.get("decoupled_weight_decay", False)
     return {
         "weight_decay": float(group["weight_decay"]),
@@ -123,6 +123,8 @@ class FusedOptimizer(Optimizer):
         "decoupled_weight_decay": False,
     }
     group_key_defaults: ClassVar[dict[str, Any]] = {}
+    # Appended to the error for a sparse grad (torch's wording, where it has one).
+    sparse_grad_hint: ClassVar[str] = ""
 
     def __init__(self, params, defaults: dict[str, Any], backend: str) -> None:
         if backend not in backends.BACKEND_NAMES:
@@ -204,8 +206,7 @@ class FusedOptimizer(Optimizer):
         before any state is created or written."""
         if any(g.is_sparse for g in grads):
             raise RuntimeError(
-                f"{type(self).__name__} does not support sparse gradients"
-                + (", please consider SparseAdam instead" if self.rule.name == "adam" else "")
+                f"{type(self).__name__} does not support sparse gradients{self.sparse_grad_hint}"
             )
         dtypes = [p.dtype for p in params]
         # torch refuses a grad of another shape or device when it is assigned;
