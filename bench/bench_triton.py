@@ -62,6 +62,10 @@ SGD = dict(
     first_step=False,
 )
 HYPER = {"adam": ADAMW, "sgd": SGD}
+# The same AdamW as torch's fused op takes it.
+TORCH_ADAMW = dict(
+    lr=1e-3, beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8, amsgrad=False, maximize=False
+)
 KERNELS = ("_element_kernel", "_per_tensor_kernel", "_advance_counts_kernel")
 
 
@@ -199,13 +203,7 @@ def host_time(n_tensors: int, repeats: int) -> list[tuple]:
         states[n:],
         [],
         counts,
-        lr=1e-3,
-        beta1=0.9,
-        beta2=0.999,
-        weight_decay=0.01,
-        eps=1e-8,
-        amsgrad=False,
-        maximize=False,
+        **TORCH_ADAMW,
     )
     fns["torch _foreach_add_(steps, 1) on CPU, which torch's Adam adds"] = lambda: (
         torch._foreach_add_(counts, 1.0)
@@ -237,13 +235,7 @@ def gpu_time(sizes, repeats: int) -> list[tuple]:
             lists[2][n:],
             [],
             lists[3],
-            lr=1e-3,
-            beta1=0.9,
-            beta2=0.999,
-            weight_decay=0.01,
-            eps=1e-8,
-            amsgrad=False,
-            maximize=False,
+            **TORCH_ADAMW,
         )
 
     for name, fn in (("triton", ours), ("torch fused", theirs)):
