@@ -22,6 +22,26 @@ def _triton_line() -> str:
     return f"triton: {triton.__version__}, {mode}"
 
 
+# Fully decoupled decay multiplies p by 1 - wd * lr / lr_max: wd is the decay
+# per step at the peak lr, so torch-scale values (1e-2) shrink every weight
+# ~1% per step. Composer's default for the mode is 1e-5.
+FULLY_DECOUPLED_WD_WARNING = 1e-3
+
+
+def _misconfigurations(optimizer: torch.optim.Optimizer) -> list[str]:
+    lines = []
+    for index, group in enumerate(optimizer.param_groups):
+        wd = float(group.get("weight_decay", 0.0))
+        if group.get("weight_decay_mode") == "fully_decoupled" and wd >= FULLY_DECOUPLED_WD_WARNING:
+            lines.append(
+                f"  warning: group {index} has weight_decay={wd:g} with "
+                "weight_decay_mode='fully_decoupled', which decays p by wd * lr / lr_max per "
+                f"step (up to {wd:g} per step); torch-scale values convert as "
+                "wd_fully = wd_torch * lr_max"
+            )
+    return lines
+
+
 def report(optimizer: torch.optim.Optimizer | None = None) -> str:
     """A plain-text account of the backends and, given a fusedopt optimizer,
     which backend steps each group's params and why. Print it."""
@@ -63,4 +83,5 @@ def report(optimizer: torch.optim.Optimizer | None = None) -> str:
             )
             for name, reason in choice.passed_over:
                 lines.append(f"      passed over {name}: {reason}")
+        lines.extend(_misconfigurations(optimizer))
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from fusedopt.optim.base import (
     FusedOptimizer,
     check_fused_flags,
     check_lr_and_weight_decay,
+    decay_defaults,
     weight_decay_hyper,
 )
 from fusedopt.registry import RULES
@@ -33,8 +34,11 @@ from fusedopt.registry import RULES
 class Adam(FusedOptimizer):
     """Adam (Kingma & Ba, 2015) with torch.optim.Adam's exact interface.
 
-    `decoupled_weight_decay=True` gives AdamW. `backend` is one of "auto",
-    "cuda", "triton", "cpu", "reference" (see fusedopt.backends).
+    `decoupled_weight_decay=True` gives AdamW; `weight_decay_mode` ("l2",
+    "decoupled", "fully_decoupled") and `lr_max` are fusedopt's one keyword
+    for the decay on every class (fusedopt.optim.base.decay_defaults).
+    `backend` is one of "auto", "cuda", "triton", "cpu", "reference" (see
+    fusedopt.backends).
     """
 
     rule = RULES["adam"]
@@ -56,6 +60,8 @@ class Adam(FusedOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        weight_decay_mode: str | None = None,
+        lr_max: float | None = None,
         backend: str = "auto",
     ) -> None:
         check_lr_and_weight_decay(lr, weight_decay)
@@ -88,6 +94,7 @@ class Adam(FusedOptimizer):
             "differentiable": differentiable,
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
+            **decay_defaults(weight_decay_mode, lr_max, decoupled_weight_decay),
         }
         super().__init__(params, defaults, backend)
 
@@ -120,6 +127,8 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        weight_decay_mode: str | None = None,
+        lr_max: float | None = None,
         backend: str = "auto",
     ) -> None:
         super().__init__(
@@ -135,6 +144,8 @@ class AdamW(Adam):
             differentiable=differentiable,
             fused=fused,
             decoupled_weight_decay=True,
+            weight_decay_mode=weight_decay_mode,
+            lr_max=lr_max,
             backend=backend,
         )
 

@@ -59,14 +59,63 @@ def check_lr_and_weight_decay(lr: float | Tensor, weight_decay: float | Tensor) 
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
 
 
-def weight_decay_hyper(group: Mapping[str, Any]) -> dict[str, Any]:
+# The `weight_decay_mode` keyword of every fusedopt optimizer: one name and
+# the same values on every class (fusedopt.reference.WeightDecayMode).
+WEIGHT_DECAY_MODES = {
+    "l2": WeightDecayMode.L2,
+    "decoupled": WeightDecayMode.DECOUPLED,
+    "fully_decoupled": WeightDecayMode.FULLY_DECOUPLED,
+}
+
+
+def decay_defaults(
+    weight_decay_mode: str | None, lr_max: float | None, decoupled_weight_decay: bool = False
+) -> dict[str, Any]:
+    """The group keys of the `weight_decay_mode` and `lr_max` keywords, only
+    when given, so that a torch-style optimizer keeps torch's group keys.
+
+    Modes: "l2" (g += wd * p), "decoupled" (p *= 1 - lr * wd, torch's AdamW),
+    "fully_decoupled" (p *= 1 - wd * lr / lr_max: Loshchilov & Hutter's
+    eta_t * lambda, as Composer's DecoupledAdamW and optimi do; the decay no
+    longer scales with the peak lr, so it needs a far smaller weight_decay:
+    wd_fully = wd_torch * lr_max). `lr_max` is a group key: the group's lr
+    when the group is added unless given. Not torch's `initial_lr`, which
+    OneCycleLR sets to max_lr / div_factor and CyclicLR to base_lr.
+    """
+    if weight_decay_mode is None:
+        if lr_max is not None:
+            raise ValueError("lr_max applies to weight_decay_mode='fully_decoupled' only")
+        return {}
+    if weight_decay_mode not in WEIGHT_DECAY_MODES:
+        raise ValueError(
+            f"Invalid weight_decay_mode {weight_decay_mode!r}; choose one of "
+            f"{sorted(WEIGHT_DECAY_MODES)}"
+        )
+    if decoupled_weight_decay and weight_decay_mode == "l2":
+        raise ValueError("decoupled_weight_decay=True contradicts weight_decay_mode='l2'")
+    if weight_decay_mode != "fully_decoupled":
+        if lr_max is not None:
+            raise ValueError("lr_max applies to weight_decay_mode='fully_decoupled' only")
+        return {"weight_decay_mode": weight_decay_mode}
+    if lr_max is not None and not lr_max > 0.0:
+        raise ValueError(f"Invalid lr_max value: {lr_max} (must be > 0)")
+    return {"weight_decay_mode": weight_decay_mode, "lr_max": lr_max}
+
+
+def weight_decay_hyper(group: Mapping[str, Any], decoupled_default: bool = False) -> dict[str, Any]:
     """The weight-decay hyperparameters every rule's op takes, from the group's
-    `weight_decay` and `decoupled_weight_decay` (the key torch's optimizers use)."""
-    decoupled = group.get("decoupled_weight_decay", False)
+    `weight_decay`, `weight_decay_mode` and `lr_max` (decay_defaults), else
+    `decoupled_weight_decay` (the key torch's optimizers use), else the
+    class's default mode."""
+    mode = group.get("weight_decay_mode")
+    if mode is None:
+        decoupled = group.get("decoupled_weight_decay", decoupled_default)
+        mode = "decoupled" if decoupled else "l2"
+    lr_max = group.get("lr_max")
     return {
         "weight_decay": float(group["weight_decay"]),
-        "weight_decay_mode": int(WeightDecayMode.DECOUPLED if decoupled else WeightDecayMode.L2),
-        "lr_max": 1.0,
+        "weight_decay_mode": int(WEIGHT_DECAY_MODES[mode]),
+        "lr_max": float(lr_max) if lr_max is not None else 1.0,
     }
 
 
@@ -161,7 +210,16 @@ class FusedOptimizer(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if group.get("weight_decay_mode") == "fully_decoupled" and group.get("lr_max") is None:
+            # decay_defaults: the group's lr now, before any scheduler moves it.
+            group["lr_max"] = float(group["lr"])
         self.__dict__["_plans"] = {}
+
+    def initial_state_value(self, group: Mapping[str, Any], key: str) -> float:
+        """The value a new state tensor `key` starts at (torch's zeros, unless
+        the class says otherwise: Adagrad's initial_accumulator_value, ...)."""
+        return 0.0
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict, but low-precision params keep float32 states
@@ -197,8 +255,11 @@ class FusedOptimizer(Optimizer):
             state["step"] = torch.zeros((), dtype=torch.float32, device=device)
         for key in used:
             if key not in state:
-                state[key] = torch.zeros_like(
-                    p, dtype=compute_dtype(p.dtype), memory_format=torch.preserve_format
+                state[key] = torch.full_like(
+                    p,
+                    self.initial_state_value(group, key),
+                    dtype=compute_dtype(p.dtype),
+                    memory_format=torch.preserve_format,
                 )
 
     def _bucket_keys(self, params: list[Tensor], grads: list[Tensor]) -> list[tuple]:

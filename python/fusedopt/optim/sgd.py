@@ -22,6 +22,7 @@ from fusedopt.optim.base import (
     FusedOptimizer,
     check_fused_flags,
     check_lr_and_weight_decay,
+    decay_defaults,
     weight_decay_hyper,
 )
 from fusedopt.registry import RULES
@@ -47,6 +48,8 @@ class SGD(FusedOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        weight_decay_mode: str | None = None,
+        lr_max: float | None = None,
         backend: str = "auto",
     ) -> None:
         check_lr_and_weight_decay(lr, weight_decay)
@@ -66,6 +69,7 @@ class SGD(FusedOptimizer):
             "differentiable": differentiable,
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
+            **decay_defaults(weight_decay_mode, lr_max, decoupled_weight_decay),
         }
         super().__init__(params, defaults, backend)
 
