@@ -94,6 +94,8 @@ def make_lists(name, sizes, device, count=0.0, counts_device="cpu"):
     grads = [torch.randn(n, device=device) for n in sizes]
     states = [torch.zeros(n, device=device) for _ in rule.used_states(HYPER[name]) for n in sizes]
     counts = [torch.tensor(count, device=counts_device) for _ in sizes] if rule.has_step else []
+    # Scalar states (NAdam's mu_product, ...) at their first values, on the host.
+    counts += [torch.tensor(1.0) for _ in rule.scalars for _ in sizes]
     return [params, grads, states, counts]
 
 

@@ -81,8 +81,9 @@ TENSOR_COLS = tl.constexpr(8)
 COL_CODE = tl.constexpr(0)  # tensor index << 1 | 1 for a full, aligned block
 COL_START = tl.constexpr(1)  # the block's first element in its tensor (int64: 2^31+ is real)
 BLOCK_COLS = tl.constexpr(2)
-# The per-tensor table: one fp32 row per tensor, the rule's PerTensor first.
-PER_TENSOR_COLS = tl.constexpr(4)
+# The per-tensor table: one fp32 row per tensor, the rule's PerTensor first
+# (ASGD has 5 fields; rows of 8 keep them 32-byte aligned).
+PER_TENSOR_COLS = tl.constexpr(8)
 # The widest global load and store, in bytes (ld.global.v4.b32).
 VECTOR_BYTES = tl.constexpr(16)
 
@@ -422,13 +423,32 @@ class Launcher:
                 return
             found_inf = None
         counts_on_device = counts_on_device and rule.HAS_STEP
+        n = len(params)
+        scalar_states = getattr(rule, "SCALAR_NAMES", ())
+        if scalar_states and isinstance(lr, Tensor) and lr.device.type == "cpu":
+            lr = lr.item()  # the interpreter's lr: a host value, read without a sync
+        if scalar_states and (counts_on_device or isinstance(lr, Tensor)):
+            raise RuntimeError(
+                f"fusedopt: {scalar_states[0]} is kept on the host (Note [scalar states] in "
+                "csrc/include/fusedopt/core/rule.h): this rule takes neither step counts on the "
+                "GPU (capturable=True) nor a CUDA-tensor lr yet"
+            )
         device_counts = state_steps if counts_on_device else ()
         plan = self._plan(params, states, device_counts, used, host_counts, block)
-        counts = list(map(Tensor.item, state_steps)) if host_counts else None
+        counts = list(map(Tensor.item, state_steps[:n])) if host_counts else None
+        scalars_after = ()
         with _device_guard(params[0].device):
             plan.refresh_grads(grads, block)
+            if scalar_states:
+                scalars_after = self._scalar_state_table(
+                    rule, plan, config, lr, counts, state_steps
+                )
             if plan.n_blocks:
-                per_tensor = self._per_tensor(rule, plan, config, lr, counts, counts_on_device)
+                per_tensor = (
+                    None
+                    if scalar_states
+                    else self._per_tensor(rule, plan, config, lr, counts, counts_on_device)
+                )
                 _element_kernel[(plan.n_blocks,)](
                     plan.tensor_table,
                     plan.block_table,
@@ -458,7 +478,24 @@ class Launcher:
                 )
                 self.launches += 1
         if host_counts:
-            torch._foreach_add_(state_steps, 1.0)
+            torch._foreach_add_(list(state_steps[:n]), 1.0)
+            for j, values in enumerate(scalars_after, start=1):
+                torch._foreach_copy_(list(state_steps[j * n : (j + 1) * n]), list(values.unbind()))
+
+    def _scalar_state_table(self, rule, plan, config, lr, counts, state_steps) -> tuple:
+        """Note [scalar states] (csrc/include/fusedopt/core/rule.h): the
+        per-tensor table of a rule with host-held scalar states, filled on the
+        host, and those states' values after this step (stored by step() once
+        the launch returned)."""
+        n = len(counts)
+        steps = torch.tensor(counts, dtype=torch.float64) + 1.0
+        before = tuple(
+            torch.stack(list(state_steps[j * n : (j + 1) * n])).cpu()
+            for j in range(1, len(rule.SCALAR_NAMES) + 1)
+        )
+        scalars, after = rule.per_tensor(config, float(lr), steps, before)
+        _to_device(_per_tensor_rows(scalars, n), plan.per_tensor_table)
+        return after
 
     def _per_tensor(self, rule, plan, config, lr, counts, counts_on_device: bool):
         """Note [per-tensor scalars]: the PerTensor to pass as kernel arguments,

@@ -22,6 +22,25 @@ OP_HYPER = {
         amsgrad=True,
         maximize=False,
     ),
+    "asgd": dict(
+        lambd=1e-2,
+        alpha=0.75,
+        t0=1.0,
+        weight_decay=0.1,
+        weight_decay_mode=1,
+        lr_max=0.125,
+        maximize=False,
+    ),
+    "nadam": dict(
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        momentum_decay=4e-3,
+        weight_decay=0.1,
+        weight_decay_mode=1,
+        lr_max=0.125,
+        maximize=False,
+    ),
     "sgd": dict(
         momentum=0.9,
         dampening=0.1,
@@ -43,5 +62,22 @@ def op_lists(rule: str, numels, dtype: torch.dtype = torch.float32, hyper=None):
     params = [torch.randn(n).to(dtype) for n in numels]
     grads = [torch.randn(n).to(dtype) for n in numels]
     states = [torch.zeros(n) for _ in used for n in numels]
-    steps = [torch.zeros(()) for _ in numels] if spec.has_step else []
-    return params, grads, states, steps
+    return params, grads, states, scalar_states(rule, [0.0] * len(numels))
+
+
+# Where a test starts a scalar state (Note [scalar states] in
+# csrc/include/fusedopt/core/rule.h): torch's first values, or one a step
+# leaves later (ASGD's mu < 1 once averaging has begun).
+SCALAR_START = {"mu_product": 0.9, "eta": 0.01, "mu": 0.5}
+
+
+def scalar_states(rule: str, counts, device="cpu") -> list:
+    """The op's state_steps for params at these counts: the counts, then each
+    scalar state of the rule at SCALAR_START, scalar-major."""
+    spec = RULES[rule]
+    if not spec.has_step:
+        return []
+    steps = [torch.tensor(float(c), device=device) for c in counts]
+    return steps + [
+        torch.tensor(SCALAR_START[key], device=device) for key in spec.scalars for _ in counts
+    ]

@@ -64,6 +64,9 @@ class Case:
     # kwargs of fusedopt-only options -> (torch kwargs, a step pre-hook) giving
     # torch the same trajectory; None where the case has no such option.
     torch_twin: Callable[[dict[str, Any]], tuple[dict[str, Any], Callable | None]] | None = None
+    # States made of the param's own values (ASGD's average ax), which differ
+    # between backends as much as p does in bf16/fp16.
+    param_states: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return self.name
@@ -219,6 +222,70 @@ _SGD_GROUPS = (
     {"dampening": 0.5, "momentum": 0.9, "maximize": True},
 )
 
+_NADAM_GRID = (
+    {"lr": 1e-2},
+    {"lr": 1e-2, "betas": (0.8, 0.95), "eps": 1e-6, "momentum_decay": 0.1},
+    {"lr": 1e-2, "weight_decay": 0.1},
+    {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True},
+    {"lr": 1e-2, "weight_decay": 0.1, "maximize": True},
+    {"lr": torch.tensor(1e-2), "momentum_decay": 0.0},
+)
+_NADAM_BAD_KWARGS = (
+    ({"lr": -1.0}, "Invalid learning rate"),
+    ({"eps": -1e-8}, "Invalid epsilon value"),
+    ({"betas": (1.0, 0.999)}, "Invalid beta parameter at index 0"),
+    ({"betas": (0.9, -0.1)}, "Invalid beta parameter at index 1"),
+    ({"weight_decay": -0.1}, "Invalid weight_decay value"),
+    ({"momentum_decay": -0.1}, "Invalid momentum_decay value"),
+    ({"lr": torch.tensor([1e-3, 1e-3])}, "Tensor lr must be 1-element"),
+)
+_NADAM_EDITS = (
+    Edit("lr", {"lr": 1e-2}, ((2, "lr", 3e-2),)),
+    Edit("betas", {"lr": 1e-2}, ((2, "betas", (0.5, 0.9)),)),
+    Edit("momentum_decay", {"lr": 1e-2}, ((2, "momentum_decay", 0.1),)),
+    Edit("weight_decay", {"lr": 1e-2}, ((2, "weight_decay", 0.3),)),
+    Edit(
+        "decoupled_weight_decay",
+        {"lr": 1e-2, "weight_decay": 0.2},
+        ((2, "decoupled_weight_decay", True),),
+    ),
+    Edit("maximize", {"lr": 1e-2}, ((2, "maximize", True),)),
+)
+_NADAM_GROUPS = (
+    {"lr": 1e-1, "betas": (0.5, 0.6)},
+    {"weight_decay": 0.3, "momentum_decay": 0.1},
+    {"eps": 1e-3, "maximize": True, "decoupled_weight_decay": True, "weight_decay": 0.1},
+)
+
+# t0 small enough that the averaging starts within the tests' steps (mu < 1
+# from step t0 + 2 on).
+_ASGD_GRID = (
+    {"lr": 1e-2},
+    {"lr": 1e-2, "t0": 0.0},
+    {"lr": 1e-2, "lambd": 1e-2, "alpha": 0.5, "t0": 1.0, "weight_decay": 0.1},
+    {"lr": 1e-2, "weight_decay": 0.1, "maximize": True, "t0": 1.0},
+    {"lr": torch.tensor(1e-2), "t0": 0.0},
+)
+_ASGD_BAD_KWARGS = (
+    ({"lr": -1.0}, "Invalid learning rate"),
+    ({"weight_decay": -0.1}, "Invalid weight_decay value"),
+    ({"lr": torch.tensor([1e-3, 1e-3])}, "Tensor lr must be 1-element"),
+)
+_ASGD_EDITS = (
+    Edit("lr", {"lr": 1e-2, "t0": 0.0}, ((2, "lr", 3e-2),)),
+    Edit("lambd", {"lr": 1e-2}, ((2, "lambd", 1e-2),)),
+    # lambd = 1 makes eta's schedule, and so alpha, visible within the steps.
+    Edit("alpha", {"lr": 1e-2, "lambd": 1.0}, ((2, "alpha", 0.5),)),
+    Edit("t0", {"lr": 1e-2}, ((2, "t0", 0.0),)),
+    Edit("weight_decay", {"lr": 1e-2}, ((2, "weight_decay", 0.3),)),
+    Edit("maximize", {"lr": 1e-2}, ((2, "maximize", True),)),
+)
+_ASGD_GROUPS = (
+    {"lr": 1e-1, "t0": 1.0},
+    {"weight_decay": 0.3, "lambd": 1e-2},
+    {"alpha": 0.5, "maximize": True, "t0": 0.0},
+)
+
 CASES: tuple[Case, ...] = (
     Case(
         name="Adam",
@@ -276,6 +343,57 @@ CASES: tuple[Case, ...] = (
         },
         low_precision_lr=0.05,
         torch_twin=_sgd_decoupled_twin,
+    ),
+)
+
+
+CASES = CASES + (
+    Case(
+        name="NAdam",
+        torch_cls=torch.optim.NAdam,
+        fused_cls=fusedopt.NAdam,
+        grid=_NADAM_GRID,
+        bound=tolerances.NADAM,
+        extra_args=("weight_decay_mode", "lr_max", "backend"),
+        extra_group_keys=(),
+        stateful={"lr": 1e-2, "weight_decay": 0.1},
+        bad_kwargs=_NADAM_BAD_KWARGS,
+        edits=_NADAM_EDITS,
+        train_kwargs={"lr": 3e-3, "weight_decay": 0.05},
+        group_options=_NADAM_GROUPS,
+        options={
+            "lr": (1e-2, torch.tensor(1e-2)),
+            "betas": ((0.9, 0.999), (0.8, 0.95)),
+            "momentum_decay": (4e-3, 0.1),
+            "weight_decay": (0.0, 0.1),
+            "decoupled_weight_decay": (False, True),
+            "maximize": (False, True),
+        },
+        low_precision_lr=0.1,
+    ),
+    Case(
+        name="ASGD",
+        torch_cls=torch.optim.ASGD,
+        fused_cls=fusedopt.ASGD,
+        grid=_ASGD_GRID,
+        bound=tolerances.ASGD,
+        extra_args=("weight_decay_mode", "lr_max", "backend"),
+        extra_group_keys=(),
+        stateful={"lr": 1e-2, "t0": 0.0},
+        bad_kwargs=_ASGD_BAD_KWARGS,
+        edits=_ASGD_EDITS,
+        train_kwargs={"lr": 3e-2, "weight_decay": 0.05, "t0": 5.0},
+        group_options=_ASGD_GROUPS,
+        options={
+            "lr": (1e-2, torch.tensor(1e-2)),
+            "lambd": (1e-4, 1e-2),
+            "alpha": (0.75, 0.5),
+            "t0": (1e6, 0.0),
+            "weight_decay": (0.0, 0.1),
+            "maximize": (False, True),
+        },
+        low_precision_lr=0.05,
+        param_states=("ax",),
     ),
 )
 

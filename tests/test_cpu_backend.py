@@ -13,6 +13,7 @@ from pathlib import Path
 import fusedopt
 import pytest
 import torch
+from _op_hyper import scalar_states
 from cases import CASES, case_params
 from fusedopt import backends
 from fusedopt.reference import WeightDecayMode
@@ -35,7 +36,7 @@ def op_lists(case, kwargs, sizes, dtype=torch.float32, step=0.0):
     gen = torch.Generator().manual_seed(5)
     grads = [torch.randn(p.shape, generator=gen).to(dtype) for p in params]
     states = [torch.rand(p.shape, generator=gen) for _ in rule.used_states(hyper) for p in params]
-    steps = [torch.tensor(step) for _ in params] if rule.has_step else []
+    steps = scalar_states(rule.name, [step] * len(params))
     return rule, params, grads, states, steps, hyper
 
 
@@ -192,12 +193,15 @@ def test_step_counts_advance_only_after_the_loops(case, kwargs):
     bad[2][-1] = bad[2][-1].double()
     with pytest.raises(RuntimeError, match="must be Float"):
         cpu.step(rule, *bad, lr=1e-2, hyper=hyper)
-    assert [s.item() for s in bad[3]] == [4.0] * len(params)
+    n = len(params)
+    assert [s.item() for s in bad[3]] == [s.item() for s in before[3]]
     assert all(torch.equal(x, y) for x, y in zip(bad[0], before[0]))
     reference = copies(lists)
     cpu.step(rule, *lists, lr=1e-2, hyper=hyper, found_inf=torch.tensor(0.0))
     backends.get("reference").step(rule, *reference, lr=1e-2, hyper=hyper)
-    assert [s.item() for s in steps] == [5.0] * len(params)
+    assert [s.item() for s in steps[:n]] == [5.0] * n
+    # Scalar states (Note [scalar states]) as the reference advanced them.
+    assert [s.item() for s in steps[n:]] == [s.item() for s in reference[3][n:]]
     for p, q in zip(lists[0], reference[0]):
         assert_normwise_close(p, q)  # the count read was 4 + 1, as the reference's
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import fusedopt  # noqa: F401  (registers the ops)
 import pytest
 import torch
-from _op_hyper import OP_HYPER
+from _op_hyper import OP_HYPER, scalar_states
 from fusedopt._C import kernel_arg_bytes
 from fusedopt.registry import RULES, Rule
 
@@ -57,6 +57,12 @@ STATS = (
     "never",
     "more_than_once",
 )
+# Rules whose per-tensor scalars the kernels can compute on the device (every
+# rule without scalar states: Note [scalar states] in core/rule.h).
+DEVICE_SCALARS = [name for name in RULES if not RULES[name].scalars]
+# (rule, steps_in_kernel): where a call's counts can live.
+COUNT_PLACES = [(name, False) for name in RULES] + [(name, True) for name in DEVICE_SCALARS]
+
 # Step counts one step-increment launch advances (mta::kStepsPerLaunch: the
 # kernel-parameter space less found_inf and n_steps, 8 bytes per pointer).
 STEPS_PER_LAUNCH = (kernel_arg_bytes - 16) // 8
@@ -83,6 +89,16 @@ CASES = {
             "no-decay": dict(weight_decay=0.0, weight_decay_mode=0),
         },
     ),
+    "asgd": RuleCases(
+        hyper=OP_HYPER["asgd"],
+        state_variants={"averaging": {}, "copying": dict(t0=1e6)},
+        extra={"maximize": dict(maximize=True), "no-decay": dict(weight_decay=0.0)},
+    ),
+    "nadam": RuleCases(
+        hyper=OP_HYPER["nadam"],
+        state_variants={"plain": {}},
+        extra={"maximize": dict(maximize=True), "no-decay": dict(weight_decay=0.0)},
+    ),
     "sgd": RuleCases(
         hyper=OP_HYPER["sgd"],
         state_variants={
@@ -104,6 +120,7 @@ STATE_INIT = {
     "exp_avg_sq": lambda n, gen: torch.rand(n, generator=gen) * 0.01,
     "max_exp_avg_sq": lambda n, gen: torch.rand(n, generator=gen) * 0.02,
     "momentum_buffer": lambda n, gen: torch.randn(n, generator=gen) * 0.1,
+    "ax": lambda n, gen: torch.randn(n, generator=gen),
 }
 
 
@@ -134,7 +151,13 @@ class Case:
     params: list[torch.Tensor]
     grads: list[torch.Tensor]
     states: dict[str, list[torch.Tensor]]  # the used states, in the rule's order
-    steps: list[torch.Tensor]  # empty for a rule without step counts
+    # The op's state_steps: the counts, then each scalar state (Note [scalar
+    # states]); empty for a rule without step counts.
+    steps: list[torch.Tensor]
+
+    @property
+    def counts(self) -> list[float]:
+        return [s.item() for s in self.steps[: len(self.params)]]
 
     def op_lists(self):
         # Note [state-major lists]: every param's first state, then every param's second...
@@ -167,7 +190,7 @@ def make_case(name, numels, dtype, hyper, *, steps=None, seed=0) -> Case:
     grads = [torch.randn(n, generator=gen).to(dtype) for n in numels]
     states = {s: [STATE_INIT[s](n, gen) for n in numels] for s in rule.used_states(hyper)}
     counts = steps if steps is not None else [3] * len(numels)
-    state_steps = [torch.tensor(float(c)) for c in counts] if rule.has_step else []
+    state_steps = scalar_states(name, counts)
     return Case(rule, hyper, params, grads, states, state_steps)
 
 
@@ -201,8 +224,9 @@ def cpu_op(case: Case, *, grad_scale=None, found_inf=None) -> None:
 def reference_step(case: Case, *, grad_scale=None) -> None:
     for i in range(len(case.params)):
         state = {name: tensors[i] for name, tensors in case.states.items()}
-        if case.rule.has_step:
-            state["step"] = case.steps[i]
+        n = len(case.params)
+        for j, key in enumerate(case.rule.scalar_keys):
+            state[key] = case.steps[j * n + i]
         case.rule.reference(
             case.params[i],
             case.grads[i],
@@ -304,7 +328,7 @@ def test_matches_cpu_op_and_reference(name, variant, dtype):
     for name_ in case.states:
         for got, want in zip(case.states[name_], ref.states[name_], strict=True):
             torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
-    assert [s.item() for s in case.steps] == [4.0] * len(case.steps)
+    assert case.counts == ([4.0] * len(case.params) if case.rule.has_step else [])
     assert_grads_untouched(case, before)
 
 
@@ -351,7 +375,7 @@ def test_unaligned_view_takes_the_scalar_path(name, stream, dtype):
 @pytest.mark.parametrize(
     "steps_in_kernel,lr_in_kernel", [(True, False), (False, True), (True, True)]
 )
-@pytest.mark.parametrize("name", RULES)
+@pytest.mark.parametrize("name", DEVICE_SCALARS)
 def test_scalars_computed_in_kernel_match_host(name, steps_in_kernel, lr_in_kernel):
     numels = [3, 4097, CHUNK + 1]
     steps = [0, 7, 1000]  # per-tensor counts, as after a partial state load
@@ -362,10 +386,40 @@ def test_scalars_computed_in_kernel_match_host(name, steps_in_kernel, lr_in_kern
     emulate(host)
     assert_same(case, host)
     if RULES[name].has_step:
-        assert [s.item() for s in case.steps] == [s + 1.0 for s in steps]
+        assert case.counts == [s + 1.0 for s in steps]
 
 
 HAS_STEP = [name for name in RULES if RULES[name].has_step]
+
+
+@pytest.mark.parametrize("lr_in_kernel", [False, True])
+@pytest.mark.parametrize("name", [name for name in RULES if RULES[name].scalars])
+def test_scalar_states_refuse_device_side_scalars(name, lr_in_kernel):
+    """Note [scalar states]: no kernel advances them on the device, so the
+    device-side path (counts in device memory, or a device lr) is refused
+    before anything is written."""
+    case = make_case(name, [5, 4097], torch.float32, full_hyper(name))
+    before = case.clone()
+    with pytest.raises(RuntimeError, match=f"{RULES[name].scalars[0]} is kept on the host"):
+        emulate(case, steps_in_kernel=not lr_in_kernel, lr_in_kernel=lr_in_kernel)
+    assert_same(case, before)
+
+
+@pytest.mark.parametrize("name", [name for name in RULES if RULES[name].scalars])
+def test_scalar_states_advance_with_the_counts(name):
+    """The scalar states after a step are the reference's, and a call that
+    GradScaler skips leaves them as they were."""
+    numels = [3, 4097]
+    case = make_case(name, numels, torch.float32, full_hyper(name), steps=[0, 9])
+    ref, skipped = case.clone(), case.clone()
+    emulate(case)
+    reference_step(ref)
+    n = len(numels)
+    assert [s.item() for s in case.steps[n:]] == [s.item() for s in ref.steps[n:]]
+    assert [s.item() for s in case.steps[n:]] != [s.item() for s in skipped.steps[n:]]
+    before = skipped.clone()
+    emulate(skipped, found_inf=torch.tensor(1.0))
+    assert_same(skipped, before)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -382,12 +436,11 @@ def test_per_tensor_step_counts(name, dtype):
     reference_step(ref)
     for got, want in zip(case.params, ref.params, strict=True):
         torch.testing.assert_close(got, want, **TOLERANCE[dtype])
-    assert [s.item() for s in case.steps] == [s + 1.0 for s in steps]
+    assert case.counts == [s + 1.0 for s in steps]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("steps_in_kernel", [False, True])
-@pytest.mark.parametrize("name", RULES)
+@pytest.mark.parametrize("name,steps_in_kernel", COUNT_PLACES)
 def test_grad_scaler_unscales_and_stores_grads(name, steps_in_kernel, dtype):
     numels = [7, 4097]
     case = make_case(name, numels, dtype, full_hyper(name))
@@ -406,8 +459,7 @@ def test_grad_scaler_unscales_and_stores_grads(name, steps_in_kernel, dtype):
     assert_same(case, on_cpu)
 
 
-@pytest.mark.parametrize("steps_in_kernel", [False, True])
-@pytest.mark.parametrize("name", RULES)
+@pytest.mark.parametrize("name,steps_in_kernel", COUNT_PLACES)
 def test_found_inf_changes_nothing(name, steps_in_kernel):
     """GradScaler found an inf: no element is read or written (grads included)
     and step counts stay, whether the host reads found_inf (host-owned counts)
@@ -438,11 +490,11 @@ def test_more_tensors_than_one_launch_and_one_step_launch_hold(name):
     steps = [i % 1000 for i in range(n)]
     case = make_case(name, numels, torch.float32, full_hyper(name), steps=steps)
     on_cpu = case.clone()
-    stats = emulate(case, steps_in_kernel=True)
+    stats = emulate(case, steps_in_kernel=name in DEVICE_SCALARS)
     non_empty = sum(1 for k in numels if k)
     assert stats["launches"] == math.ceil(non_empty / slots) > 1
     assert_clean(stats, numels)
     cpu_op(on_cpu)
     assert_same(case, on_cpu)
     if RULES[name].has_step:
-        assert [s.item() for s in case.steps] == [s + 1.0 for s in steps]
+        assert case.counts == [s + 1.0 for s in steps]

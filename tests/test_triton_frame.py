@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("triton")
 
 import torch  # noqa: E402
+from _op_hyper import OP_HYPER, scalar_states  # noqa: E402
 from fusedopt import backends  # noqa: E402
 from fusedopt.kernels import mta, rules  # noqa: E402
 from fusedopt.reference import WeightDecayMode  # noqa: E402
@@ -83,6 +84,7 @@ def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
         "exp_avg": lambda n: 0.1 * torch.randn(n, generator=gen),
         "exp_avg_sq": lambda n: 0.01 * torch.rand(n, generator=gen),
         "max_exp_avg_sq": lambda n: 0.02 * torch.rand(n, generator=gen),
+        "ax": lambda n: torch.randn(n, generator=gen),
         "momentum_buffer": lambda n: (
             torch.full((n,), float("nan"))
             if hyper.get("first_step")
@@ -90,8 +92,7 @@ def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
         ),
     }
     states = [fills[name](n) for name in rule.used_states(hyper) for n in sizes]
-    counts = [torch.tensor(count) for _ in sizes] if rule.has_step else []
-    return [params, grads, states, counts]
+    return [params, grads, states, scalar_states(rule.name, [count] * len(sizes))]
 
 
 def clone_lists(lists):
@@ -217,13 +218,13 @@ def test_counts_that_differ_per_tensor(lr, counts_on_device):
     assert [c.item() for c in lists[3]] == [1.0, 42.0, 1001.0]
 
 
-@pytest.mark.parametrize("name", list(RULES))
+@pytest.mark.parametrize("name", [name for name in RULES if not RULES[name].scalars])
 def test_prologue_matches_host_scalars(name):
     """The device mirror of per_tensor (float64 exp2/log2, the Config rebuilt
     from fp32 halves) against the host's (Python's pow on doubles), for counts
     from 1 to 10^6, within 1 fp32 ulp: the two pows differ by ~1e-12."""
     rule = rules.get(name)
-    hyper = adam_hyper(weight_decay_mode=2) if name == "adam" else sgd_hyper(weight_decay_mode=2)
+    hyper = {**OP_HYPER[name], "weight_decay_mode": 2}
     config = rule.config(hyper)
     counts = [0.0, 1.0, 9.0, 99.0, 12345.0, 999999.0]
     lists = make_lists(RULES[name], [1] * len(counts), torch.float32, hyper)
@@ -503,16 +504,17 @@ def test_rule_module_mirrors_its_header_and_registry_entry(name):
     names = re.search(r"kStateNames\[\] = \{(.*?)\};", header).group(1)
     assert rule.STATE_NAMES == tuple(re.findall(r'"(\w+)"', names)) == entry.states
     assert rule.HAS_STEP == entry.has_step
+    scalars = re.search(r"kScalarNames\[\] = \{(.*?)\};", header)
+    assert getattr(rule, "SCALAR_NAMES", ()) == entry.scalars
+    assert entry.scalars == (tuple(re.findall(r'"(\w+)"', scalars.group(1))) if scalars else ())
     assert len(rule.STATE_NAMES) <= mta.MAX_STATES.value
-    hyper = adam_hyper() if name == "adam" else sgd_hyper()
+    hyper = OP_HYPER[name]  # uses every state of the rule
     assert set(hyper) == set(entry.hyper)
-    for flag in (False, True):
-        h = {**hyper, "amsgrad": flag} if name == "adam" else {**hyper, "momentum": 0.9 * flag}
-        used = mta.state_mask(rule, rule.config(h))
-        assert [n for k, n in enumerate(rule.STATE_NAMES) if (used >> k) & 1] == list(
-            entry.used_states(h)
-        )
-        assert used in rule.STATE_SETS
+    used = mta.state_mask(rule, rule.config(hyper))
+    assert [n for k, n in enumerate(rule.STATE_NAMES) if (used >> k) & 1] == list(
+        entry.used_states(hyper)
+    )
+    assert used in rule.STATE_SETS
 
 
 def test_weight_decay_modes_match_the_reference():

@@ -184,6 +184,44 @@ SGD = RuleBound(
 )
 
 
+def _nadam_step_over_lr(hyper: Mapping[str, Any], t: int, g_max: torch.Tensor) -> float:
+    b1, b2, psi = hyper["beta1"], hyper["beta2"], hyper["momentum_decay"]
+
+    def mu(i: int) -> float:
+        return b1 * (1.0 - 0.5 * 0.96 ** (i * psi))
+
+    product = math.prod(mu(i) for i in range(1, t + 1))
+    ratio_sum = sum((b1 * b1 / b2) ** j for j in range(t))
+    g_over_d = math.sqrt((1 - b2**t) / (1 - b2))
+    return (1 - mu(t)) / (1 - product) * g_over_d + mu(t + 1) / (1 - product * mu(t + 1)) * (
+        1 - b1
+    ) * g_over_d * math.sqrt(ratio_sum)
+
+
+NADAM = RuleBound(
+    _nadam_step_over_lr,
+    "NAdam steps by c1 g_t / d + c2 m_t / d with d >= sqrt(v_t / (1-b2^t)), c1 = (1-mu_t) / "
+    "(1 - prod_{i<=t} mu_i), c2 = mu_{t+1} / (1 - prod_{i<=t+1} mu_i). v_t >= (1-b2) g_t^2 "
+    "gives |g_t| / d <= sqrt((1-b2^t)/(1-b2)); Cauchy-Schwarz on m_t = (1-b1) sum_k "
+    "b1^(t-k) g_k as for Adam gives |m_t| / d <= (1-b1) sqrt((1-b2^t)/(1-b2) sum_{j<t} "
+    "(b1^2/b2)^j), whatever the gradients (L2 decay and maximize included). The mu_i < 1 "
+    "keep both denominators positive; decoupled decay only shrinks |p|.",
+)
+
+
+def _asgd_step_over_lr(hyper: Mapping[str, Any], t: int, g_max: torch.Tensor) -> torch.Tensor:
+    return g_max
+
+
+ASGD = RuleBound(
+    _asgd_step_over_lr,
+    "ASGD steps by p (1 - lambd eta) - eta g with eta_1 = lr and eta_t = lr / (1 + lambd lr "
+    "(t-1))^alpha <= lr for lambd, alpha >= 0 at a fixed lr: |change| <= lambd eta |p| + lr G, "
+    "and the first term only shrinks |p| (0 <= 1 - lambd eta <= 1), so the path grows by at "
+    "most lr G per step. G bounds the effective grad (g plus wd * p under L2).",
+)
+
+
 def path_bound(
     rule: RuleBound,
     hyper: Mapping[str, Any],

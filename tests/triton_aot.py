@@ -158,7 +158,10 @@ def main() -> None:
                         variant = f"{name}_element_{dtype}_used{used:b}_table{int(in_table)}"
                         source = element_source(rule, dtype, used, in_table)
                         out[f"{target_name}/{variant}"] = facts(source, target, mta.NUM_WARPS)
-            out[f"{target_name}/{name}_prologue"] = facts(prologue_source(rule), target, 4)
+            # Rules with scalar states have no device-side per-tensor scalars
+            # (Note [scalar states] in csrc/include/fusedopt/core/rule.h).
+            if not RULES[name].scalars:
+                out[f"{target_name}/{name}_prologue"] = facts(prologue_source(rule), target, 4)
         out[f"{target_name}/count_steps"] = facts(count_source(), target, 4)
     json.dump(out, sys.stdout, indent=1)
 

@@ -35,15 +35,15 @@ void check_buffer(const at::Tensor& t, const at::Tensor& p, const char* name, si
 }  // namespace
 
 void check_lists(const char* rule, const StepArgs& a, const std::vector<const char*>& state_names,
-                 bool has_step, c10::DeviceType device_type) {
+                 int scalar_lists, c10::DeviceType device_type) {
   const size_t n = a.params.size();
   const size_t want_states = n * state_names.size();
-  const size_t want_steps = has_step ? n : 0;
+  const size_t want_steps = n * static_cast<size_t>(scalar_lists);
   TORCH_CHECK(a.grads.size() == n && a.states.size() == want_states &&
                   a.steps.size() == want_steps,
               "fusedopt: ", rule, ": for ", n, " params, want ", n, " grads, ", want_states,
               " states (", state_names.size(), " per param, state-major) and ", want_steps,
-              " state_steps; got ", a.grads.size(), ", ", a.states.size(), " and ",
+              " state_steps (", scalar_lists, " per param: count and scalar states); got ", a.grads.size(), ", ", a.states.size(), " and ",
               a.steps.size());
   TORCH_CHECK(n < static_cast<size_t>(INT32_MAX), "fusedopt: at most 2^31-1 tensors per call");
   if (n == 0) return;

@@ -23,9 +23,10 @@ std::vector<const char*> used_state_names(uint32_t mask) {
   return names;
 }
 
-// List lengths, dtypes, devices, shapes and layouts of a call's tensors.
+// List lengths, dtypes, devices, shapes and layouts of a call's tensors;
+// `scalar_lists` is kScalarLists<R> (core/rule.h).
 void check_lists(const char* rule, const StepArgs& a, const std::vector<const char*>& state_names,
-                 bool has_step, c10::DeviceType device_type);
+                 int scalar_lists, c10::DeviceType device_type);
 
 // lr (finite, >= 0) and the rule's own checks; throws naming the constraint.
 void check_hyper(const char* rule, double lr, const HyperCheck& ck);

@@ -27,7 +27,7 @@ void step_cpu(const char* rule, const StepArgs& a) {
   check_hyper(rule, lr, ck);
   const typename R::Config config = R::config(a.hyper.data());
   const uint32_t mask = state_mask<R>(config);
-  check_lists(rule, a, used_state_names<R>(mask), R::kHasStep, c10::DeviceType::CPU);
+  check_lists(rule, a, used_state_names<R>(mask), kScalarLists<R>, c10::DeviceType::CPU);
   check_steps_on(a, c10::Device(c10::kCPU));
   const double scale = a.grad_scale.has_value() ? checked_grad_scale(*a.grad_scale) : 0.0;
   // GradScaler found an inf or NaN: skip the step entirely, step counts included.
@@ -38,6 +38,10 @@ void step_cpu(const char* rule, const StepArgs& a) {
   std::vector<cpu::Tensor<R>> tensors(n);
   std::vector<int64_t> numels(n);
   std::vector<float*> steps(R::kHasStep ? n : 0);
+  // Note [scalar states] (core/rule.h): the values after this step, stored
+  // once the loops are done; param i's j-th at j * n + i, as in state_steps.
+  constexpr int kS = kScalarStates<R>;
+  std::vector<float> scalar_states(n * kS);
   int64_t total = 0;
   // Tensors at one step count (nearly always all of them) share their scalars.
   double last_step = -1.0;
@@ -55,8 +59,13 @@ void step_cpu(const char* rule, const StepArgs& a) {
     // advances below, after the loops.
     if (R::kHasStep) steps[i] = static_cast<float*>(a.steps[i].data_ptr());
     const double step = R::kHasStep ? static_cast<double>(*steps[i]) + 1.0 : 1.0;
-    if (step != last_step || i == 0) {
-      scalars = R::per_tensor(config, lr, step);
+    if constexpr (kS > 0) {
+      float values[kS];
+      for (int j = 0; j < kS; ++j) values[j] = *a.steps[(1 + j) * n + i].data_ptr<float>();
+      scalars = per_tensor_of<R>(config, lr, step, values);
+      for (int j = 0; j < kS; ++j) scalar_states[j * n + i] = values[j];
+    } else if (step != last_step || i == 0) {
+      scalars = per_tensor_of<R>(config, lr, step, nullptr);
       last_step = step;
     }
     t.scalars = scalars;
@@ -78,6 +87,9 @@ void step_cpu(const char* rule, const StepArgs& a) {
                      [&](int64_t begin, int64_t end) { cpu::run_chunks(work, begin, end); });
   }
   for (float* step : steps) *step += 1.0f;
+  for (size_t j = 0; j < scalar_states.size(); ++j) {
+    *a.steps[n + j].data_ptr<float>() = scalar_states[j];
+  }
 }
 
 }  // namespace fusedopt::binding

@@ -33,7 +33,7 @@ void step_cuda(const char* rule, const StepArgs& a) {
   check_hyper(rule, lr_on_device ? 0.0 : lr, ck);
   const typename R::Config config = R::config(a.hyper.data());
   const uint32_t mask = state_mask<R>(config);
-  check_lists(rule, a, used_state_names<R>(mask), R::kHasStep, c10::DeviceType::CUDA);
+  check_lists(rule, a, used_state_names<R>(mask), kScalarLists<R>, c10::DeviceType::CUDA);
   if (a.params.empty()) return;
   const c10::Device device = a.params[0].device();
   const bool steps_on_device = !a.steps.empty() && a.steps[0].device() == device;
@@ -63,7 +63,7 @@ void step_cuda(const char* rule, const StepArgs& a) {
   for (const mta::StepIncrementArgs& args : work.step_increments) {
     C10_CUDA_CHECK(cuda::launch_step_increment(args, stream));
   }
-  for (float* step : work.host_steps) *step += 1.0f;
+  work.advance_host_scalars();
 }
 
 }  // namespace fusedopt::binding

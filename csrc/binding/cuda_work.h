@@ -4,6 +4,7 @@
 // through the traversal on CPU tensors.
 #pragma once
 
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -28,6 +29,15 @@ struct CudaWork {
   std::vector<mta::Launch<R>> launches;
   std::vector<mta::StepIncrementArgs> step_increments;  // empty unless steps_in_kernel
   std::vector<float*> host_steps;  // advanced by the host after the launches
+  // Note [scalar states] (core/rule.h): (where, value after this step),
+  // stored by the host after the launches.
+  std::vector<std::pair<float*, float>> host_scalar_states;
+
+  // The host's part of Note [step-count protocol], once the launches are queued.
+  void advance_host_scalars() const {
+    for (float* step : host_steps) *step += 1.0f;
+    for (const auto& [where, value] : host_scalar_states) *where = value;
+  }
 };
 
 // Fills every launch's kernel arguments from checked tensors of a call
@@ -36,6 +46,13 @@ template <class R>
 CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, uint32_t mask,
                          const CudaScalarSources& sources) {
   const size_t n = a.params.size();
+  constexpr int kS = kScalarStates<R>;
+  if constexpr (kS > 0) {
+    TORCH_CHECK(!sources.steps_in_kernel && sources.lr == nullptr, "fusedopt: ",
+                R::kScalarNames[0],
+                " is kept on the host (Note [scalar states]): this rule takes neither step "
+                "counts on the GPU (capturable=True) nor a CUDA-tensor lr yet");
+  }
   for (size_t i = 0; i < n; ++i) {
     TORCH_CHECK(a.params[i].numel() < mta::kMaxNumel, "fusedopt: param ", i, " has ",
                 a.params[i].numel(), " elements; the CUDA kernels take fewer than ",
@@ -70,7 +87,13 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
       if (step != nullptr) device_steps.push_back(step);
       continue;
     }
-    slot.scalars = R::per_tensor(config, sources.lr_value, static_cast<double>(slot.host_step));
+    float values[kS > 0 ? kS : 1];
+    for (int j = 0; j < kS; ++j) values[j] = *a.steps[(1 + j) * n + i].data_ptr<float>();
+    slot.scalars = per_tensor_of<R>(config, sources.lr_value,
+                                    static_cast<double>(slot.host_step), values);
+    for (int j = 0; j < kS; ++j) {
+      work.host_scalar_states.emplace_back(a.steps[(1 + j) * n + i].data_ptr<float>(), values[j]);
+    }
     if (step != nullptr) work.host_steps.push_back(step);
   }
   work.launches = mta::build_launches<R>(slots, header);

@@ -108,7 +108,7 @@ void emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_bloc
     }
   }
   // The host's counts advance once the launches are queued, as in the CUDA op.
-  for (float* step : work.host_steps) *step += 1.0f;
+  work.advance_host_scalars();
 }
 
 constexpr size_t kEmulationExtraArgs = 3;  // steps_in_kernel, lr_in_kernel, threads_per_block
@@ -129,7 +129,7 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   binding::check_hyper(kName, lr, ck);
   const typename R::Config config = R::config(a.hyper.data());
   const uint32_t mask = state_mask<R>(config);
-  binding::check_lists(kName, a, binding::used_state_names<R>(mask), R::kHasStep,
+  binding::check_lists(kName, a, binding::used_state_names<R>(mask), kScalarLists<R>,
                        c10::DeviceType::CPU);
   TORCH_CHECK(threads_per_block >= 1 && threads_per_block <= mta::kBlockSize,
               "fusedopt: threads_per_block must be in [1, ", mta::kBlockSize, "]");

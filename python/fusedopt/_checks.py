@@ -47,12 +47,14 @@ def check_lists(
     state_steps: Sequence[Tensor],
     *,
     state_names: Sequence[str],
-    has_step: bool,
+    scalar_lists: int,
     state_dtype: torch.dtype | None,
     require_dense: bool,
 ) -> None:
     """`states` is state-major (Note [state-major lists] in fusedopt/registry.py)
-    with one run of len(params) tensors per name in `state_names`.
+    with one run of len(params) tensors per name in `state_names`, and
+    `state_steps` has `scalar_lists` runs (Rule.scalar_lists: the count, then
+    each scalar state).
     `state_dtype` None means "the param's compute dtype" (the reference);
     `require_dense` asks for the flat-loop layout of the kernels.
 
@@ -60,7 +62,7 @@ def check_lists(
     that checks each tensor); only when one fails does the loop below find the
     culprit and say what is wrong with it."""
     n = len(params)
-    want = [n, n * len(state_names), n if has_step else 0]
+    want = [n, n * len(state_names), n * scalar_lists]
     got = [len(grads), len(states), len(state_steps)]
     if got != want:
         raise RuntimeError(

@@ -216,7 +216,7 @@ class ReferenceBackend(Backend):
             states,
             state_steps,
             state_names=names,
-            has_step=rule.has_step,
+            scalar_lists=rule.scalar_lists,
             state_dtype=self.state_dtype,
             require_dense=self.requires_dense,
         )
@@ -227,8 +227,8 @@ class ReferenceBackend(Backend):
         n = len(params)
         for i, param in enumerate(params):
             state = {name: states[k * n + i] for k, name in enumerate(names)}
-            if rule.has_step:
-                state["step"] = state_steps[i]
+            for j, key in enumerate(rule.scalar_keys):
+                state[key] = state_steps[j * n + i]
             rule.reference(param, grads[i], state, lr=lr, grad_scale=scale, **hyper)
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusedopt.reference.adam import adam as adam_reference
+from fusedopt.reference.asgd import asgd as asgd_reference
+from fusedopt.reference.nadam import nadam as nadam_reference
 from fusedopt.reference.sgd import sgd as sgd_reference
 
 
@@ -41,10 +43,23 @@ class Rule:
     # The states a step with these hyperparameters reads and writes.
     used_states: Callable[[Mapping[str, Any]], tuple[str, ...]]
     reference: Callable[..., None]
+    # Per-tensor float32 scalar states besides "step" (NAdam's mu_product),
+    # passed after the counts in state_steps, scalar-major: Note [scalar
+    # states] in csrc/include/fusedopt/core/rule.h.
+    scalars: tuple[str, ...] = ()
     # A hyperparameter that is True for a call whose states were created in
     # this step (SGD's first step copies the gradient into the buffer): the
     # optimizer splits such params into a call of their own. None: no such flag.
     fresh_flag: str | None = None
+
+    @property
+    def scalar_keys(self) -> tuple[str, ...]:
+        """The state keys of the op's state_steps runs, in order."""
+        return ("step", *self.scalars) if self.has_step else ()
+
+    @property
+    def scalar_lists(self) -> int:
+        return len(self.scalar_keys)
 
     @property
     def op(self):
@@ -81,6 +96,41 @@ RULES: dict[str, Rule] = {
             ),
             used_states=_adam_states,
             reference=adam_reference,
+        ),
+        Rule(
+            name="asgd",
+            states=("ax",),
+            has_step=True,
+            hyper=(
+                "lambd",
+                "alpha",
+                "t0",
+                "weight_decay",
+                "weight_decay_mode",
+                "lr_max",
+                "maximize",
+            ),
+            used_states=lambda h: ("ax",),
+            reference=asgd_reference,
+            scalars=("eta", "mu"),
+        ),
+        Rule(
+            name="nadam",
+            states=("exp_avg", "exp_avg_sq"),
+            has_step=True,
+            hyper=(
+                "beta1",
+                "beta2",
+                "eps",
+                "momentum_decay",
+                "weight_decay",
+                "weight_decay_mode",
+                "lr_max",
+                "maximize",
+            ),
+            used_states=lambda h: ("exp_avg", "exp_avg_sq"),
+            reference=nadam_reference,
+            scalars=("mu_product",),
         ),
         Rule(
             name="sgd",

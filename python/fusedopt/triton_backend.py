@@ -83,7 +83,7 @@ class TritonBackend(backends.Backend):
             states,
             state_steps,
             state_names=rule.used_states(hyper),
-            has_step=rule.has_step,
+            scalar_lists=rule.scalar_lists,
             state_dtype=self.state_dtype,
             require_dense=self.requires_dense,
         )

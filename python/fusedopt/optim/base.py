@@ -218,7 +218,8 @@ class FusedOptimizer(Optimizer):
 
     def initial_state_value(self, group: Mapping[str, Any], key: str) -> float:
         """The value a new state tensor `key` starts at (torch's zeros, unless
-        the class says otherwise: Adagrad's initial_accumulator_value, ...)."""
+        the class says otherwise: Adagrad's initial_accumulator_value, NAdam's
+        mu_product, ...), for element and scalar states alike."""
         return 0.0
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -230,15 +231,21 @@ class FusedOptimizer(Optimizer):
         self._plans = {}
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, param in zip(saved_ids, params):
+            if param not in self.state or saved_id not in saved_states:
+                continue
+            state, saved = self.state[param], saved_states[saved_id]
+            # Scalar states (NAdam's mu_product) stay float32 beside the count:
+            # torch's load casts them to the param's dtype and device.
+            for key in self.rule.scalars:
+                if key in state and "step" in state:
+                    state[key] = saved[key].to(device=state["step"].device, dtype=torch.float32)
             # Only where torch's cast lost precision; fp32 params keep exactly
             # what torch's own load made.
-            low_precision = compute_dtype(param.dtype) != param.dtype
-            if not low_precision or param not in self.state or saved_id not in saved_states:
+            if compute_dtype(param.dtype) == param.dtype:
                 continue
-            state = self.state[param]
             for key in self.rule.states:
                 if key in state:
-                    state[key] = saved_states[saved_id][key].to(
+                    state[key] = saved[key].to(
                         device=param.device, dtype=compute_dtype(param.dtype)
                     )
 
@@ -248,11 +255,13 @@ class FusedOptimizer(Optimizer):
         if not used and not self.rule.has_step:
             return  # nothing to keep: torch leaves no entry in self.state either
         state = self.state[p]
-        if self.rule.has_step and "step" not in state:
-            # torch keeps `step` on the CPU unless capturable (note "special device
-            # hosting for step" in torch/optim/adam.py).
-            device = p.device if group.get("capturable", False) else "cpu"
-            state["step"] = torch.zeros((), dtype=torch.float32, device=device)
+        # torch keeps `step` (and NAdam's mu_product) on the CPU unless
+        # capturable (note "special device hosting for step" in torch/optim/adam.py).
+        device = p.device if group.get("capturable", False) else "cpu"
+        for key in self.rule.scalar_keys:
+            if key not in state:
+                value = 0.0 if key == "step" else self.initial_state_value(group, key)
+                state[key] = torch.tensor(value, dtype=torch.float32, device=device)
         for key in used:
             if key not in state:
                 state[key] = torch.full_like(
@@ -422,7 +431,7 @@ class FusedOptimizer(Optimizer):
                     whole = len(call.indices) == len(grads)
                     call_grads = grads if whole else [grads[i] for i in call.indices]
                     states = [sd[name] for name in used for sd in call.state_dicts]
-                    steps = [sd["step"] for sd in call.state_dicts] if rule.has_step else []
+                    steps = [sd[key] for key in rule.scalar_keys for sd in call.state_dicts]
                     if rule.fresh_flag is not None:
                         hyper = {**hyper, rule.fresh_flag: call.fresh}
                     work.append((call, group["lr"], hyper, call_grads, states, steps))
@@ -435,7 +444,7 @@ class FusedOptimizer(Optimizer):
                         states,
                         steps,
                         state_names=rule.used_states(hyper),
-                        has_step=rule.has_step,
+                        scalar_lists=rule.scalar_lists,
                         state_dtype=backend.state_dtype,
                         require_dense=backend.requires_dense,
                     )

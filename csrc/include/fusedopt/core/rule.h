@@ -17,6 +17,11 @@
 //                               from fp64 lr and step (the count after this step)
 //   update<Used>(p, g, s, used, Launch, PerTensor)
 //                               one element, all fp32 in registers
+// and, only where the rule keeps per-tensor scalars besides the step count
+// (Note [scalar states]):
+//   kScalarNames                their state keys (NAdam's mu_product)
+//   per_tensor(Config, lr, step, float* scalars)
+//                               in place of the three-argument form
 // and nothing else. Loads, stores, dtype conversions, GradScaler's unscale and
 // the chunk loops belong to the traversals (csrc/cpu, mta/), which take the
 // rule as a template parameter; check_rule<R>() below asserts the shape.
@@ -83,6 +88,45 @@ uint32_t state_mask(const typename R::Config& c) {
 // (csrc/cpu/loop.cpp); raise it with that loop's signature.
 constexpr int kMaxStates = 4;
 
+// Note [scalar states]: a few rules keep per-tensor float32 scalars in torch's
+// state dict besides `step` (NAdam's mu_product, ASGD's eta and mu), each a
+// recurrence torch evaluates on 0-dim float32 tensors. Such a rule declares
+// kScalarNames and per_tensor(Config, lr, step, float* scalars), which reads
+// the values before this step from `scalars` and writes the values after it
+// back (in float32, as torch rounds them). The op takes them in `state_steps`
+// after the counts, scalar-major: [step of every param, then kScalarNames[0] of
+// every param, ...]. Like the counts, the host stores the new values only once
+// the element pass succeeded. They are host-held only: the device-side
+// scalars of capturable mode would need them advanced on the device, which no
+// kernel does yet, so the ops refuse device-held counts for such a rule.
+template <class R, class = void>
+struct ScalarStateCount {
+  static constexpr int value = 0;
+};
+template <class R>
+struct ScalarStateCount<R, std::void_t<decltype(R::kScalarNames)>> {
+  static constexpr int value = sizeof(R::kScalarNames) / sizeof(R::kScalarNames[0]);
+};
+template <class R>
+constexpr int kScalarStates = ScalarStateCount<R>::value;
+
+// The lists of `state_steps` a rule's op takes per param: the count and the
+// scalar states.
+template <class R>
+constexpr int kScalarLists = R::kHasStep ? 1 + kScalarStates<R> : 0;
+
+// R::per_tensor in either form; `scalars` (kScalarStates<R> values) is
+// updated in place, and may be null for a rule without scalar states.
+template <class R>
+FUSEDOPT_HD typename R::PerTensor per_tensor_of(const typename R::Config& c, double lr,
+                                                double step, float* scalars) {
+  if constexpr (kScalarStates<R> > 0) {
+    return R::per_tensor(c, lr, step, scalars);
+  } else {
+    return R::per_tensor(c, lr, step);
+  }
+}
+
 template <class R>
 constexpr bool check_rule() {
   static_assert(R::kStates >= 0 && R::kStates <= kMaxStates, "see kMaxStates");
@@ -92,6 +136,7 @@ constexpr bool check_rule() {
   static_assert(std::is_trivially_copyable_v<typename R::PerTensor>,
                 "PerTensor travels in kernel args");
   static_assert(std::size(R::kStateSets) >= 1, "at least one state set");
+  static_assert(kScalarStates<R> == 0 || R::kHasStep, "scalar states come with a step count");
   return true;
 }
 

@@ -32,12 +32,24 @@ constexpr int kPackSize = 16 / static_cast<int>(sizeof(T)) < N ? 16 / static_cas
 // Loads elements [i, i + N) of `src` into fp32 registers: as packs of up to
 // 16 bytes when kVector (the caller checked the alignment), else one element
 // at a time.
+// Every buffer is global memory: without saying so, nvcc for sm_80/sm_90
+// left some streams on generic LD/ST instead of LDG/STG (Adam's third state,
+// NAdam's second; seen in the SASS; sm_100/sm_120 were fine).
+FUSEDOPT_HD void assume_global(const void* p) {
+#if defined(__CUDA_ARCH__)
+  __builtin_assume(__isGlobal(p));
+#else
+  (void)p;
+#endif
+}
+
 template <bool kVector, int N, typename T, typename Observer>
 FUSEDOPT_HD void load_floats(const T* src, int32_t i, float (&dst)[N], Observer& observer) {
   if constexpr (kVector) {
     constexpr int kPack = kPackSize<T, N>;
     static_assert(N % kPack == 0, "a vector group is whole packs of every buffer");
     const Pack<T, kPack>* packs = reinterpret_cast<const Pack<T, kPack>*>(src + i);
+    assume_global(packs);
     for (int a = 0; a < N / kPack; ++a) {
       observer.access(packs + a, static_cast<int>(sizeof(Pack<T, kPack>)), true);
       const Pack<T, kPack> pack = packs[a];
@@ -57,6 +69,7 @@ FUSEDOPT_HD void store_floats(T* dst, int32_t i, const float (&src)[N], Observer
   if constexpr (kVector) {
     constexpr int kPack = kPackSize<T, N>;
     Pack<T, kPack>* packs = reinterpret_cast<Pack<T, kPack>*>(dst + i);
+    assume_global(packs);
     for (int a = 0; a < N / kPack; ++a) {
       Pack<T, kPack> pack;
       for (int j = 0; j < kPack; ++j) from_float(src[a * kPack + j], pack.v[j]);
@@ -117,7 +130,10 @@ FUSEDOPT_HD typename R::PerTensor scalars_in_kernel(const LaunchHeader<R>& h, co
   // The count after this step's increment, which a later launch stores (Note
   // [step-count protocol]): every block of the tensor reads the old count.
   const float step = slot.step != nullptr ? *slot.step + 1.0f : slot.host_step;
-  return R::per_tensor(h.config, lr, static_cast<double>(step));
+  // Rules with scalar states never get here: the ops refuse device-side
+  // scalars for them (Note [scalar states]).
+  float no_scalar_states[kScalarStates<R> > 0 ? kScalarStates<R> : 1] = {};
+  return per_tensor_of<R>(h.config, lr, static_cast<double>(step), no_scalar_states);
 }
 
 // Thread `thread` of block `block` (of `n_threads`) of one launch.
@@ -145,11 +161,6 @@ FUSEDOPT_HD void element_thread(const LaunchArgs<R>& args, int32_t block, int32_
   for (int k = 0; k < R::kStates; ++k) {
     b.state[k] = slot.state[k] != nullptr ? slot.state[k] + chunk_start : nullptr;
     aligned = aligned && (b.state[k] == nullptr || is_aligned16(b.state[k]));
-#if defined(__CUDA_ARCH__)
-    // Without this, nvcc for sm_80/sm_90 left Adam's third state on generic
-    // LD/ST instead of LDG/STG (seen in the SASS; sm_100/sm_120 were fine).
-    if (b.state[k] != nullptr) __builtin_assume(__isGlobal(b.state[k]));
-#endif
   }
   // Elements per vector group: one 16-byte pack of each fp32 stream; 8 bytes
   // of a bf16/fp16 param or grad. (Groups of 8 gave 16-bit params 16-byte

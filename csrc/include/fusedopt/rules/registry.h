@@ -7,10 +7,14 @@
 
 #include "fusedopt/core/rule.h"
 #include "fusedopt/rules/adam.h"
+#include "fusedopt/rules/asgd.h"
+#include "fusedopt/rules/nadam.h"
 #include "fusedopt/rules/sgd.h"
 
 #define FUSEDOPT_FOR_EACH_RULE(X) \
   X(Adam, adam)                   \
+  X(Asgd, asgd)                   \
+  X(NAdam, nadam)                 \
   X(Sgd, sgd)
 
 namespace fusedopt {
