@@ -7,10 +7,12 @@
 
 #include "fusedopt/core/rule.h"
 #include "fusedopt/rules/adam.h"
+#include "fusedopt/rules/rmsprop.h"
 #include "fusedopt/rules/sgd.h"
 
 #define FUSEDOPT_FOR_EACH_RULE(X) \
   X(Adam, adam)                   \
+  X(Rmsprop, rmsprop)             \
   X(Sgd, sgd)
 
 namespace fusedopt {
