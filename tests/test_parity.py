@@ -360,7 +360,7 @@ def test_param_groups_with_their_own_hyperparameters(case, backend):
         return [{"params": [p], **copy.deepcopy(o)} for p, o in zip(ps, case.group_options)]
 
     opt = case.fused_cls(groups(ours), lr=1e-2, backend=backend.name)
-    ref = case.torch_cls(groups(theirs), lr=1e-2, foreach=False)
+    ref = case.make_torch(groups(theirs), {"lr": 1e-2})
     run_lockstep([opt, ref], [ours, theirs], STEPS)
     assert_matches_torch(opt, ref, ours, theirs)
 
