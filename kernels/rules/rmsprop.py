@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import torch
 import triton
 import triton.language as tl
 from fusedopt.kernels.rules.common import (
     l2_coefficient,
-    lerp_like_torch,
     param_decay,
     param_decay_device,
 )
@@ -85,6 +85,14 @@ class Launch(NamedTuple):
     l2: float  # wd for WD_L2, else 0
     grad_sign: float  # -1 with maximize, else 1: an exact multiply
     tf_ema_order: float  # 1 or 0
+    # 1 where grad_avg's update is a + w * (g - a): TF's order, and torch's lerp for
+    # w = 1 - alpha < 0.5; else torch's other form (one select, as in the header).
+    ema_from_start: float
+
+
+def _fp32(x: float) -> float:
+    """x rounded to fp32, as the header's static_cast<float>."""
+    return torch.tensor(x, dtype=torch.float32).item()
 
 
 def launch(c: Config) -> Launch:
@@ -97,6 +105,7 @@ def launch(c: Config) -> Launch:
         l2_coefficient(c.wd_mode, c.weight_decay),
         -1.0 if c.maximize else 1.0,
         1.0 if c.tf_ema_order else 0.0,
+        1.0 if c.tf_ema_order or _fp32(1.0 - c.alpha) < 0.5 else 0.0,
     )
 
 
@@ -147,7 +156,8 @@ def update(p, g, s, USED: tl.constexpr, h, t):
     v_tilde = v
     a = s[GRAD_AVG]
     if (USED >> GRAD_AVG.value) & 1:
-        a = tl.where(tf, a + h.one_minus_alpha * (g - a), lerp_like_torch(a, g, h.one_minus_alpha))
+        w = h.one_minus_alpha
+        a = tl.where(h.ema_from_start != 0.0, a + w * (g - a), g - (g - a) * (1.0 - w))
         v_tilde = v - a * a
     d = tl.sqrt_rn(v_tilde + h.eps_in_sqrt) + h.eps_outside
     b = s[MOMENTUM_BUFFER]

@@ -95,6 +95,11 @@ struct Rmsprop {
     float l2;            // wd for kL2, else 0
     float grad_sign;     // -1 with maximize, else 1: an exact multiply
     float tf_ema_order;  // 1 or 0
+    // 1 where grad_avg's update is a + w * (g - a): TF's order, and torch's lerp
+    // (lerp_like_torch) for w = 1 - alpha < 0.5; else torch's other form. One
+    // select on a float: nesting lerp_like_torch's select in the tf_ema_order one
+    // kept gcc from vectorizing the bf16/fp16 centered loops.
+    float ema_from_start;
   };
 
   static FUSEDOPT_HD_MEMBER Launch launch(const Config& c) {
@@ -106,7 +111,8 @@ struct Rmsprop {
             c.eps_in_sqrt ? 0.0f : eps,
             l2_coefficient(c.wd_mode, c.weight_decay),
             c.maximize ? -1.0f : 1.0f,
-            c.tf_ema_order ? 1.0f : 0.0f};
+            c.tf_ema_order ? 1.0f : 0.0f,
+            c.tf_ema_order || static_cast<float>(1.0 - c.alpha) < 0.5f ? 1.0f : 0.0f};
   }
 
   // b = momentum * b + buffer_scale * g / d; p += param_scale * b. Scales of
@@ -136,7 +142,8 @@ struct Rmsprop {
     float v_tilde = v;
     if (used.has(kGradAvg)) {
       float& a = s[kGradAvg];
-      a = tf ? a + h.one_minus_alpha * (g - a) : lerp_like_torch(a, g, h.one_minus_alpha);
+      const float w = h.one_minus_alpha;
+      a = h.ema_from_start != 0.0f ? a + w * (g - a) : g - (g - a) * (1.0f - w);
       v_tilde = v - a * a;
     }
     const float d = sqrtf(v_tilde + h.eps_in_sqrt) + h.eps_outside;
