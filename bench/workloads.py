@@ -51,3 +51,12 @@ def sgd_bytes_per_element(dtype: torch.dtype, momentum: bool = True) -> int:
     b), write p (and b): 12 for fp32 without momentum, 20 with."""
     param = torch.finfo(dtype).bits // 8
     return 3 * param + 2 * FP32_STATE_BYTES * momentum
+
+
+def rule_bytes_per_element(dtype: torch.dtype, n_states: int) -> int:
+    """Bytes any rule's step moves per element, without a GradScaler: read p
+    and g, write p, read and write each of its n_states fp32 states (Adam:
+    28 B for fp32; SGD with momentum: 20 B; Lion: 20 B; RMSprop centered with
+    momentum: 36 B)."""
+    param = torch.finfo(dtype).bits // 8
+    return 3 * param + 2 * FP32_STATE_BYTES * n_states

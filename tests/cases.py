@@ -11,6 +11,7 @@ torch's messages for them).
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -85,7 +86,9 @@ class Case:
         hook = None
         if self.fused_only(kwargs):
             kwargs, hook = self.torch_twin(kwargs)
-        opt = self.torch_cls(params, **kwargs, foreach=False)
+        # timm's classes have no `foreach`: their only path is a single-tensor loop.
+        has_foreach = "foreach" in inspect.signature(self.torch_cls).parameters
+        opt = self.torch_cls(params, **kwargs, **({"foreach": False} if has_foreach else {}))
         if hook is not None:
             opt.register_step_pre_hook(hook)
         return opt
@@ -286,6 +289,156 @@ _ASGD_GROUPS = (
     {"alpha": 0.5, "maximize": True, "t0": 0.0},
 )
 
+
+def _decay_mode_twin(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Callable | None]:
+    """fusedopt's weight_decay_mode on a class without it: the decoupled modes
+    multiply each param that has a grad by 1 - lr * wd (or 1 - wd * lr /
+    lr_max) before a step without decay, which is where fusedopt's rules
+    apply it (fusedopt.reference.decay_factor)."""
+    kwargs = dict(kwargs)
+    mode = kwargs.pop("weight_decay_mode")
+    lr_max = kwargs.pop("lr_max", float(kwargs["lr"]))
+    if mode == "l2":
+        return kwargs, None
+    weight_decay = kwargs.pop("weight_decay", 0.0)
+
+    @torch.no_grad()
+    def decay(optimizer, args, kw):
+        for group in optimizer.param_groups:
+            lr = float(group["lr"])
+            scale = lr / lr_max if mode == "fully_decoupled" else lr
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.mul_(1 - scale * weight_decay)
+
+    return kwargs, decay
+
+
+# With L2 decay, eps=1e-4. The first step moves p by lr * g / (sqrt(1 - alpha)
+# |g| + eps), whose sensitivity to g is up to lr / eps where g + wd * p cancels.
+# torch's g.add(p, alpha=wd) is one FMA on the CPU (measured: bitwise
+# fma(p, float(wd), g)); fusedopt's loops (-ffp-contract=off) round wd * p
+# first. With eps=1e-8 or 1e-6 the one or two elements of 280K where g + wd * p
+# nearly cancels decide the fp64 error ratio (seen: 2.3x and 3.3x torch's, each
+# from one element); at 1e-4 that half-ulp of wd * p moves p by < 1e-6.
+_RMSPROP_GRID = (
+    {"lr": 1e-2},
+    {"lr": 1e-2, "alpha": 0.9, "eps": 1e-6},
+    {"lr": 1e-2, "weight_decay": 0.1, "eps": 1e-4},
+    {"lr": 1e-2, "momentum": 0.9},
+    {"lr": 1e-2, "centered": True},
+    {"lr": 1e-2, "momentum": 0.9, "centered": True, "weight_decay": 0.1, "eps": 1e-4},
+    {"lr": 1e-2, "momentum": 0.5, "maximize": True},
+    # 1 - alpha >= 0.5: torch's lerp of grad_avg takes its other branch.
+    {"lr": 1e-2, "alpha": 0.3, "centered": True},
+    {"lr": torch.tensor(1e-2), "momentum": 0.9, "weight_decay": 0.1, "eps": 1e-4},
+    {"lr": 1e-2, "momentum": 0.9, "weight_decay": 0.1, "weight_decay_mode": "decoupled"},
+    {"lr": 1e-2, "weight_decay": 0.1, "weight_decay_mode": "fully_decoupled", "lr_max": 2e-2},
+)
+_RMSPROP_BAD_KWARGS = (
+    ({"lr": -1.0}, "Invalid learning rate"),
+    ({"eps": -1e-8}, "Invalid epsilon value"),
+    ({"momentum": -0.5}, "Invalid momentum value"),
+    ({"weight_decay": -0.1}, "Invalid weight_decay value"),
+    ({"alpha": -0.1}, "Invalid alpha value"),
+    ({"lr": torch.tensor([1e-3, 1e-3])}, "Tensor lr must be 1-element"),
+)
+_RMSPROP_EDITS = (
+    Edit("lr", {"lr": 1e-2, "momentum": 0.9}, ((2, "lr", 3e-2),)),
+    Edit("alpha", {"lr": 1e-2, "centered": True}, ((2, "alpha", 0.5),)),
+    Edit("eps", {"lr": 1e-2}, ((2, "eps", 1e-3),)),
+    Edit("momentum", {"lr": 1e-2, "momentum": 0.9}, ((2, "momentum", 0.5),)),
+    Edit("weight_decay", {"lr": 1e-2, "momentum": 0.9}, ((2, "weight_decay", 0.3),)),
+    Edit("maximize", {"lr": 1e-2}, ((2, "maximize", True),)),
+    Edit("tensor-lr", {"lr": torch.tensor(1e-2)}, ((2, "lr", torch.tensor(3e-2)),)),
+)
+_RMSPROP_GROUPS = (
+    {"lr": 3e-2, "alpha": 0.9},
+    {"weight_decay": 0.3, "momentum": 0.9, "centered": True},
+    {"eps": 1e-3, "momentum": 0.5, "maximize": True},
+)
+
+_RMSPROP_TF_GRID = (
+    {"lr": 1e-2},  # timm's defaults: alpha 0.9, eps 1e-10, lr in the momentum buffer
+    {"lr": 1e-2, "eps": 1e-3, "momentum": 0.9},  # the EfficientNet / MobileNet recipe
+    {"lr": 1e-2, "momentum": 0.9, "lr_in_momentum": False},
+    {"lr": 1e-2, "momentum": 0.5, "centered": True},
+    # TF's order of the averages where torch's lerp would take its other branch.
+    {"lr": 1e-2, "alpha": 0.3, "centered": True},
+    {"lr": 1e-2, "weight_decay": 0.1},
+    {"lr": 1e-2, "momentum": 0.9, "weight_decay": 0.1, "decoupled_decay": True},
+    {"lr": torch.tensor(1e-2), "momentum": 0.9},
+    {"lr": 1e-2, "weight_decay": 0.1, "weight_decay_mode": "fully_decoupled", "lr_max": 2e-2},
+)
+_RMSPROP_TF_BAD_KWARGS = (  # timm's messages (timm/optim/_helpers.py, _validate_scalar)
+    ({"lr": -1.0}, "Invalid learning rate"),
+    ({"eps": -1e-8}, "Invalid epsilon"),
+    ({"momentum": -0.5}, "Invalid momentum"),
+    ({"weight_decay": -0.1}, "Invalid weight_decay"),
+    ({"alpha": -0.1}, "Invalid alpha value"),
+    ({"lr": torch.tensor([1e-3, 1e-3])}, "learning rate must be a scalar or scalar tensor"),
+)
+_RMSPROP_TF_EDITS = (
+    # TF keeps each step's lr in the buffer: an lr change reaches new gradients only.
+    Edit("lr", {"lr": 1e-2, "momentum": 0.9}, ((2, "lr", 3e-2),)),
+    Edit(
+        "lr-torch-momentum",
+        {"lr": 1e-2, "momentum": 0.9, "lr_in_momentum": False},
+        ((2, "lr", 3e-2),),
+    ),
+    Edit(
+        "lr_in_momentum",
+        {"lr": 1e-2, "momentum": 0.9},
+        ((2, "lr_in_momentum", False), (3, "lr", 3e-2)),
+    ),
+    # lr^2 / lr0 differs from lr only once the lr has moved from the constructor's.
+    Edit(
+        "corrected_weight_decay",
+        {"lr": 1e-2, "weight_decay": 0.1, "decoupled_decay": True, "corrected_weight_decay": True},
+        ((2, "lr", 3e-2),),
+    ),
+    Edit("alpha", {"lr": 1e-2, "centered": True}, ((2, "alpha", 0.5),)),
+    Edit("eps", {"lr": 1e-2}, ((2, "eps", 1e-3),)),
+    Edit("momentum", {"lr": 1e-2, "momentum": 0.9}, ((2, "momentum", 0.5),)),
+    Edit("decoupled_decay", {"lr": 1e-2, "weight_decay": 0.2}, ((2, "decoupled_decay", True),)),
+    Edit(
+        "tensor-lr", {"lr": torch.tensor(1e-2), "momentum": 0.9}, ((2, "lr", torch.tensor(3e-2)),)
+    ),
+)
+_RMSPROP_TF_GROUPS = (
+    {"lr": 3e-2, "alpha": 0.99},
+    {"weight_decay": 0.3, "momentum": 0.9, "centered": True},
+    {"eps": 1e-3, "momentum": 0.5, "lr_in_momentum": False, "decoupled_decay": True},
+)
+
+
+class _RMSpropTFOnReference(fusedopt.RMSpropTF):
+    """fusedopt.RMSpropTF on the reference backend, whose rule
+    (fusedopt/reference/rmsprop.py) follows timm's source line by line: what
+    the harness compares with where timm is not installed."""
+
+    def __init__(self, params, *args, **kwargs) -> None:
+        super().__init__(params, *args, **kwargs, backend="reference")
+
+
+_signature = inspect.signature(fusedopt.RMSpropTF.__init__)
+_RMSpropTFOnReference.__init__.__signature__ = _signature.replace(
+    parameters=[p for p in _signature.parameters.values() if p.kind is not p.KEYWORD_ONLY]
+)
+
+
+def _timm_rmsprop_tf() -> type[torch.optim.Optimizer]:
+    """timm's RMSpropTF, the class fusedopt.RMSpropTF reproduces, where timm is
+    installed; else fusedopt's own on the reference backend."""
+    try:
+        from timm.optim import RMSpropTF
+    except ImportError:
+        return _RMSpropTFOnReference
+    return RMSpropTF
+
+
+TIMM_RMSPROP_TF = _timm_rmsprop_tf()
+
 CASES: tuple[Case, ...] = (
     Case(
         name="Adam",
@@ -343,6 +496,56 @@ CASES: tuple[Case, ...] = (
         },
         low_precision_lr=0.05,
         torch_twin=_sgd_decoupled_twin,
+    ),
+    Case(
+        name="RMSprop",
+        torch_cls=torch.optim.RMSprop,
+        fused_cls=fusedopt.RMSprop,
+        grid=_RMSPROP_GRID,
+        bound=tolerances.RMSPROP,
+        extra_args=("weight_decay_mode", "lr_max", "backend"),
+        extra_group_keys=(),
+        stateful={"lr": 1e-2, "momentum": 0.9, "centered": True, "weight_decay": 0.1},
+        bad_kwargs=_RMSPROP_BAD_KWARGS,
+        edits=_RMSPROP_EDITS,
+        train_kwargs={"lr": 3e-3, "momentum": 0.5, "weight_decay": 0.05},
+        group_options=_RMSPROP_GROUPS,
+        options={
+            "lr": (1e-2, torch.tensor(1e-2)),
+            "alpha": (0.99, 0.9),
+            "momentum": (0.0, 0.9),
+            "centered": (False, True),
+            "weight_decay": (0.0, 0.1),
+            "maximize": (False, True),
+        },
+        low_precision_lr=1e-2,
+        torch_twin=_decay_mode_twin,
+    ),
+    Case(
+        name="RMSpropTF",
+        torch_cls=TIMM_RMSPROP_TF,
+        fused_cls=fusedopt.RMSpropTF,
+        grid=_RMSPROP_TF_GRID,
+        bound=tolerances.RMSPROP,
+        extra_args=("weight_decay_mode", "lr_max", "backend"),
+        extra_group_keys=(),
+        stateful={"lr": 1e-2, "momentum": 0.9, "centered": True, "weight_decay": 0.1},
+        bad_kwargs=_RMSPROP_TF_BAD_KWARGS,
+        edits=_RMSPROP_TF_EDITS,
+        train_kwargs={"lr": 3e-3, "momentum": 0.5, "weight_decay": 0.05},
+        group_options=_RMSPROP_TF_GROUPS,
+        options={
+            "lr": (1e-2, torch.tensor(1e-2)),
+            "alpha": (0.9, 0.99),
+            "eps": (1e-10, 1e-3),
+            "momentum": (0.0, 0.9),
+            "centered": (False, True),
+            "weight_decay": (0.0, 0.1),
+            "decoupled_decay": (False, True),
+            "lr_in_momentum": (True, False),
+        },
+        low_precision_lr=1e-2,
+        torch_twin=_decay_mode_twin,
     ),
 )
 

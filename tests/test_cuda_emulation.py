@@ -112,6 +112,23 @@ CASES = {
             "no-decay": dict(weight_decay=0.0, weight_decay_mode=0),
         },
     ),
+    "rmsprop": RuleCases(
+        hyper=OP_HYPER["rmsprop"],
+        state_variants={
+            "plain": dict(momentum=0.0, centered=False),
+            "momentum": dict(centered=False),
+            "centered": dict(momentum=0.0),
+            "momentum-centered": {},
+        },
+        extra={
+            "maximize": dict(maximize=True),
+            "no-decay": dict(weight_decay=0.0, weight_decay_mode=0),
+            # TF1's RMSProp (timm's RMSpropTF): every switch of the convention.
+            "tf": dict(eps_in_sqrt=True, tf_ema_order=True, lr_in_momentum=True),
+            "tf-torch-momentum": dict(eps_in_sqrt=True, tf_ema_order=True),
+            "tf-alpha-low": dict(eps_in_sqrt=True, tf_ema_order=True, alpha=0.3),
+        },
+    ),
 }
 
 # How each state starts: the second moments are nonnegative, as Adam keeps them.
@@ -121,6 +138,12 @@ STATE_INIT = {
     "max_exp_avg_sq": lambda n, gen: torch.rand(n, generator=gen) * 0.02,
     "momentum_buffer": lambda n, gen: torch.randn(n, generator=gen) * 0.1,
     "ax": lambda n, gen: torch.randn(n, generator=gen),
+    # RMSprop keeps square_avg >= grad_avg^2; here square_avg - grad_avg^2 >=
+    # 0.0075 (|grad_avg| <= 0.05), so the centered root is real and its
+    # difference well conditioned (else an FMA in torch's addcmul, which the
+    # reference calls, against none in the kernels is amplified without bound).
+    "square_avg": lambda n, gen: 0.01 + torch.rand(n, generator=gen) * 0.01,
+    "grad_avg": lambda n, gen: (torch.rand(n, generator=gen) - 0.5) * 0.1,
 }
 
 

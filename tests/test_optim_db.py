@@ -57,8 +57,9 @@ DIFFERENCES: dict[tuple[str, str], tuple[str, str]] = {
 
 
 def test_the_catalog_covers_every_case():
-    """Every optimizer of the harness has its entry in torch's catalog."""
-    assert {info.name for info in INFOS} == {case.name for case in CASES}
+    """Every optimizer of the harness with a torch name has its entry in torch's
+    catalog (RMSpropTF is timm's, Lion a paper's)."""
+    assert {info.name for info in INFOS} == {c.name for c in CASES if hasattr(torch.optim, c.name)}
 
 
 def _id(text: str) -> str:
@@ -158,6 +159,8 @@ def _configs_with_refused_flags() -> list:
 @pytest.mark.parametrize("info,kwargs,flag", _configs_with_refused_flags())
 def test_config_with_a_refused_flag_raises_value_error(info, kwargs, flag):
     """torch takes these flags; fusedopt refuses them by design, clearly."""
+    if flag not in inspect.signature(info.optim_cls).parameters:
+        pytest.skip(f"torch's {info.name} has no {flag} argument")
     model = _model("cpu")
     value, message = REFUSED_FLAGS[flag]
     kwargs = copy.deepcopy({**kwargs, flag: value})

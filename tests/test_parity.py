@@ -23,6 +23,7 @@ from cases import (
     grid_params,
     stateful_params,
 )
+from fusedopt.optim.base import FusedOptimizer
 from helpers import (
     ALL_BACKENDS,
     CUDA_BACKENDS,
@@ -281,7 +282,10 @@ def test_one_step_from_nonzero_states_matches_reference(case, kwargs, backend, d
     for p, q in zip(ours, theirs):
         torch.testing.assert_close(p.detach().cpu(), q.detach(), rtol=rtol, atol=atol)
         for key, value in ref.state[q].items():
-            torch.testing.assert_close(opt.state[p][key].cpu(), value, rtol=rtol, atol=atol)
+            # atol at the state's scale: a buffer summing terms of size ~10 (RMSprop's
+            # g / sqrt(v)) is exact to an ulp of the terms, not of a sum that cancels.
+            scale = max(1.0, value.abs().max().item()) if value.numel() else 1.0
+            torch.testing.assert_close(opt.state[p][key].cpu(), value, rtol=rtol, atol=atol * scale)
 
 
 # --- the edges that chunking creates ------------------------------------------------
@@ -375,7 +379,7 @@ def test_param_groups_with_their_own_hyperparameters(case, backend):
         return [{"params": [p], **copy.deepcopy(o)} for p, o in zip(ps, case.group_options)]
 
     opt = case.fused_cls(groups(ours), lr=1e-2, backend=backend.name)
-    ref = case.torch_cls(groups(theirs), lr=1e-2, foreach=False)
+    ref = case.make_torch(groups(theirs), {"lr": 1e-2})
     run_lockstep([opt, ref], [ours, theirs], STEPS)
     assert_matches_torch(opt, ref, ours, theirs)
 
@@ -499,7 +503,10 @@ def test_state_replaced_between_steps_takes_effect(case, backend, how):
     reason="Note [cached step plans]: a plan keeps each param's state dict; seeing "
     "`opt.state[p] = {...}` would cost a dict lookup per param per step (~80 ns each)",
 )
-@pytest.mark.parametrize("case", case_params())
+# Not against fusedopt's own class (RMSpropTF's stand-in for timm), which has the same limit.
+@pytest.mark.parametrize(
+    "case", case_params([c for c in CASES if not issubclass(c.torch_cls, FusedOptimizer)])
+)
 def test_a_params_whole_state_dict_replaced_between_steps(case):
     """A known limit, kept visible: torch reads opt.state[p] anew at every step."""
     start = make_params([100, 37])

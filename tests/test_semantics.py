@@ -146,7 +146,7 @@ REFUSED = [
         pytest.param(case, kw, message, id=f"{case.name}-{i}")
         for case in CASES
         for i, (kw, message) in enumerate(case.bad_kwargs + tuple(REFUSED))
-        # torch's flags that the class has (NAdam has no `fused`)
+        # REFUSED: the flags of torch's signature that the class has (timm's have none).
         if kw.keys() <= inspect.signature(case.fused_cls).parameters.keys()
     ],
 )

@@ -28,7 +28,7 @@ from fusedopt.registry import RULES  # noqa: E402
 BLOCK = 1024
 SIZES = [0, 1, 3, 4, 17, 1031, 4097, 2053, 0]  # primes, one block + 7, zero-size first and last
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-ADAM, SGD = RULES["adam"], RULES["sgd"]
+ADAM, RMSPROP, SGD = RULES["adam"], RULES["rmsprop"], RULES["sgd"]
 HEADERS = Path(__file__).resolve().parents[1] / "csrc" / "include" / "fusedopt" / "rules"
 
 # Tolerances, per param dtype, against the reference (which runs in fp32 too):
@@ -73,6 +73,29 @@ def sgd_hyper(**overrides) -> dict:
     return {**hyper, **overrides}
 
 
+def rmsprop_hyper(**overrides) -> dict:
+    """torch's convention, every state used; the TF switches as overrides."""
+    hyper = dict(
+        alpha=0.9,
+        eps=1e-8,
+        weight_decay=0.1,
+        weight_decay_mode=WeightDecayMode.L2,
+        lr_max=2e-2,
+        momentum=0.9,
+        centered=True,
+        maximize=False,
+        eps_in_sqrt=False,
+        tf_ema_order=False,
+        lr_in_momentum=False,
+    )
+    return {**hyper, **overrides}
+
+
+# Each rule's hyperparameters, every state used (the tests that run every rule).
+HYPER = {"adam": adam_hyper, "rmsprop": rmsprop_hyper, "sgd": sgd_hyper}
+FULL_HYPER = {"adam": adam_hyper(amsgrad=True), "rmsprop": rmsprop_hyper(), "sgd": sgd_hyper()}
+
+
 def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
     """[params, grads, states (state-major), counts] with nonzero states, as
     after a few steps. A fresh SGD buffer (first_step) is NaN: the kernel must
@@ -90,6 +113,13 @@ def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
             if hyper.get("first_step")
             else torch.randn(n, generator=gen)
         ),
+        # square_avg >= grad_avg^2: the centered root stays real. Large enough that
+        # |g / d| stays well below the buffer's |b| ~ 1: where mu * b and g / d
+        # cancel, the error is an ulp of the terms, and torch's sqrt (the
+        # reference's) is not always correctly rounded (seen: sqrt(0.62613028)
+        # one fp32 ulp low), so the terms must be small for FP32_ATOL to hold.
+        "square_avg": lambda n: 16.0 + 16.0 * torch.rand(n, generator=gen),
+        "grad_avg": lambda n: 0.2 * (torch.rand(n, generator=gen) - 0.5),
     }
     states = [fills[name](n) for name in rule.used_states(hyper) for n in sizes]
     return [params, grads, states, scalar_states(rule.name, [count] * len(sizes))]
@@ -185,11 +215,40 @@ def test_sgd_matches_reference(dtype, case):
     assert_lists_close(lists, expected)
 
 
+RMSPROP_CASES = [
+    dict(momentum=0.0, centered=False),
+    dict(centered=False, maximize=True),
+    dict(momentum=0.0, weight_decay_mode=WeightDecayMode.DECOUPLED),
+    dict(),
+    dict(alpha=0.3, weight_decay_mode=WeightDecayMode.FULLY_DECOUPLED),
+    # TF1's RMSProp (timm's RMSpropTF) and each of its switches alone.
+    dict(eps_in_sqrt=True, tf_ema_order=True, lr_in_momentum=True),
+    dict(eps_in_sqrt=True, tf_ema_order=True, alpha=0.3, momentum=0.0),
+    dict(eps_in_sqrt=True),
+    dict(tf_ema_order=True, alpha=0.3),
+    dict(lr_in_momentum=True, centered=False),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "case", RMSPROP_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "all"
+)
+def test_rmsprop_matches_reference(dtype, case):
+    hyper = rmsprop_hyper(**case)
+    lists = make_lists(RMSPROP, SIZES, dtype, hyper)
+    expected = clone_lists(lists)
+    launch(RMSPROP, lists, lr=1e-2, hyper=hyper)
+    reference_step(RMSPROP, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+
+
 @pytest.mark.parametrize("counts_on_device", [False, True])
-@pytest.mark.parametrize("rule", [ADAM, SGD], ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", [ADAM, RMSPROP, SGD], ids=lambda r: r.name)
 def test_lr_as_a_tensor(rule, counts_on_device):
     """A device lr: the prologue kernel computes the per-tensor table."""
-    hyper = adam_hyper() if rule is ADAM else sgd_hyper()
+    # RMSprop with its lr inside the buffer: the prologue's other branch of both scales.
+    hyper = HYPER[rule.name](lr_in_momentum=True) if rule is RMSPROP else HYPER[rule.name]()
     lists = make_lists(rule, [3, 1100], torch.float32, hyper)
     expected = clone_lists(lists)
     launcher = launch(
@@ -290,9 +349,9 @@ def test_only_empty_tensors_still_count():
 
 @pytest.mark.parametrize("counts_on_device", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rule", [ADAM, SGD], ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", [ADAM, RMSPROP, SGD], ids=lambda r: r.name)
 def test_grad_scale_and_found_inf(rule, dtype, counts_on_device):
-    hyper = adam_hyper(amsgrad=True) if rule is ADAM else sgd_hyper()
+    hyper = FULL_HYPER[rule.name]
     lists = make_lists(rule, [3, 1500], dtype, hyper)
     scale = torch.tensor(1024.0)
     # found_inf nonzero: nothing at all is written, counts included.
@@ -438,9 +497,9 @@ def test_one_ulp_check_can_fail():
 # --- the backend ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule", [ADAM, SGD], ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", [ADAM, RMSPROP, SGD], ids=lambda r: r.name)
 def test_backend_steps_every_rule(rule):
-    hyper = adam_hyper(amsgrad=True) if rule is ADAM else sgd_hyper()
+    hyper = FULL_HYPER[rule.name]
     lists = make_lists(rule, [3, 1500, 0], torch.float32, hyper)
     expected = clone_lists(lists)
     backend = backends.get("triton")

@@ -222,6 +222,34 @@ ASGD = RuleBound(
 )
 
 
+def _rmsprop_step_over_lr(hyper: Mapping[str, Any], t: int, g_max: torch.Tensor) -> torch.Tensor:
+    alpha, mu, eps = hyper["alpha"], hyper["momentum"], hyper["eps"]
+    # eps alone: d >= eps, or d >= sqrt(eps) with eps under the root.
+    floor = math.sqrt(eps) if hyper["eps_in_sqrt"] else eps
+    by_eps = g_max / floor if floor > 0 else torch.full_like(g_max, math.inf)
+
+    def ratio(s: int) -> torch.Tensor:  # a bound on |g_s| / d_s
+        kept = (1 - alpha) * (alpha**s if hyper["centered"] else 1.0)
+        return torch.clamp(by_eps, max=1 / math.sqrt(kept)) if kept > 0 else by_eps
+
+    return sum(mu**j * ratio(t - j) for j in range(t)) if mu > 0 else ratio(t)
+
+
+RMSPROP = RuleBound(
+    _rmsprop_step_over_lr,
+    "|g_t| / d_t, d_t the denominator, for the effective grads (L2 decay and maximize "
+    "included). v_t = alpha v_(t-1) + (1-alpha) g_t^2 with v >= 0 (TF's order is the same "
+    "sum), so v_t >= (1-alpha) g_t^2 and |g_t|/sqrt(v_t) <= 1/sqrt(1-alpha). Centered, "
+    "with w_k = (1-alpha) alpha^(t-k) and W = sum w_k = 1 - alpha^t: v - a^2 = sum w g^2 - "
+    "(sum w g)^2 >= (1-W) sum w g^2 (Cauchy-Schwarz: (sum w g)^2 <= W sum w g^2), so "
+    "v_t - a_t^2 >= alpha^t (1-alpha) g_t^2 and the ratio is <= 1/sqrt((1-alpha) alpha^t); "
+    "TF's v_0 = 1 only adds alpha^t (1 - ...) >= 0. eps only raises d (d >= eps, or "
+    "sqrt(eps) under the root), so G/eps bounds it too. With momentum |b_t| <= sum_{j<t} "
+    "mu^j ratio_(t-j), times lr (torch) or with each step's lr inside (TF: the same at a "
+    "constant lr). Decoupled decay only shrinks |p|.",
+)
+
+
 def path_bound(
     rule: RuleBound,
     hyper: Mapping[str, Any],

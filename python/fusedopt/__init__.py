@@ -10,9 +10,22 @@ from fusedopt.backends import BACKEND_NAMES
 from fusedopt.optim.adam import Adam, AdamW
 from fusedopt.optim.asgd import ASGD
 from fusedopt.optim.nadam import NAdam
+from fusedopt.optim.rmsprop import RMSprop, RMSpropTF
 from fusedopt.optim.sgd import SGD
 from fusedopt.registry import RULES
 from fusedopt.report import report
 
-__all__ = ["ASGD", "SGD", "Adam", "AdamW", "NAdam", "BACKEND_NAMES", "RULES", "reference", "report"]
+__all__ = [
+    "ASGD",
+    "Adam",
+    "AdamW",
+    "NAdam",
+    "RMSprop",
+    "RMSpropTF",
+    "SGD",
+    "BACKEND_NAMES",
+    "RULES",
+    "reference",
+    "report",
+]
 __version__ = "0.1.0"

@@ -26,6 +26,7 @@ from typing import Any
 from fusedopt.reference.adam import adam as adam_reference
 from fusedopt.reference.asgd import asgd as asgd_reference
 from fusedopt.reference.nadam import nadam as nadam_reference
+from fusedopt.reference.rmsprop import rmsprop as rmsprop_reference
 from fusedopt.reference.sgd import sgd as sgd_reference
 
 
@@ -71,6 +72,11 @@ class Rule:
 def _adam_states(h: Mapping[str, Any]) -> tuple[str, ...]:
     moments = ("exp_avg", "exp_avg_sq")
     return (*moments, "max_exp_avg_sq") if h["amsgrad"] else moments
+
+
+def _rmsprop_states(h: Mapping[str, Any]) -> tuple[str, ...]:
+    momentum = ("momentum_buffer",) if h["momentum"] > 0 else ()
+    return ("square_avg", *momentum, *(("grad_avg",) if h["centered"] else ()))
 
 
 def _sgd_states(h: Mapping[str, Any]) -> tuple[str, ...]:
@@ -131,6 +137,26 @@ RULES: dict[str, Rule] = {
             used_states=lambda h: ("exp_avg", "exp_avg_sq"),
             reference=nadam_reference,
             scalars=("mu_product",),
+        ),
+        Rule(
+            name="rmsprop",
+            states=("square_avg", "momentum_buffer", "grad_avg"),
+            has_step=True,
+            hyper=(
+                "alpha",
+                "eps",
+                "weight_decay",
+                "weight_decay_mode",
+                "lr_max",
+                "momentum",
+                "centered",
+                "maximize",
+                "eps_in_sqrt",
+                "tf_ema_order",
+                "lr_in_momentum",
+            ),
+            used_states=_rmsprop_states,
+            reference=rmsprop_reference,
         ),
         Rule(
             name="sgd",

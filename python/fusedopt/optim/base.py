@@ -417,10 +417,12 @@ class FusedOptimizer(Optimizer):
         work = []
         rebuilt = False  # some plan was built in this step
         started = 0  # backend calls made
+        # Outside the try: refused hyperparameters are the caller's error, not a stale plan.
+        hypers = [self.hyper(group) for group in self.param_groups]
         try:
             for index, group in enumerate(self.param_groups):
                 grads = [p.grad for p in group["params"]]
-                hyper = self.hyper(group)
+                hyper = hypers[index]
                 used = rule.used_states(hyper)
                 plan = self._cached_plan(index, group, grads, used)
                 if plan is None:

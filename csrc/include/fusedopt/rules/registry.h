@@ -9,12 +9,14 @@
 #include "fusedopt/rules/adam.h"
 #include "fusedopt/rules/asgd.h"
 #include "fusedopt/rules/nadam.h"
+#include "fusedopt/rules/rmsprop.h"
 #include "fusedopt/rules/sgd.h"
 
 #define FUSEDOPT_FOR_EACH_RULE(X) \
   X(Adam, adam)                   \
   X(Asgd, asgd)                   \
   X(NAdam, nadam)                 \
+  X(Rmsprop, rmsprop)             \
   X(Sgd, sgd)
 
 namespace fusedopt {
