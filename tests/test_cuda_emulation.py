@@ -74,6 +74,24 @@ class RuleCases:
 
 
 CASES = {
+    "adadelta": RuleCases(
+        hyper=OP_HYPER["adadelta"],
+        state_variants={"plain": {}},
+        extra={
+            "maximize": dict(maximize=True),
+            "rho-1": dict(rho=1.0),
+            "no-decay": dict(weight_decay=0.0, weight_decay_mode=0),
+        },
+    ),
+    "adagrad": RuleCases(
+        hyper=OP_HYPER["adagrad"],
+        state_variants={"plain": {}},
+        extra={
+            "maximize": dict(maximize=True),
+            "no-lr-decay": dict(lr_decay=0.0),
+            "no-decay": dict(weight_decay=0.0, weight_decay_mode=0),
+        },
+    ),
     "adam": RuleCases(
         hyper={**OP_HYPER["adam"], "amsgrad": False},
         state_variants={"plain": {}, "amsgrad": dict(amsgrad=True)},
@@ -104,6 +122,9 @@ STATE_INIT = {
     "exp_avg_sq": lambda n, gen: torch.rand(n, generator=gen) * 0.01,
     "max_exp_avg_sq": lambda n, gen: torch.rand(n, generator=gen) * 0.02,
     "momentum_buffer": lambda n, gen: torch.randn(n, generator=gen) * 0.1,
+    "sum": lambda n, gen: torch.rand(n, generator=gen) * 0.1,
+    "square_avg": lambda n, gen: torch.rand(n, generator=gen) * 0.01,
+    "acc_delta": lambda n, gen: torch.rand(n, generator=gen) * 1e-4,
 }
 
 

@@ -28,6 +28,7 @@ BLOCK = 1024
 SIZES = [0, 1, 3, 4, 17, 1031, 4097, 2053, 0]  # primes, one block + 7, zero-size first and last
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 ADAM, SGD = RULES["adam"], RULES["sgd"]
+ADAGRAD, ADADELTA = RULES["adagrad"], RULES["adadelta"]
 HEADERS = Path(__file__).resolve().parents[1] / "csrc" / "include" / "fusedopt" / "rules"
 
 # Tolerances, per param dtype, against the reference (which runs in fp32 too):
@@ -72,6 +73,46 @@ def sgd_hyper(**overrides) -> dict:
     return {**hyper, **overrides}
 
 
+def adagrad_hyper(**overrides) -> dict:
+    hyper = dict(
+        lr_decay=0.1,
+        eps=1e-10,
+        weight_decay=0.1,
+        weight_decay_mode=WeightDecayMode.L2,
+        lr_max=2e-2,
+        maximize=False,
+    )
+    return {**hyper, **overrides}
+
+
+def adadelta_hyper(**overrides) -> dict:
+    hyper = dict(
+        rho=0.9,
+        eps=1e-6,
+        weight_decay=0.1,
+        weight_decay_mode=WeightDecayMode.L2,
+        lr_max=2e-2,
+        maximize=False,
+    )
+    return {**hyper, **overrides}
+
+
+# Each rule's hyperparameters, and the overrides of each of its state sets (the
+# last one uses every state).
+HYPER = {"adam": adam_hyper, "sgd": sgd_hyper, "adagrad": adagrad_hyper, "adadelta": adadelta_hyper}
+STATE_SET_OVERRIDES = {
+    "adam": (dict(amsgrad=False), dict(amsgrad=True)),
+    "sgd": (dict(momentum=0.0), dict(momentum=0.9)),
+    "adagrad": ({},),
+    "adadelta": ({},),
+}
+
+
+def full_hyper(name: str) -> dict:
+    """The rule's hyperparameters under which a step uses every state."""
+    return HYPER[name](**STATE_SET_OVERRIDES[name][-1])
+
+
 def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
     """[params, grads, states (state-major), counts] with nonzero states, as
     after a few steps. A fresh SGD buffer (first_step) is NaN: the kernel must
@@ -88,6 +129,9 @@ def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
             if hyper.get("first_step")
             else torch.randn(n, generator=gen)
         ),
+        "sum": lambda n: 0.1 * torch.rand(n, generator=gen),
+        "square_avg": lambda n: 0.01 * torch.rand(n, generator=gen),
+        "acc_delta": lambda n: 1e-4 * torch.rand(n, generator=gen),
     }
     states = [fills[name](n) for name in rule.used_states(hyper) for n in sizes]
     counts = [torch.tensor(count) for _ in sizes] if rule.has_step else []
@@ -184,11 +228,43 @@ def test_sgd_matches_reference(dtype, case):
     assert_lists_close(lists, expected)
 
 
+ADAGRAD_CASES = [
+    dict(),
+    dict(lr_decay=0.0, weight_decay=0.0),
+    dict(maximize=True, eps=1e-3),
+    dict(weight_decay_mode=WeightDecayMode.DECOUPLED, maximize=True),
+    dict(weight_decay_mode=WeightDecayMode.FULLY_DECOUPLED),
+]
+ADADELTA_CASES = [
+    dict(),
+    dict(rho=0.5, weight_decay=0.0),
+    dict(rho=1.0, maximize=True),
+    dict(weight_decay_mode=WeightDecayMode.DECOUPLED, eps=1e-3),
+    dict(weight_decay_mode=WeightDecayMode.FULLY_DECOUPLED, maximize=True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "rule,case",
+    [(ADAGRAD, c) for c in ADAGRAD_CASES] + [(ADADELTA, c) for c in ADADELTA_CASES],
+    ids=lambda x: x.name if hasattr(x, "name") else "-".join(f"{k}={v}" for k, v in x.items()),
+)
+def test_adagrad_and_adadelta_match_reference(rule, case, dtype):
+    hyper = HYPER[rule.name](**case)
+    lists = make_lists(rule, SIZES, dtype, hyper, count=5.0)
+    expected = clone_lists(lists)
+    launch(rule, lists, lr=0.5, hyper=hyper)
+    reference_step(rule, expected, lr=0.5, hyper=hyper)
+    assert_lists_close(lists, expected)
+    assert all(c.item() == 6.0 for c in lists[3]), "every count, empty tensors' too, +1"
+
+
 @pytest.mark.parametrize("counts_on_device", [False, True])
-@pytest.mark.parametrize("rule", [ADAM, SGD], ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda r: r.name)
 def test_lr_as_a_tensor(rule, counts_on_device):
     """A device lr: the prologue kernel computes the per-tensor table."""
-    hyper = adam_hyper() if rule is ADAM else sgd_hyper()
+    hyper = HYPER[rule.name]()
     lists = make_lists(rule, [3, 1100], torch.float32, hyper)
     expected = clone_lists(lists)
     launcher = launch(
@@ -223,7 +299,7 @@ def test_prologue_matches_host_scalars(name):
     from fp32 halves) against the host's (Python's pow on doubles), for counts
     from 1 to 10^6, within 1 fp32 ulp: the two pows differ by ~1e-12."""
     rule = rules.get(name)
-    hyper = adam_hyper(weight_decay_mode=2) if name == "adam" else sgd_hyper(weight_decay_mode=2)
+    hyper = HYPER[name](weight_decay_mode=2)
     config = rule.config(hyper)
     counts = [0.0, 1.0, 9.0, 99.0, 12345.0, 999999.0]
     lists = make_lists(RULES[name], [1] * len(counts), torch.float32, hyper)
@@ -289,9 +365,9 @@ def test_only_empty_tensors_still_count():
 
 @pytest.mark.parametrize("counts_on_device", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rule", [ADAM, SGD], ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda r: r.name)
 def test_grad_scale_and_found_inf(rule, dtype, counts_on_device):
-    hyper = adam_hyper(amsgrad=True) if rule is ADAM else sgd_hyper()
+    hyper = full_hyper(rule.name)
     lists = make_lists(rule, [3, 1500], dtype, hyper)
     scale = torch.tensor(1024.0)
     # found_inf nonzero: nothing at all is written, counts included.
@@ -437,9 +513,9 @@ def test_one_ulp_check_can_fail():
 # --- the backend ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule", [ADAM, SGD], ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda r: r.name)
 def test_backend_steps_every_rule(rule):
-    hyper = adam_hyper(amsgrad=True) if rule is ADAM else sgd_hyper()
+    hyper = full_hyper(rule.name)
     lists = make_lists(rule, [3, 1500, 0], torch.float32, hyper)
     expected = clone_lists(lists)
     backend = backends.get("triton")
@@ -504,10 +580,9 @@ def test_rule_module_mirrors_its_header_and_registry_entry(name):
     assert rule.STATE_NAMES == tuple(re.findall(r'"(\w+)"', names)) == entry.states
     assert rule.HAS_STEP == entry.has_step
     assert len(rule.STATE_NAMES) <= mta.MAX_STATES.value
-    hyper = adam_hyper() if name == "adam" else sgd_hyper()
-    assert set(hyper) == set(entry.hyper)
-    for flag in (False, True):
-        h = {**hyper, "amsgrad": flag} if name == "adam" else {**hyper, "momentum": 0.9 * flag}
+    assert set(HYPER[name]()) == set(entry.hyper)
+    for overrides in STATE_SET_OVERRIDES[name]:
+        h = HYPER[name](**overrides)
         used = mta.state_mask(rule, rule.config(h))
         assert [n for k, n in enumerate(rule.STATE_NAMES) if (used >> k) & 1] == list(
             entry.used_states(h)

@@ -6,10 +6,14 @@
 #pragma once
 
 #include "fusedopt/core/rule.h"
+#include "fusedopt/rules/adadelta.h"
+#include "fusedopt/rules/adagrad.h"
 #include "fusedopt/rules/adam.h"
 #include "fusedopt/rules/sgd.h"
 
 #define FUSEDOPT_FOR_EACH_RULE(X) \
+  X(Adadelta, adadelta)           \
+  X(Adagrad, adagrad)             \
   X(Adam, adam)                   \
   X(Sgd, sgd)
 
