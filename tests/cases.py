@@ -404,7 +404,12 @@ CASES: tuple[Case, ...] = (
         bound=tolerances.ADAGRAD,
         extra_args=("weight_decay_mode", "lr_max", "backend"),
         extra_group_keys=(),
-        stateful={"lr": 1e-2, "lr_decay": 0.1, "weight_decay": 0.1, "initial_accumulator_value": 0.1},
+        stateful={
+            "lr": 1e-2,
+            "lr_decay": 0.1,
+            "weight_decay": 0.1,
+            "initial_accumulator_value": 0.1,
+        },
         bad_kwargs=_ADAGRAD_BAD_KWARGS,
         edits=_ADAGRAD_EDITS,
         train_kwargs={"lr": 3e-2, "weight_decay": 0.05},

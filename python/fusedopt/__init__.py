@@ -20,5 +20,9 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
-    "BACKEND_NAMES", "RULES", "reference", "report"]
+    "BACKEND_NAMES",
+    "RULES",
+    "reference",
+    "report",
+]
 __version__ = "0.1.0"
