@@ -124,7 +124,8 @@ STATE_INIT = {
     "momentum_buffer": lambda n, gen: torch.randn(n, generator=gen) * 0.1,
     "sum": lambda n, gen: torch.rand(n, generator=gen) * 0.1,
     "square_avg": lambda n, gen: torch.rand(n, generator=gen) * 0.01,
-    "acc_delta": lambda n, gen: torch.rand(n, generator=gen) * 1e-4,
+    # As large as square_avg: a step of about lr * g, which moves bf16 params.
+    "acc_delta": lambda n, gen: torch.rand(n, generator=gen) * 0.01,
 }
 
 

@@ -131,7 +131,7 @@ def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
         ),
         "sum": lambda n: 0.1 * torch.rand(n, generator=gen),
         "square_avg": lambda n: 0.01 * torch.rand(n, generator=gen),
-        "acc_delta": lambda n: 1e-4 * torch.rand(n, generator=gen),
+        "acc_delta": lambda n: 0.01 * torch.rand(n, generator=gen),
     }
     states = [fills[name](n) for name in rule.used_states(hyper) for n in sizes]
     counts = [torch.tensor(count) for _ in sizes] if rule.has_step else []
@@ -254,8 +254,8 @@ def test_adagrad_and_adadelta_match_reference(rule, case, dtype):
     hyper = HYPER[rule.name](**case)
     lists = make_lists(rule, SIZES, dtype, hyper, count=5.0)
     expected = clone_lists(lists)
-    launch(rule, lists, lr=0.5, hyper=hyper)
-    reference_step(rule, expected, lr=0.5, hyper=hyper)
+    launch(rule, lists, lr=1e-2, hyper=hyper)
+    reference_step(rule, expected, lr=1e-2, hyper=hyper)
     assert_lists_close(lists, expected)
     assert all(c.item() == 6.0 for c in lists[3]), "every count, empty tensors' too, +1"
 
