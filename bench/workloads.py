@@ -51,3 +51,11 @@ def sgd_bytes_per_element(dtype: torch.dtype, momentum: bool = True) -> int:
     b), write p (and b): 12 for fp32 without momentum, 20 with."""
     param = torch.finfo(dtype).bits // 8
     return 3 * param + 2 * FP32_STATE_BYTES * momentum
+
+
+def state_bytes_per_element(dtype: torch.dtype, states: int) -> int:
+    """Bytes one step of a rule with `states` fp32 states moves per element:
+    read p, g and each state, write p and each state. Adagrad (sum): 20 for
+    fp32; Adadelta (square_avg, acc_delta): 28."""
+    param = torch.finfo(dtype).bits // 8
+    return 3 * param + 2 * FP32_STATE_BYTES * states
