@@ -10,7 +10,7 @@ the optimizer's bytes model and its share of the in-place bandwidth roofline
 measured in the same run (bench_cpu.py: an `a += s*b` moves 12 B per element
 and, like an optimizer step, writes only what it read).
 
-Bytes model (bench/workloads.py, rule_bytes_per_element): read p and g, write
+Bytes model (bench/workloads.py, state_bytes_per_element): read p and g, write
 p, and read and write each state the step uses: 12 + 8 per fp32 state.
 Results go to bench/results/cpu_family.csv, with provenance.
 """
@@ -29,7 +29,7 @@ from typing import Any
 import fusedopt
 import torch
 from bench_cpu import measure_roofline_gbs, provenance, time_steps
-from workloads import gpt2_small_shapes, rule_bytes_per_element
+from workloads import gpt2_small_shapes, state_bytes_per_element
 
 WORKLOADS: dict[str, Callable[[], list[tuple[int, ...]]]] = {
     "GPT-2 small (124M)": gpt2_small_shapes,
@@ -84,7 +84,7 @@ def bytes_per_param(entry: Entry) -> int:
     cls = getattr(fusedopt, entry.name)
     opt = cls([torch.zeros(1, requires_grad=True)], **entry.kwargs)
     used = cls.rule.used_states(opt.hyper(opt.param_groups[0]))
-    return rule_bytes_per_element(torch.float32, len(used))
+    return state_bytes_per_element(torch.float32, len(used))
 
 
 def run(entry: Entry, workloads, warmup: int, repeats: int, roofline: float) -> list[dict]:

@@ -61,7 +61,13 @@ SGD = dict(
     maximize=False,
     first_step=False,
 )
-HYPER = {"adam": ADAMW, "sgd": SGD}
+ADAGRAD = dict(
+    lr_decay=0.0, eps=1e-10, weight_decay=0.0, weight_decay_mode=0, lr_max=1.0, maximize=False
+)
+ADADELTA = dict(
+    rho=0.9, eps=1e-6, weight_decay=0.0, weight_decay_mode=0, lr_max=1.0, maximize=False
+)
+HYPER = {"adam": ADAMW, "sgd": SGD, "adagrad": ADAGRAD, "adadelta": ADADELTA}
 # The same AdamW as torch's fused op takes it.
 TORCH_ADAMW = dict(
     lr=1e-3, beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8, amsgrad=False, maximize=False

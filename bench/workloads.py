@@ -53,10 +53,9 @@ def sgd_bytes_per_element(dtype: torch.dtype, momentum: bool = True) -> int:
     return 3 * param + 2 * FP32_STATE_BYTES * momentum
 
 
-def rule_bytes_per_element(dtype: torch.dtype, n_states: int) -> int:
-    """Bytes any rule's step moves per element, without a GradScaler: read p
-    and g, write p, read and write each of its n_states fp32 states (Adam:
-    28 B for fp32; SGD with momentum: 20 B; Lion: 20 B; RMSprop centered with
-    momentum: 36 B)."""
+def state_bytes_per_element(dtype: torch.dtype, states: int) -> int:
+    """Bytes one step of a rule with `states` fp32 states moves per element:
+    read p, g and each state, write p and each state. Adagrad (sum): 20 for
+    fp32; Adadelta (square_avg, acc_delta): 28."""
     param = torch.finfo(dtype).bits // 8
-    return 3 * param + 2 * FP32_STATE_BYTES * n_states
+    return 3 * param + 2 * FP32_STATE_BYTES * states

@@ -12,6 +12,22 @@ import torch
 from fusedopt.registry import RULES
 
 OP_HYPER = {
+    "adadelta": dict(
+        rho=0.9,
+        eps=1e-6,
+        weight_decay=0.1,
+        weight_decay_mode=1,
+        lr_max=0.125,
+        maximize=False,
+    ),
+    "adagrad": dict(
+        lr_decay=0.1,
+        eps=1e-10,
+        weight_decay=0.1,
+        weight_decay_mode=1,
+        lr_max=0.125,
+        maximize=False,
+    ),
     "adam": dict(
         beta1=0.9,
         beta2=0.999,

@@ -439,6 +439,125 @@ def _timm_rmsprop_tf() -> type[torch.optim.Optimizer]:
 
 TIMM_RMSPROP_TF = _timm_rmsprop_tf()
 
+
+def _decoupled_decay_twin(
+    step_lr: Callable[[torch.optim.Optimizer, dict[str, Any], torch.Tensor], float],
+) -> Callable[[dict[str, Any]], tuple[dict[str, Any], Callable | None]]:
+    """For a class whose torch twin has only L2 decay: torch without decay, and
+    a pre-hook that multiplies each param that has a grad by fusedopt's factor,
+    1 - lr_t * wd ("decoupled") or 1 - wd * lr_t / lr_max ("fully_decoupled"),
+    where lr_t = step_lr(optimizer, group, p) is the lr this step applies."""
+
+    def twin(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Callable | None]:
+        kwargs = dict(kwargs)
+        mode = kwargs.pop("weight_decay_mode", "l2")
+        lr_max = float(kwargs.pop("lr_max", kwargs["lr"]))
+        if mode == "l2":
+            return kwargs, None
+        weight_decay = kwargs.pop("weight_decay", 0.0)
+
+        @torch.no_grad()
+        def decay(optimizer, args, kw):
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        lr_t = step_lr(optimizer, group, p)
+                        if mode == "decoupled":
+                            p.mul_(1 - lr_t * weight_decay)
+                        else:
+                            p.mul_(1 - weight_decay * lr_t / lr_max)
+
+        return kwargs, decay
+
+    return twin
+
+
+def _adagrad_step_lr(optimizer, group, p) -> float:
+    """Adagrad's clr = lr / (1 + (t - 1) * lr_decay) at the coming step t (torch
+    creates `step` in the constructor: it is there before the first step)."""
+    return float(group["lr"]) / (1 + optimizer.state[p]["step"].item() * group["lr_decay"])
+
+
+_ADAGRAD_GRID = (
+    {"lr": 1e-2},
+    {"lr": 1e-2, "lr_decay": 0.5},
+    {"lr": 1e-2, "weight_decay": 0.1},
+    {"lr": 1e-2, "initial_accumulator_value": 0.1},
+    {"lr": 1e-2, "eps": 1e-3},
+    {"lr": 1e-2, "weight_decay": 0.1, "maximize": True},
+    {
+        "lr": 1e-2,
+        "lr_decay": 0.1,
+        "weight_decay": 0.1,
+        "initial_accumulator_value": 0.5,
+        "eps": 1e-6,
+        "maximize": True,
+    },
+    {"lr": torch.tensor(1e-2)},
+    {"lr": torch.tensor(1e-2), "lr_decay": 0.5, "weight_decay": 0.1},
+    {"lr": 1e-2, "lr_decay": 0.5, "weight_decay": 0.1, "weight_decay_mode": "decoupled"},
+    {"lr": 1e-2, "lr_decay": 0.5, "weight_decay": 0.1, "weight_decay_mode": "fully_decoupled"},
+    {"lr": 1e-2, "weight_decay": 0.1, "weight_decay_mode": "fully_decoupled", "lr_max": 0.05},
+)
+_ADAGRAD_BAD_KWARGS = (
+    ({"lr": -1.0}, "Invalid learning rate"),
+    ({"lr_decay": -0.5}, "Invalid lr_decay value: -0.5"),
+    ({"weight_decay": -0.1}, "Invalid weight_decay value"),
+    ({"initial_accumulator_value": -0.1}, "Invalid initial_accumulator_value value: -0.1"),
+    ({"eps": -1e-10}, "Invalid epsilon value"),
+    ({"lr": torch.tensor([1e-3, 1e-3])}, "Tensor lr must be 1-element"),
+)
+_ADAGRAD_EDITS = (
+    Edit("lr", {"lr": 1e-2}, ((2, "lr", 3e-2),)),
+    Edit("lr_decay", {"lr": 1e-2}, ((2, "lr_decay", 0.5),)),
+    Edit("eps", {"lr": 1e-2}, ((2, "eps", 1e-1),)),
+    Edit("weight_decay", {"lr": 1e-2}, ((2, "weight_decay", 0.3),)),
+    Edit("maximize", {"lr": 1e-2}, ((2, "maximize", True),)),
+    Edit("tensor-lr", {"lr": torch.tensor(1e-2)}, ((2, "lr", torch.tensor(3e-2)),)),
+)
+# No initial_accumulator_value here: torch's new states take the constructor's.
+_ADAGRAD_GROUPS = (
+    {"lr": 1e-1, "lr_decay": 0.5},
+    {"weight_decay": 0.3, "eps": 1e-3},
+    {"lr_decay": 0.1, "maximize": True},
+)
+
+_ADADELTA_GRID = (
+    {},
+    {"lr": 0.5},
+    {"rho": 0.5},
+    {"eps": 1e-3},
+    {"weight_decay": 0.1},
+    {"weight_decay": 0.1, "maximize": True},
+    {"rho": 0.95, "eps": 1e-4, "weight_decay": 0.9, "maximize": True},
+    {"lr": torch.tensor(0.5)},
+    {"lr": torch.tensor(0.5), "weight_decay": 0.1},
+    {"lr": 0.5, "weight_decay": 0.1, "weight_decay_mode": "decoupled"},
+    {"lr": 0.5, "weight_decay": 0.1, "weight_decay_mode": "fully_decoupled"},
+    {"lr": 0.5, "weight_decay": 0.1, "weight_decay_mode": "fully_decoupled", "lr_max": 2.0},
+)
+_ADADELTA_BAD_KWARGS = (
+    ({"lr": -1.0}, "Invalid learning rate"),
+    ({"rho": 1.1}, "Invalid rho value: 1.1"),
+    ({"rho": -0.1}, "Invalid rho value"),
+    ({"eps": -1e-6}, "Invalid epsilon value"),
+    ({"weight_decay": -0.1}, "Invalid weight_decay value"),
+    ({"lr": torch.tensor([1e-3, 1e-3])}, "Tensor lr must be 1-element"),
+)
+_ADADELTA_EDITS = (
+    Edit("lr", {}, ((2, "lr", 3.0),)),
+    Edit("rho", {}, ((2, "rho", 0.5),)),
+    Edit("eps", {}, ((2, "eps", 1e-3),)),
+    Edit("weight_decay", {}, ((2, "weight_decay", 0.3),)),
+    Edit("maximize", {}, ((2, "maximize", True),)),
+    Edit("tensor-lr", {"lr": torch.tensor(1.0)}, ((2, "lr", torch.tensor(3.0)),)),
+)
+_ADADELTA_GROUPS = (
+    {"lr": 3.0, "rho": 0.5},
+    {"weight_decay": 0.3, "eps": 1e-4},
+    {"rho": 0.95, "maximize": True},
+)
+
 CASES: tuple[Case, ...] = (
     Case(
         name="Adam",
@@ -597,6 +716,60 @@ CASES = CASES + (
         },
         low_precision_lr=0.05,
         param_states=("ax",),
+    ),
+    Case(
+        name="Adagrad",
+        torch_cls=torch.optim.Adagrad,
+        fused_cls=fusedopt.Adagrad,
+        grid=_ADAGRAD_GRID,
+        bound=tolerances.ADAGRAD,
+        extra_args=("weight_decay_mode", "lr_max", "backend"),
+        extra_group_keys=(),
+        stateful={
+            "lr": 1e-2,
+            "lr_decay": 0.1,
+            "weight_decay": 0.1,
+            "initial_accumulator_value": 0.1,
+        },
+        bad_kwargs=_ADAGRAD_BAD_KWARGS,
+        edits=_ADAGRAD_EDITS,
+        train_kwargs={"lr": 3e-2, "weight_decay": 0.05},
+        group_options=_ADAGRAD_GROUPS,
+        options={
+            "lr": (1e-2, torch.tensor(1e-2)),
+            "lr_decay": (0.0, 0.5),
+            "weight_decay": (0.0, 0.1),
+            "initial_accumulator_value": (0.0, 0.1),
+            "eps": (1e-10, 1e-3),
+            "maximize": (False, True),
+            "weight_decay_mode": ("l2", "decoupled", "fully_decoupled"),
+        },
+        low_precision_lr=0.1,
+        torch_twin=_decoupled_decay_twin(_adagrad_step_lr),
+    ),
+    Case(
+        name="Adadelta",
+        torch_cls=torch.optim.Adadelta,
+        fused_cls=fusedopt.Adadelta,
+        grid=_ADADELTA_GRID,
+        bound=tolerances.ADADELTA,
+        extra_args=("weight_decay_mode", "lr_max", "backend"),
+        extra_group_keys=(),
+        stateful={"weight_decay": 0.1},
+        bad_kwargs=_ADADELTA_BAD_KWARGS,
+        edits=_ADADELTA_EDITS,
+        train_kwargs={"lr": 10.0, "weight_decay": 0.05},
+        group_options=_ADADELTA_GROUPS,
+        options={
+            "lr": (1.0, torch.tensor(1.0)),
+            "rho": (0.9, 0.5),
+            "eps": (1e-6, 1e-3),
+            "weight_decay": (0.0, 0.1),
+            "maximize": (False, True),
+            "weight_decay_mode": ("l2", "decoupled", "fully_decoupled"),
+        },
+        low_precision_lr=10.0,
+        torch_twin=_decoupled_decay_twin(lambda optimizer, group, p: float(group["lr"])),
     ),
 )
 

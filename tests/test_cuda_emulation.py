@@ -80,6 +80,24 @@ class RuleCases:
 
 
 CASES = {
+    "adadelta": RuleCases(
+        hyper=OP_HYPER["adadelta"],
+        state_variants={"plain": {}},
+        extra={
+            "maximize": dict(maximize=True),
+            "rho-1": dict(rho=1.0),
+            "no-decay": dict(weight_decay=0.0, weight_decay_mode=0),
+        },
+    ),
+    "adagrad": RuleCases(
+        hyper=OP_HYPER["adagrad"],
+        state_variants={"plain": {}},
+        extra={
+            "maximize": dict(maximize=True),
+            "no-lr-decay": dict(lr_decay=0.0),
+            "no-decay": dict(weight_decay=0.0, weight_decay_mode=0),
+        },
+    ),
     "adam": RuleCases(
         hyper={**OP_HYPER["adam"], "amsgrad": False},
         state_variants={"plain": {}, "amsgrad": dict(amsgrad=True)},
@@ -144,6 +162,9 @@ STATE_INIT = {
     # reference calls, against none in the kernels is amplified without bound).
     "square_avg": lambda n, gen: 0.01 + torch.rand(n, generator=gen) * 0.01,
     "grad_avg": lambda n, gen: (torch.rand(n, generator=gen) - 0.5) * 0.1,
+    "sum": lambda n, gen: torch.rand(n, generator=gen) * 0.1,
+    # As large as square_avg: a step of about lr * g, which moves bf16 params.
+    "acc_delta": lambda n, gen: torch.rand(n, generator=gen) * 0.01,
 }
 
 

@@ -55,6 +55,15 @@ DIFFERENCES: dict[tuple[str, str], tuple[str, str]] = {
     )
 }
 
+# Classes the catalog marks `supports_sparse` (torch steps sparse grads with
+# them): fusedopt refuses sparse grads by design, every rule being an
+# elementwise pass over dense tensors, where torch's sparse branches touch only
+# the rows a gradient holds (nn.Embedding(sparse=True)).
+SPARSE_REFUSED = {
+    "SGD": "torch's sparse SGD adds the gradient's rows only",
+    "Adagrad": "torch's sparse Adagrad updates `sum` and the param at the gradient's rows only",
+}
+
 
 def test_the_catalog_covers_every_case():
     """Every optimizer of the harness with a torch name has its entry in torch's
@@ -160,7 +169,7 @@ def _configs_with_refused_flags() -> list:
 def test_config_with_a_refused_flag_raises_value_error(info, kwargs, flag):
     """torch takes these flags; fusedopt refuses them by design, clearly."""
     if flag not in inspect.signature(info.optim_cls).parameters:
-        pytest.skip(f"torch's {info.name} has no {flag} argument")
+        pytest.skip(f"torch's {info.name} has no `{flag}` argument")
     model = _model("cpu")
     value, message = REFUSED_FLAGS[flag]
     kwargs = copy.deepcopy({**kwargs, flag: value})
@@ -227,3 +236,16 @@ def test_deliberate_differences(name, desc):
     given = error.optimizer_error_input
     with pytest.raises(ValueError, match=DIFFERENCES[name, desc][1]):
         getattr(fusedopt, name)(_params_of(given), **copy.deepcopy(given.kwargs))
+
+
+@pytest.mark.parametrize("info", [pytest.param(i, id=i.name) for i in INFOS if i.supports_sparse])
+def test_sparse_grads_are_refused_where_torch_takes_them(info):
+    """SPARSE_REFUSED: a clear error before anything is written, not a wrong step."""
+    assert info.name in SPARSE_REFUSED, "say why fusedopt refuses what torch takes"
+    param = torch.nn.Parameter(torch.randn(4, 2))
+    param.grad = torch.ones(4, 2).to_sparse()
+    before = param.detach().clone()
+    opt = getattr(fusedopt, info.name)([param])
+    with pytest.raises(RuntimeError, match=f"{info.name} does not support sparse gradients"):
+        opt.step()
+    assert torch.equal(param, before)

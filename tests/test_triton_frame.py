@@ -29,7 +29,11 @@ BLOCK = 1024
 SIZES = [0, 1, 3, 4, 17, 1031, 4097, 2053, 0]  # primes, one block + 7, zero-size first and last
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 ADAM, RMSPROP, SGD = RULES["adam"], RULES["rmsprop"], RULES["sgd"]
+ADAGRAD, ADADELTA = RULES["adagrad"], RULES["adadelta"]
 HEADERS = Path(__file__).resolve().parents[1] / "csrc" / "include" / "fusedopt" / "rules"
+# Rules whose per-tensor scalars the prologue computes on the device (not
+# those with scalar states: Note [scalar states] in core/rule.h).
+DEVICE_SCALAR_RULES = [rule for rule in RULES.values() if not rule.scalars]
 
 # Tolerances, per param dtype, against the reference (which runs in fp32 too):
 #  - fp32: the per-tensor scalars come from fp64 exp2/log2 on the device, and
@@ -91,9 +95,55 @@ def rmsprop_hyper(**overrides) -> dict:
     return {**hyper, **overrides}
 
 
-# Each rule's hyperparameters, every state used (the tests that run every rule).
-HYPER = {"adam": adam_hyper, "rmsprop": rmsprop_hyper, "sgd": sgd_hyper}
-FULL_HYPER = {"adam": adam_hyper(amsgrad=True), "rmsprop": rmsprop_hyper(), "sgd": sgd_hyper()}
+def adagrad_hyper(**overrides) -> dict:
+    hyper = dict(
+        lr_decay=0.1,
+        eps=1e-10,
+        weight_decay=0.1,
+        weight_decay_mode=WeightDecayMode.L2,
+        lr_max=2e-2,
+        maximize=False,
+    )
+    return {**hyper, **overrides}
+
+
+def adadelta_hyper(**overrides) -> dict:
+    hyper = dict(
+        rho=0.9,
+        eps=1e-6,
+        weight_decay=0.1,
+        weight_decay_mode=WeightDecayMode.L2,
+        lr_max=2e-2,
+        maximize=False,
+    )
+    return {**hyper, **overrides}
+
+
+# Each rule's hyperparameters (tests/_op_hyper.py's OP_HYPER for a rule without
+# a function here), and the overrides of each of its state sets (the last one
+# uses every state).
+HYPER = {
+    "adam": adam_hyper,
+    "sgd": sgd_hyper,
+    "rmsprop": rmsprop_hyper,
+    "adagrad": adagrad_hyper,
+    "adadelta": adadelta_hyper,
+}
+STATE_SET_OVERRIDES = {
+    "adam": (dict(amsgrad=False), dict(amsgrad=True)),
+    "sgd": (dict(momentum=0.0), dict(momentum=0.9)),
+    "rmsprop": (dict(momentum=0.0, centered=False), dict(centered=False), dict(momentum=0.0), {}),
+}
+
+
+def rule_hyper(name: str, **overrides) -> dict:
+    base = HYPER[name]() if name in HYPER else dict(OP_HYPER[name])
+    return {**base, **overrides}
+
+
+def full_hyper(name: str) -> dict:
+    """The rule's hyperparameters under which a step uses every state."""
+    return rule_hyper(name, **STATE_SET_OVERRIDES.get(name, ({},))[-1])
 
 
 def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
@@ -120,6 +170,10 @@ def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
         # one fp32 ulp low), so the terms must be small for FP32_ATOL to hold.
         "square_avg": lambda n: 16.0 + 16.0 * torch.rand(n, generator=gen),
         "grad_avg": lambda n: 0.2 * (torch.rand(n, generator=gen) - 0.5),
+        "sum": lambda n: 0.1 * torch.rand(n, generator=gen),
+        # Adadelta steps by lr * sqrt(acc_delta / square_avg) * g: on square_avg's
+        # scale, so that the step moves bf16 params.
+        "acc_delta": lambda n: 16.0 * torch.rand(n, generator=gen),
     }
     states = [fills[name](n) for name in rule.used_states(hyper) for n in sizes]
     return [params, grads, states, scalar_states(rule.name, [count] * len(sizes))]
@@ -228,6 +282,20 @@ RMSPROP_CASES = [
     dict(tf_ema_order=True, alpha=0.3),
     dict(lr_in_momentum=True, centered=False),
 ]
+ADAGRAD_CASES = [
+    dict(),
+    dict(lr_decay=0.0, weight_decay=0.0),
+    dict(maximize=True, eps=1e-3),
+    dict(weight_decay_mode=WeightDecayMode.DECOUPLED, maximize=True),
+    dict(weight_decay_mode=WeightDecayMode.FULLY_DECOUPLED),
+]
+ADADELTA_CASES = [
+    dict(),
+    dict(rho=0.5, weight_decay=0.0),
+    dict(rho=1.0, maximize=True),
+    dict(weight_decay_mode=WeightDecayMode.DECOUPLED, eps=1e-3),
+    dict(weight_decay_mode=WeightDecayMode.FULLY_DECOUPLED, maximize=True),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -235,7 +303,7 @@ RMSPROP_CASES = [
     "case", RMSPROP_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "all"
 )
 def test_rmsprop_matches_reference(dtype, case):
-    hyper = rmsprop_hyper(**case)
+    hyper = rule_hyper("rmsprop", **case)
     lists = make_lists(RMSPROP, SIZES, dtype, hyper)
     expected = clone_lists(lists)
     launch(RMSPROP, lists, lr=1e-2, hyper=hyper)
@@ -243,12 +311,28 @@ def test_rmsprop_matches_reference(dtype, case):
     assert_lists_close(lists, expected)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "rule,case",
+    [(ADAGRAD, c) for c in ADAGRAD_CASES] + [(ADADELTA, c) for c in ADADELTA_CASES],
+    ids=lambda x: x.name if hasattr(x, "name") else "-".join(f"{k}={v}" for k, v in x.items()),
+)
+def test_adagrad_and_adadelta_match_reference(rule, case, dtype):
+    hyper = rule_hyper(rule.name, **case)
+    lists = make_lists(rule, SIZES, dtype, hyper, count=5.0)
+    expected = clone_lists(lists)
+    launch(rule, lists, lr=1e-2, hyper=hyper)
+    reference_step(rule, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+    assert all(c.item() == 6.0 for c in lists[3]), "every count, empty tensors' too, +1"
+
+
 @pytest.mark.parametrize("counts_on_device", [False, True])
-@pytest.mark.parametrize("rule", [ADAM, RMSPROP, SGD], ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", DEVICE_SCALAR_RULES, ids=lambda r: r.name)
 def test_lr_as_a_tensor(rule, counts_on_device):
     """A device lr: the prologue kernel computes the per-tensor table."""
     # RMSprop with its lr inside the buffer: the prologue's other branch of both scales.
-    hyper = HYPER[rule.name](lr_in_momentum=True) if rule is RMSPROP else HYPER[rule.name]()
+    hyper = rule_hyper(rule.name, **({"lr_in_momentum": True} if rule is RMSPROP else {}))
     lists = make_lists(rule, [3, 1100], torch.float32, hyper)
     expected = clone_lists(lists)
     launcher = launch(
@@ -349,9 +433,9 @@ def test_only_empty_tensors_still_count():
 
 @pytest.mark.parametrize("counts_on_device", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rule", [ADAM, RMSPROP, SGD], ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", DEVICE_SCALAR_RULES, ids=lambda r: r.name)
 def test_grad_scale_and_found_inf(rule, dtype, counts_on_device):
-    hyper = FULL_HYPER[rule.name]
+    hyper = full_hyper(rule.name)
     lists = make_lists(rule, [3, 1500], dtype, hyper)
     scale = torch.tensor(1024.0)
     # found_inf nonzero: nothing at all is written, counts included.
@@ -497,9 +581,9 @@ def test_one_ulp_check_can_fail():
 # --- the backend ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule", [ADAM, RMSPROP, SGD], ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda r: r.name)
 def test_backend_steps_every_rule(rule):
-    hyper = FULL_HYPER[rule.name]
+    hyper = full_hyper(rule.name)
     lists = make_lists(rule, [3, 1500, 0], torch.float32, hyper)
     expected = clone_lists(lists)
     backend = backends.get("triton")
@@ -567,13 +651,14 @@ def test_rule_module_mirrors_its_header_and_registry_entry(name):
     assert getattr(rule, "SCALAR_NAMES", ()) == entry.scalars
     assert entry.scalars == (tuple(re.findall(r'"(\w+)"', scalars.group(1))) if scalars else ())
     assert len(rule.STATE_NAMES) <= mta.MAX_STATES.value
-    hyper = OP_HYPER[name]  # uses every state of the rule
-    assert set(hyper) == set(entry.hyper)
-    used = mta.state_mask(rule, rule.config(hyper))
-    assert [n for k, n in enumerate(rule.STATE_NAMES) if (used >> k) & 1] == list(
-        entry.used_states(hyper)
-    )
-    assert used in rule.STATE_SETS
+    assert set(rule_hyper(name)) == set(entry.hyper)
+    for overrides in STATE_SET_OVERRIDES.get(name, ({},)):
+        h = rule_hyper(name, **overrides)
+        used = mta.state_mask(rule, rule.config(h))
+        assert [n for k, n in enumerate(rule.STATE_NAMES) if (used >> k) & 1] == list(
+            entry.used_states(h)
+        )
+        assert used in rule.STATE_SETS
 
 
 def test_weight_decay_modes_match_the_reference():

@@ -250,6 +250,42 @@ RMSPROP = RuleBound(
 )
 
 
+def _adagrad_step_over_lr(hyper: Mapping[str, Any], t: int, g_max: torch.Tensor) -> float:
+    return 1.0 + 2.0**-20
+
+
+ADAGRAD = RuleBound(
+    _adagrad_step_over_lr,
+    "sum_t = initial_accumulator_value + sum_{k<=t} g_k^2 >= g_t^2 (the initial value is "
+    ">= 0), so |g_t| / (sqrt(sum_t) + eps) <= 1, and clr = lr / (1 + (t-1) lr_decay) <= lr "
+    "(lr_decay >= 0): |update| <= lr whatever the gradients (L2 decay and maximize "
+    "included). 2^-20 covers the fp32 roundings of g*g, the sum, sqrt and the division "
+    "(half an ulp, 2^-24 relative, each). Decoupled decay multiplies p by 1 - clr*wd < 1.",
+)
+
+
+def _adadelta_step_over_lr(hyper: Mapping[str, Any], t: int, g_max: torch.Tensor) -> torch.Tensor:
+    rho, eps = hyper["rho"], hyper["eps"]
+    ratio_max = 1 / math.sqrt(1 - rho) if rho < 1 else math.inf
+    ratio = torch.clamp(g_max / math.sqrt(eps), max=ratio_max)
+    u = torch.zeros_like(g_max)
+    for _ in range(t):
+        delta = torch.sqrt(u + eps) * ratio
+        u = rho * u + (1 - rho) * delta * delta
+    return delta
+
+
+ADADELTA = RuleBound(
+    _adadelta_step_over_lr,
+    "v_t = rho v_(t-1) + (1-rho) g_t^2 >= (1-rho) g_t^2 and >= 0 (v_0 = 0), so "
+    "r = |g_t| / sqrt(v_t + eps) <= min(G / sqrt(eps), 1 / sqrt(1-rho)); then |delta_t| = "
+    "sqrt(u_(t-1) + eps) r and u_t = rho u_(t-1) + (1-rho) delta_t^2 from u_0 = 0: the "
+    "recursion the function runs, a bound on |delta_t| at each t (the step is lr*delta). "
+    "G bounds the effective grad, with L2 decay wd * max|p| so far; decoupled decay only "
+    "shrinks |p|.",
+)
+
+
 def path_bound(
     rule: RuleBound,
     hyper: Mapping[str, Any],

@@ -44,8 +44,9 @@ def sqrt(x):
 
 @triton.jit
 def param_decay_device(mode, weight_decay, lr, lr_max):
-    """param_decay on float64 values (`mode` too: a config field, kernels/mta.py)."""
-    decay = tl.full((), 1.0, tl.float64)
+    """param_decay on float64 values (`mode` too: a config field, kernels/mta.py);
+    `lr` a scalar, or a block of per-tensor lrs (Adagrad's lr_decay)."""
+    decay = tl.zeros_like(lr) + 1.0
     if mode == WD_DECOUPLED:
         decay = 1.0 - lr * weight_decay
     if mode == WD_FULLY_DECOUPLED:

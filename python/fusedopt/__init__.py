@@ -7,6 +7,8 @@ print(fusedopt.report(opt))                          # which backend steps what
 
 from fusedopt import _extension, _fake, reference  # noqa: F401  (_fake registers fake ops)
 from fusedopt.backends import BACKEND_NAMES
+from fusedopt.optim.adadelta import Adadelta
+from fusedopt.optim.adagrad import Adagrad
 from fusedopt.optim.adam import Adam, AdamW
 from fusedopt.optim.asgd import ASGD
 from fusedopt.optim.nadam import NAdam
@@ -17,6 +19,8 @@ from fusedopt.report import report
 
 __all__ = [
     "ASGD",
+    "Adadelta",
+    "Adagrad",
     "Adam",
     "AdamW",
     "NAdam",

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fusedopt.reference.adadelta import adadelta as adadelta_reference
+from fusedopt.reference.adagrad import adagrad as adagrad_reference
 from fusedopt.reference.adam import adam as adam_reference
 from fusedopt.reference.asgd import asgd as asgd_reference
 from fusedopt.reference.nadam import nadam as nadam_reference
@@ -83,9 +85,30 @@ def _sgd_states(h: Mapping[str, Any]) -> tuple[str, ...]:
     return ("momentum_buffer",) if h["momentum"] != 0 else ()
 
 
+def _all_states(states: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[str, ...]]:
+    """used_states of a rule whose every step uses every state."""
+    return lambda h: states
+
+
 RULES: dict[str, Rule] = {
     rule.name: rule
     for rule in (
+        Rule(
+            name="adadelta",
+            states=("square_avg", "acc_delta"),
+            has_step=True,
+            hyper=("rho", "eps", "weight_decay", "weight_decay_mode", "lr_max", "maximize"),
+            used_states=_all_states(("square_avg", "acc_delta")),
+            reference=adadelta_reference,
+        ),
+        Rule(
+            name="adagrad",
+            states=("sum",),
+            has_step=True,
+            hyper=("lr_decay", "eps", "weight_decay", "weight_decay_mode", "lr_max", "maximize"),
+            used_states=_all_states(("sum",)),
+            reference=adagrad_reference,
+        ),
         Rule(
             name="adam",
             states=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),

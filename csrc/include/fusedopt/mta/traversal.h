@@ -29,12 +29,10 @@ FUSEDOPT_HD bool is_aligned16(const void* ptr) { return reinterpret_cast<uintptr
 template <typename T, int N>
 constexpr int kPackSize = 16 / static_cast<int>(sizeof(T)) < N ? 16 / static_cast<int>(sizeof(T)) : N;
 
-// Loads elements [i, i + N) of `src` into fp32 registers: as packs of up to
-// 16 bytes when kVector (the caller checked the alignment), else one element
-// at a time.
-// Every buffer is global memory: without saying so, nvcc for sm_80/sm_90
-// left some streams on generic LD/ST instead of LDG/STG (Adam's third state,
-// NAdam's second; seen in the SASS; sm_100/sm_120 were fine).
+// Every buffer is global memory: without saying so at each access (once where
+// the pointer is made was not enough), nvcc 13 for sm_80/sm_90 left some
+// streams on generic LD/ST instead of LDG/STG (seen in the SASS: Adam's third
+// state, NAdam's second, Adadelta's first); sm_100/sm_120 were fine.
 FUSEDOPT_HD void assume_global(const void* p) {
 #if defined(__CUDA_ARCH__)
   __builtin_assume(__isGlobal(p));
@@ -43,6 +41,9 @@ FUSEDOPT_HD void assume_global(const void* p) {
 #endif
 }
 
+// Loads elements [i, i + N) of `src` into fp32 registers: as packs of up to
+// 16 bytes when kVector (the caller checked the alignment), else one element
+// at a time.
 template <bool kVector, int N, typename T, typename Observer>
 FUSEDOPT_HD void load_floats(const T* src, int32_t i, float (&dst)[N], Observer& observer) {
   if constexpr (kVector) {

@@ -6,6 +6,8 @@
 #pragma once
 
 #include "fusedopt/core/rule.h"
+#include "fusedopt/rules/adadelta.h"
+#include "fusedopt/rules/adagrad.h"
 #include "fusedopt/rules/adam.h"
 #include "fusedopt/rules/asgd.h"
 #include "fusedopt/rules/nadam.h"
@@ -13,6 +15,8 @@
 #include "fusedopt/rules/sgd.h"
 
 #define FUSEDOPT_FOR_EACH_RULE(X) \
+  X(Adadelta, adadelta)           \
+  X(Adagrad, adagrad)             \
   X(Adam, adam)                   \
   X(Asgd, asgd)                   \
   X(NAdam, nadam)                 \
