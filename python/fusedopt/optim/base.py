@@ -163,7 +163,8 @@ class FusedOptimizer(Optimizer):
     rule: ClassVar[Rule]
     # Group keys that pickles of older versions may lack, with their defaults
     # (torch's __setstate__ fills them in the same way): these, and the
-    # class's own `group_key_defaults`.
+    # class's own `group_key_defaults`, each only where the class has the key
+    # (in its defaults), so that a class keeps torch's group keys exactly.
     common_group_key_defaults: ClassVar[dict[str, Any]] = {
         "maximize": False,
         "foreach": None,
@@ -203,7 +204,8 @@ class FusedOptimizer(Optimizer):
         super().__setstate__(state)
         for group in self.param_groups:
             for key, value in {**self.common_group_key_defaults, **self.group_key_defaults}.items():
-                group.setdefault(key, value)
+                if key in self.defaults:
+                    group.setdefault(key, value)
         self.__dict__.setdefault("backend", "auto")
         self._plans = {}
         self._state_seen = ()
