@@ -195,7 +195,7 @@ def update(p, g, s, USED: tl.constexpr, h, t):
     if h.l2 != 0.0:
         g = g + h.l2 * p
     if h.decay_after == 0.0:
-        p = p * t.param_decay
+        p = p * t.param_decay  # decoupled decay, torch's order
     m = lerp_like_torch(s[EXP_AVG], g, h.one_minus_beta1)
     v = s[EXP_AVG_SQ] * h.beta2 + h.one_minus_beta2 * g * g
     v_hat = v
@@ -207,7 +207,9 @@ def update(p, g, s, USED: tl.constexpr, h, t):
     root = tl.sqrt_rn(tl.div_rn(v_hat, t.bias_correction2) + h.eps_root)
     denom = tl.div_rn(root, t.bias_correction2_sqrt) + h.eps
     p = p + tl.div_rn(t.neg_step_size * m, denom)
-    # HF skips the decay when wd is 0; so must we: 0 * inf would be NaN.
-    if (h.decay_after != 0.0) & (t.param_decay != 0.0):
-        p = p + t.param_decay * p
+    # Or HF's order: p += c * p after the update, c = 0 without decay_after;
+    # skipped at c = 0 as HF skips wd = 0 (0 * inf would turn an inf p into NaN).
+    after = h.decay_after * t.param_decay
+    if after != 0.0:
+        p = p + after * p
     return p, (m, v, v_max)

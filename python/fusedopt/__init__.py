@@ -9,8 +9,19 @@ from fusedopt import _extension, _fake, reference  # noqa: F401  (_fake register
 from fusedopt.backends import BACKEND_NAMES
 from fusedopt.optim.adam import Adam, AdamW, HFAdamW
 from fusedopt.optim.sgd import SGD
+from fusedopt.param_groups import param_groups
 from fusedopt.registry import RULES
 from fusedopt.report import report
 
-__all__ = ["SGD", "Adam", "AdamW", "HFAdamW", "BACKEND_NAMES", "RULES", "reference", "report"]
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "HFAdamW",
+    "BACKEND_NAMES",
+    "RULES",
+    "param_groups",
+    "reference",
+    "report",
+]
 __version__ = "0.1.0"

@@ -161,7 +161,7 @@ struct Adam {
                                         const Launch& h, const PerTensor& t) {
     g = g * h.grad_sign;
     if (h.l2 != 0.0f) g = g + h.l2 * p;
-    if (h.decay_after == 0.0f) p = p * t.param_decay;
+    if (h.decay_after == 0.0f) p = p * t.param_decay;  // decoupled decay, torch's order
     float& m = s[kExpAvg];
     float& v = s[kExpAvgSq];
     m = lerp_like_torch(m, g, h.one_minus_beta1);
@@ -175,8 +175,12 @@ struct Adam {
     const float denom =
         sqrtf(v_hat / t.bias_correction2 + h.eps_root) / t.bias_correction2_sqrt + h.eps;
     p = p + t.neg_step_size * m / denom;
-    // HF skips the decay when wd is 0; so must we: 0 * inf would be NaN.
-    if (h.decay_after != 0.0f && t.param_decay != 0.0f) p = p + t.param_decay * p;
+    // Or HF's order: p += c * p after the update, c = 0 without decay_after;
+    // skipped at c = 0 as HF skips wd = 0 (0 * inf would turn an inf p into
+    // NaN). One condition on one product: `decay_after && c != 0` kept gcc from
+    // vectorizing the loops (tests/test_cpu_vectorized.py).
+    const float after = h.decay_after * t.param_decay;
+    if (after != 0.0f) p = p + after * p;
   }
 };
 
