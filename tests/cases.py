@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -132,7 +133,68 @@ def _sgd_decoupled_twin(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Callabl
     return kwargs, decay
 
 
+def _adam_twin(decoupled_default: bool):
+    """torch.optim.Adam/AdamW on the trajectory of fusedopt's Adam conventions,
+    by identities that hold exactly in real arithmetic (so the two agree to
+    rounding), with bc1 = 1 - beta1^t, bc2 = 1 - beta2^t:
+      - weight_decay_mode="fully_decoupled": decoupled decay with wd / lr_max
+        (p *= 1 - lr * (wd / lr_max)), whatever the lr does;
+      - eps_mode="hat": torch's form with eps / sqrt(bc2) (multiply torch's
+        numerator and denominator by sqrt(bc2));
+      - correct_bias=False: torch's form with lr * bc1 / sqrt(bc2) and eps /
+        sqrt(bc2), and the decoupled decay's wd scaled back by the lr's factor.
+    The step pre-hook sets each group's eps, lr and wd for its next step t
+    (every param of these tests steps every time)."""
+
+    def twin(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Callable | None]:
+        kwargs = dict(kwargs)
+        mode = kwargs.pop("weight_decay_mode", None)
+        lr_max = kwargs.pop("lr_max", None)
+        correct_bias = kwargs.pop("correct_bias", True)
+        eps_mode = kwargs.pop("eps_mode", "torch")
+        decoupled = kwargs.get("decoupled_weight_decay", decoupled_default)
+        if mode == "fully_decoupled":
+            lr_max = float(kwargs["lr"]) if lr_max is None else lr_max
+            kwargs["weight_decay"] = kwargs.get("weight_decay", 0.0) / lr_max
+        if mode is not None and decoupled_default is False:
+            kwargs["decoupled_weight_decay"] = decoupled = mode != "l2"
+        if correct_bias and eps_mode == "torch":
+            return kwargs, None
+        lr0 = kwargs.get("lr", 1e-3)
+        eps0 = kwargs.get("eps", 1e-8)
+        wd0 = kwargs.get("weight_decay", 1e-2 if decoupled_default else 0.0)
+
+        @torch.no_grad()
+        def convention(optimizer, args, kw):
+            for group in optimizer.param_groups:
+                states = [optimizer.state[p] for p in group["params"] if optimizer.state[p]]
+                t = states[0]["step"].item() + 1 if states else 1
+                beta1, beta2 = map(float, group["betas"])
+                bc2_sqrt = math.sqrt(1 - beta2**t)
+                group["eps"] = eps0 / bc2_sqrt
+                if not correct_bias:
+                    factor = (1 - beta1**t) / bc2_sqrt
+                    group["lr"] = lr0 * factor
+                    group["weight_decay"] = wd0 / factor if decoupled else wd0
+
+        return kwargs, convention
+
+    return twin
+
+
 _ADAM_BASE = {"lr": 1e-2, "betas": (0.8, 0.95), "eps": 1e-6}
+# fusedopt's conventions (Note [Adam conventions] in rules/adam.h) against
+# torch through _adam_twin; eps_mode="root" has no torch twin:
+# tests/test_conventions.py checks it against optax's formula.
+_ADAM_CONVENTIONS = (
+    {**_ADAM_BASE, "eps_mode": "hat"},
+    {**_ADAM_BASE, "eps_mode": "hat", "weight_decay": 0.1, "amsgrad": True},
+    {**_ADAM_BASE, "correct_bias": False, "weight_decay": 0.1},
+    # (eps_mode="hat" with correct_bias=False is torch's form: bc2 = 1)
+    {**_ADAM_BASE, "lr": torch.tensor(1e-2), "correct_bias": False},
+    {**_ADAM_BASE, "weight_decay": 1e-3, "weight_decay_mode": "fully_decoupled"},
+    {**_ADAM_BASE, "weight_decay": 1e-3, "weight_decay_mode": "fully_decoupled", "lr_max": 0.1},
+)
 _ADAM_GRID = tuple(
     {**_ADAM_BASE, "weight_decay": wd, **({"amsgrad": True} if ams else {}), **flags}
     for ams in (False, True)
@@ -563,25 +625,33 @@ CASES: tuple[Case, ...] = (
         name="Adam",
         torch_cls=torch.optim.Adam,
         fused_cls=fusedopt.Adam,
-        grid=_ADAM_GRID + ({**_ADAM_BASE, "weight_decay": 0.1, "decoupled_weight_decay": True},),
+        grid=_ADAM_GRID
+        + _ADAM_CONVENTIONS
+        + ({**_ADAM_BASE, "weight_decay": 0.1, "decoupled_weight_decay": True},),
         bound=tolerances.ADAM,
-        extra_args=("weight_decay_mode", "lr_max", "backend"),
+        extra_args=("weight_decay_mode", "lr_max", "correct_bias", "eps_mode", "backend"),
         extra_group_keys=(),
         stateful={"lr": 1e-2, "amsgrad": True, "weight_decay": 0.1},
         bad_kwargs=_ADAM_BAD_KWARGS,
         edits=_ADAM_EDITS,
         train_kwargs={"lr": 3e-3, "weight_decay": 0.05},
         group_options=_ADAM_GROUPS,
-        options={**_ADAM_OPTIONS, "decoupled_weight_decay": (False, True)},
+        options={
+            **_ADAM_OPTIONS,
+            "decoupled_weight_decay": (False, True),
+            "eps_mode": ("torch", "hat"),
+            "correct_bias": (True, False),
+        },
         low_precision_lr=0.1,
+        torch_twin=_adam_twin(decoupled_default=False),
     ),
     Case(
         name="AdamW",
         torch_cls=torch.optim.AdamW,
         fused_cls=fusedopt.AdamW,
-        grid=_ADAM_GRID,
+        grid=_ADAM_GRID + _ADAM_CONVENTIONS,
         bound=tolerances.ADAM,
-        extra_args=("weight_decay_mode", "lr_max", "backend"),
+        extra_args=("weight_decay_mode", "lr_max", "correct_bias", "eps_mode", "backend"),
         extra_group_keys=(),
         stateful={"lr": 1e-2, "amsgrad": True},
         bad_kwargs=_ADAM_BAD_KWARGS,
@@ -590,6 +660,7 @@ CASES: tuple[Case, ...] = (
         group_options=_ADAM_GROUPS,
         options=_ADAM_OPTIONS,
         low_precision_lr=0.1,
+        torch_twin=_adam_twin(decoupled_default=True),
     ),
     Case(
         name="SGD",

@@ -105,6 +105,12 @@ CASES = {
             "maximize": dict(maximize=True),
             "amsgrad-maximize": dict(amsgrad=True, maximize=True),
             "no-decay": dict(weight_decay=0.0, weight_decay_mode=0),
+            # Note [Adam conventions]: each eps_mode, no bias correction, HF's decay order.
+            "eps-hat": dict(eps_mode=1),
+            "eps-root-amsgrad": dict(eps_mode=2, amsgrad=True),
+            "no-correct-bias": dict(correct_bias=False),
+            "decay-after": dict(decay_after=True, eps_mode=1),
+            "decay-after-fully": dict(decay_after=True, weight_decay_mode=2),
         },
     ),
     "asgd": RuleCases(

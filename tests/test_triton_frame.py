@@ -57,6 +57,9 @@ def adam_hyper(**overrides) -> dict:
         weight_decay=0.1,
         weight_decay_mode=WeightDecayMode.DECOUPLED,
         lr_max=2e-2,
+        decay_after=False,
+        eps_mode=0,
+        correct_bias=True,
         amsgrad=False,
         maximize=False,
     )

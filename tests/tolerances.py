@@ -154,7 +154,10 @@ class RuleBound:
 def _adam_step_over_lr(hyper: Mapping[str, Any], t: int, g_max: torch.Tensor) -> float:
     b1, b2 = hyper["beta1"], hyper["beta2"]
     ratio_sum = sum((b1 * b1 / b2) ** j for j in range(t))
-    return (1 - b1) / (1 - b1**t) * math.sqrt((1 - b2**t) / (1 - b2) * ratio_sum)
+    corrected = (1 - b1) / (1 - b1**t) * math.sqrt((1 - b2**t) / (1 - b2) * ratio_sum)
+    if hyper["correct_bias"]:
+        return corrected
+    return corrected * (1 - b1**t) / math.sqrt(1 - b2**t)  # |m| / sqrt(v), uncorrected
 
 
 ADAM = RuleBound(
@@ -164,7 +167,11 @@ ADAM = RuleBound(
     "with the bias corrections |m_hat| / sqrt(v_hat) <= (1-b1)/(1-b1^t) sqrt((1-b2^t)/(1-b2) "
     "sum_{j<t} (b1^2/b2)^j), whatever the gradients (L2 decay and maximize included); eps "
     "only lowers it. It is 1 at t = 1 and, for the default betas, ~1.1 at t = 10. Decoupled "
-    "decay multiplies p by 1 - lr*wd < 1, which does not raise |p|.",
+    "decay multiplies p by 1 - lr*wd < 1, which does not raise |p|, before the update or "
+    "after it (HF's order). Every eps_mode divides the same m_hat by sqrt(v_hat) plus a "
+    "nonnegative term (eps outside, inside the root, or eps_hat / sqrt(1-b2^t)); "
+    "correct_bias=False steps by m / sqrt(v) = m_hat / sqrt(v_hat) * (1-b1^t) / "
+    "sqrt(1-b2^t).",
 )
 
 

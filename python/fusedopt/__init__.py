@@ -9,11 +9,12 @@ from fusedopt import _extension, _fake, reference  # noqa: F401  (_fake register
 from fusedopt.backends import BACKEND_NAMES
 from fusedopt.optim.adadelta import Adadelta
 from fusedopt.optim.adagrad import Adagrad
-from fusedopt.optim.adam import Adam, AdamW
+from fusedopt.optim.adam import Adam, AdamW, HFAdamW
 from fusedopt.optim.asgd import ASGD
 from fusedopt.optim.nadam import NAdam
 from fusedopt.optim.rmsprop import RMSprop, RMSpropTF
 from fusedopt.optim.sgd import SGD
+from fusedopt.param_groups import param_groups
 from fusedopt.registry import RULES
 from fusedopt.report import report
 
@@ -23,12 +24,14 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "HFAdamW",
     "NAdam",
     "RMSprop",
     "RMSpropTF",
     "SGD",
     "BACKEND_NAMES",
     "RULES",
+    "param_groups",
     "reference",
     "report",
 ]

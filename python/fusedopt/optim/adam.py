@@ -1,4 +1,5 @@
-"""fusedopt.Adam and fusedopt.AdamW: drop-in replacements for torch.optim's.
+"""fusedopt.Adam and fusedopt.AdamW: drop-in replacements for torch.optim's;
+fusedopt.HFAdamW: transformers.AdamW (v4.x), the BERT-era fine-tuning optimizer.
 
 Same signatures, defaults, param-group keys, state keys and state_dict layout
 as torch 2.x (`step` is a float32 scalar tensor; `exp_avg`, `exp_avg_sq`,
@@ -11,6 +12,21 @@ are. Differences, all deliberate:
     params] in fusedopt/optim/base.py;
   - `differentiable=True` and `foreach=True` are refused: a fused kernel is
     neither a graph of autograd ops nor a foreach loop.
+
+The conventions other Adam implementations follow are keywords of their own
+(Note [Adam conventions] in csrc/include/fusedopt/rules/adam.h), with
+bc1 = 1 - beta1^t and bc2 = 1 - beta2^t:
+  eps_mode="torch" (default)  p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps)
+  eps_mode="hat"              p -= lr*sqrt(bc2)/bc1 * m / (sqrt(v) + eps): Kingma & Ba's
+                              efficient form, the "epsilon hat" of TF/Keras; the same
+                              update as "torch" with eps_torch = eps_hat / sqrt(bc2), so an
+                              eps tuned in one form is sqrt(bc2) times off in the other early on
+  eps_mode="root"             p -= lr/bc1 * m / sqrt(v/bc2 + eps): eps under the square
+                              root, optax's eps_root (its eps=0)
+  correct_bias=False          bc1 = bc2 = 1: no bias correction, as BERT's original
+                              optimizer and transformers.AdamW(correct_bias=False)
+Each adds its group key (`eps_mode`, `correct_bias`) only when set away from
+torch's convention, so a torch-style optimizer keeps torch's group keys.
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
@@ -28,7 +45,33 @@ from fusedopt.optim.base import (
     decay_defaults,
     weight_decay_hyper,
 )
+from fusedopt.reference.adam import EpsMode
 from fusedopt.registry import RULES
+
+# The `eps_mode` keyword: Note [Adam conventions] in rules/adam.h.
+EPS_MODES = {"torch": EpsMode.TORCH, "hat": EpsMode.HAT, "root": EpsMode.ROOT}
+
+
+def convention_defaults(correct_bias: bool, eps_mode: str) -> dict[str, Any]:
+    """The group keys of the `correct_bias` and `eps_mode` keywords, only where
+    they leave torch's convention (as decay_defaults does for the decay)."""
+    if eps_mode not in EPS_MODES:
+        raise ValueError(f"Invalid eps_mode {eps_mode!r}; choose one of {sorted(EPS_MODES)}")
+    keys: dict[str, Any] = {}
+    if not correct_bias:
+        keys["correct_bias"] = False
+    if eps_mode != "torch":
+        keys["eps_mode"] = eps_mode
+    return keys
+
+
+def convention_hyper(group: Mapping[str, Any], eps_mode: str = "torch") -> dict[str, Any]:
+    """The rule's `eps_mode` and `correct_bias` from the group's keys, else
+    the class's convention."""
+    return {
+        "eps_mode": int(EPS_MODES[group.get("eps_mode", eps_mode)]),
+        "correct_bias": bool(group.get("correct_bias", True)),
+    }
 
 
 class Adam(FusedOptimizer):
@@ -37,6 +80,8 @@ class Adam(FusedOptimizer):
     `decoupled_weight_decay=True` gives AdamW; `weight_decay_mode` ("l2",
     "decoupled", "fully_decoupled") and `lr_max` are fusedopt's one keyword
     for the decay on every class (fusedopt.optim.base.decay_defaults).
+    `correct_bias` and `eps_mode` ("torch", "hat", "root") pick the
+    convention of the bias corrections and eps (this module's docstring).
     `backend` is one of "auto", "cuda", "triton", "cpu", "reference" (see
     fusedopt.backends).
     """
@@ -62,6 +107,8 @@ class Adam(FusedOptimizer):
         decoupled_weight_decay: bool = False,
         weight_decay_mode: str | None = None,
         lr_max: float | None = None,
+        correct_bias: bool = True,
+        eps_mode: str = "torch",
         backend: str = "auto",
     ) -> None:
         check_lr_and_weight_decay(lr, weight_decay)
@@ -95,6 +142,7 @@ class Adam(FusedOptimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
             **decay_defaults(weight_decay_mode, lr_max, decoupled_weight_decay),
+            **convention_defaults(correct_bias, eps_mode),
         }
         super().__init__(params, defaults, backend)
 
@@ -105,6 +153,8 @@ class Adam(FusedOptimizer):
             "beta2": float(beta2),
             "eps": group["eps"],
             **weight_decay_hyper(group),
+            "decay_after": False,
+            **convention_hyper(group),
             "amsgrad": group["amsgrad"],
             "maximize": group["maximize"],
         }
@@ -129,6 +179,8 @@ class AdamW(Adam):
         fused: bool | None = None,
         weight_decay_mode: str | None = None,
         lr_max: float | None = None,
+        correct_bias: bool = True,
+        eps_mode: str = "torch",
         backend: str = "auto",
     ) -> None:
         super().__init__(
@@ -146,6 +198,8 @@ class AdamW(Adam):
             decoupled_weight_decay=True,
             weight_decay_mode=weight_decay_mode,
             lr_max=lr_max,
+            correct_bias=correct_bias,
+            eps_mode=eps_mode,
             backend=backend,
         )
 
@@ -153,3 +207,93 @@ class AdamW(Adam):
         super().__setstate__(state)
         for group in self.param_groups:
             group["decoupled_weight_decay"] = True
+
+
+class HFAdamW(FusedOptimizer):
+    """transformers.AdamW (transformers v4.x, `optimization.py`; removed in
+    later versions), the optimizer of BERT-era fine-tuning scripts and the
+    CS224N assignments: its signature, defaults, group keys and update, so an
+    old recipe reruns with one changed import. It differs from torch's AdamW in
+    three places, all kept:
+      - eps_mode "hat": step_size = lr * sqrt(bc2) / bc1, denom = sqrt(v) + eps
+        (eps added to the uncorrected sqrt(v)), with eps=1e-6 by default;
+      - `correct_bias=False` drops both bias corrections (BERT's original);
+      - the decoupled decay comes AFTER the update, on the updated params:
+        p -= step_size * m / denom, then p -= lr * wd * p (torch decays first;
+        the two differ by O(lr^2 * wd) per step).
+    `no_deprecation_warning` is accepted and does nothing: the deprecation was
+    of transformers' copy in favour of torch.optim.AdamW, and this class stays.
+    The moments update by torch's lerp where transformers had mul_/add_: the
+    same formula, a rounding apart. Other differences from transformers: the
+    `step` state is a float32 tensor as in torch's optimizers (load_state_dict
+    takes transformers' int), states stay float32 for bf16/fp16 params, and a
+    negative weight_decay is refused (transformers silently skipped it).
+    `weight_decay_mode` ("decoupled" by default, "fully_decoupled", "l2") and
+    `lr_max` are fusedopt's decay keywords, as on every class.
+    """
+
+    rule = RULES["adam"]
+    sparse_grad_hint = ", please consider SparseAdam instead"
+    # transformers' groups have none of torch's keys: unpickling adds none.
+    common_group_key_defaults = {}
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        correct_bias: bool = True,
+        no_deprecation_warning: bool = False,
+        *,
+        weight_decay_mode: str | None = None,
+        lr_max: float | None = None,
+        backend: str = "auto",
+    ) -> None:
+        # transformers' checks and messages.
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr} - should be >= 0.0")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter: {betas[0]} - should be in [0.0, 1.0)")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter: {betas[1]} - should be in [0.0, 1.0)")
+        if not 0.0 <= eps:
+            raise ValueError(f"Invalid epsilon value: {eps} - should be >= 0.0")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "correct_bias": correct_bias,
+            **decay_defaults(weight_decay_mode, lr_max),
+        }
+        super().__init__(params, defaults, backend)
+
+    def hyper(self, group: Mapping[str, Any]) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return {
+            "beta1": float(beta1),
+            "beta2": float(beta2),
+            "eps": group["eps"],
+            **weight_decay_hyper(group, decoupled_default=True),
+            "decay_after": True,
+            **convention_hyper(group, eps_mode="hat"),
+            "amsgrad": False,
+            "maximize": False,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Also transformers.AdamW's checkpoints, whose `step` is a Python int."""
+        state = {
+            key: {
+                name: torch.tensor(float(value), dtype=torch.float32)
+                if name == "step" and not isinstance(value, Tensor)
+                else value
+                for name, value in param_state.items()
+            }
+            for key, param_state in state_dict["state"].items()
+        }
+        super().load_state_dict({**state_dict, "state": state})
