@@ -27,7 +27,7 @@ from fusedopt.registry import RULES  # noqa: E402
 BLOCK = 1024
 SIZES = [0, 1, 3, 4, 17, 1031, 4097, 2053, 0]  # primes, one block + 7, zero-size first and last
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-ADAM, SGD = RULES["adam"], RULES["sgd"]
+ADAM, SGD, RADAM, ADAMAX = RULES["adam"], RULES["sgd"], RULES["radam"], RULES["adamax"]
 HEADERS = Path(__file__).resolve().parents[1] / "csrc" / "include" / "fusedopt" / "rules"
 
 # Tolerances, per param dtype, against the reference (which runs in fp32 too):
@@ -72,6 +72,31 @@ def sgd_hyper(**overrides) -> dict:
     return {**hyper, **overrides}
 
 
+def radam_hyper(**overrides) -> dict:
+    hyper = dict(
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        weight_decay=0.1,
+        weight_decay_mode=WeightDecayMode.L2,
+        lr_max=2e-2,
+        maximize=False,
+    )
+    return {**hyper, **overrides}
+
+
+def adamax_hyper(**overrides) -> dict:
+    return radam_hyper(**overrides)  # the same hyperparameters
+
+
+RULE_HYPER = {"adam": adam_hyper, "sgd": sgd_hyper, "radam": radam_hyper, "adamax": adamax_hyper}
+# Overrides that reach each state set of a rule (one set where none is listed).
+STATE_SET_OVERRIDES = {
+    "adam": ({"amsgrad": False}, {"amsgrad": True}),
+    "sgd": ({"momentum": 0.0}, {"momentum": 0.9}),
+}
+
+
 def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
     """[params, grads, states (state-major), counts] with nonzero states, as
     after a few steps. A fresh SGD buffer (first_step) is NaN: the kernel must
@@ -83,6 +108,7 @@ def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
         "exp_avg": lambda n: 0.1 * torch.randn(n, generator=gen),
         "exp_avg_sq": lambda n: 0.01 * torch.rand(n, generator=gen),
         "max_exp_avg_sq": lambda n: 0.02 * torch.rand(n, generator=gen),
+        "exp_inf": lambda n: 0.1 * torch.rand(n, generator=gen) + 1e-3,
         "momentum_buffer": lambda n: (
             torch.full((n,), float("nan"))
             if hyper.get("first_step")
@@ -184,12 +210,53 @@ def test_sgd_matches_reference(dtype, case):
     assert_lists_close(lists, expected)
 
 
+# Counts before the step: 3 and 4 give rho_t = 3.997 and 4.996 (un-rectified,
+# the last one just under torch's 5), 5 gives 5.994 (the first rectified step),
+# 40 one well past it; beta2 = 0.6 is never rectified (rho_inf = 4).
+RADAM_CASES = [
+    dict(count=3.0),
+    dict(count=4.0, weight_decay_mode=WeightDecayMode.DECOUPLED, maximize=True),
+    dict(count=5.0),
+    dict(count=40.0, weight_decay_mode=WeightDecayMode.FULLY_DECOUPLED),
+    dict(count=40.0, beta2=0.6, maximize=True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("counts_on_device", [False, True])
-@pytest.mark.parametrize("rule", [ADAM, SGD], ids=lambda r: r.name)
+@pytest.mark.parametrize(
+    "case", RADAM_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items())
+)
+def test_radam_matches_reference(dtype, case, counts_on_device):
+    case = dict(case)
+    count = case.pop("count")
+    hyper = radam_hyper(**case)
+    lists = make_lists(RADAM, SIZES, dtype, hyper, count=count)
+    expected = clone_lists(lists)
+    launch(RADAM, lists, lr=1e-2, hyper=hyper, counts_on_device=counts_on_device)
+    reference_step(RADAM, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay_mode", list(WeightDecayMode))
+@pytest.mark.parametrize("maximize", [False, True])
+def test_adamax_matches_reference(dtype, weight_decay_mode, maximize):
+    hyper = adamax_hyper(weight_decay_mode=weight_decay_mode, maximize=maximize)
+    lists = make_lists(ADAMAX, SIZES, dtype, hyper)
+    expected = clone_lists(lists)
+    launch(ADAMAX, lists, lr=1e-2, hyper=hyper)
+    reference_step(ADAMAX, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+
+
+@pytest.mark.parametrize("counts_on_device", [False, True])
+@pytest.mark.parametrize("rule", [ADAM, SGD, RADAM], ids=lambda r: r.name)
 def test_lr_as_a_tensor(rule, counts_on_device):
-    """A device lr: the prologue kernel computes the per-tensor table."""
-    hyper = adam_hyper() if rule is ADAM else sgd_hyper()
-    lists = make_lists(rule, [3, 1100], torch.float32, hyper)
+    """A device lr: the prologue kernel computes the per-tensor table (RAdam's
+    at a count where rho_t passed 5)."""
+    hyper = RULE_HYPER[rule.name]()
+    lists = make_lists(rule, [3, 1100], torch.float32, hyper, count=9.0)
     expected = clone_lists(lists)
     launcher = launch(
         rule, lists, lr=torch.tensor(3e-3), hyper=hyper, counts_on_device=counts_on_device
@@ -223,7 +290,7 @@ def test_prologue_matches_host_scalars(name):
     from fp32 halves) against the host's (Python's pow on doubles), for counts
     from 1 to 10^6, within 1 fp32 ulp: the two pows differ by ~1e-12."""
     rule = rules.get(name)
-    hyper = adam_hyper(weight_decay_mode=2) if name == "adam" else sgd_hyper(weight_decay_mode=2)
+    hyper = RULE_HYPER[name](weight_decay_mode=2)
     config = rule.config(hyper)
     counts = [0.0, 1.0, 9.0, 99.0, 12345.0, 999999.0]
     lists = make_lists(RULES[name], [1] * len(counts), torch.float32, hyper)
@@ -504,10 +571,10 @@ def test_rule_module_mirrors_its_header_and_registry_entry(name):
     assert rule.STATE_NAMES == tuple(re.findall(r'"(\w+)"', names)) == entry.states
     assert rule.HAS_STEP == entry.has_step
     assert len(rule.STATE_NAMES) <= mta.MAX_STATES.value
-    hyper = adam_hyper() if name == "adam" else sgd_hyper()
+    hyper = RULE_HYPER[name]()
     assert set(hyper) == set(entry.hyper)
-    for flag in (False, True):
-        h = {**hyper, "amsgrad": flag} if name == "adam" else {**hyper, "momentum": 0.9 * flag}
+    for overrides in STATE_SET_OVERRIDES.get(name, ({},)):
+        h = {**hyper, **overrides}
         used = mta.state_mask(rule, rule.config(h))
         assert [n for k, n in enumerate(rule.STATE_NAMES) if (used >> k) & 1] == list(
             entry.used_states(h)

@@ -7,10 +7,14 @@
 
 #include "fusedopt/core/rule.h"
 #include "fusedopt/rules/adam.h"
+#include "fusedopt/rules/adamax.h"
+#include "fusedopt/rules/radam.h"
 #include "fusedopt/rules/sgd.h"
 
 #define FUSEDOPT_FOR_EACH_RULE(X) \
   X(Adam, adam)                   \
+  X(Adamax, adamax)               \
+  X(Radam, radam)                 \
   X(Sgd, sgd)
 
 namespace fusedopt {
