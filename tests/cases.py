@@ -281,7 +281,7 @@ _RADAM_GRID = tuple(
 ) + (
     {"lr": 1e-2},  # torch's default betas and eps
     {"lr": torch.tensor(1e-2), "weight_decay": 0.1},
-    {"lr": 1e-2, "betas": (0.9, 0.6)},  # never rectified
+    {"lr": 1e-2, "betas": (0.8, 0.6)},  # never rectified
     {"lr": 1e-2, "betas": (0.0, 0.8)},
     *_decay_mode_entries(_RADAM_BASE),
 )
