@@ -71,6 +71,19 @@ FUSEDOPT_HD void store_floats(T* dst, int32_t i, const float (&src)[N], Observer
   }
 }
 
+// Tells nvcc that a used state's pointer is global memory. Without it, nvcc
+// for sm_80/sm_90 left a state on generic LD/ST instead of LDG/STG (seen in
+// the SASS: Adam's third state when assumed once per chunk; RAdam's and
+// Adamax's second even then, so the assumption sits at each access).
+// sm_100/sm_120 were fine.
+FUSEDOPT_HD void assume_global(const float* p) {
+#if defined(__CUDA_ARCH__)
+  __builtin_assume(__isGlobal(p));
+#else
+  (void)p;
+#endif
+}
+
 // One chunk's buffers, offset to the chunk's first element.
 template <class R, typename P>
 struct ChunkBuffers {
@@ -90,7 +103,10 @@ FUSEDOPT_HD void element_group(const ChunkBuffers<R, P>& b, int32_t i, const Lau
   load_floats<kVector>(b.grad, i, g, observer);
   for (int k = 0; k < R::kStates; ++k) {
     float column[N] = {};
-    if (used.has(k)) load_floats<kVector>(b.state[k], i, column, observer);
+    if (used.has(k)) {
+      assume_global(b.state[k]);
+      load_floats<kVector>(b.state[k], i, column, observer);
+    }
     for (int j = 0; j < N; ++j) s[j][k] = column[j];
   }
   if (h.grad_scale != nullptr) {
@@ -104,6 +120,7 @@ FUSEDOPT_HD void element_group(const ChunkBuffers<R, P>& b, int32_t i, const Lau
     if (!used.has(k)) continue;
     float column[N];
     for (int j = 0; j < N; ++j) column[j] = s[j][k];
+    assume_global(b.state[k]);
     store_floats<kVector>(b.state[k], i, column, observer);
   }
 }
@@ -145,11 +162,6 @@ FUSEDOPT_HD void element_thread(const LaunchArgs<R>& args, int32_t block, int32_
   for (int k = 0; k < R::kStates; ++k) {
     b.state[k] = slot.state[k] != nullptr ? slot.state[k] + chunk_start : nullptr;
     aligned = aligned && (b.state[k] == nullptr || is_aligned16(b.state[k]));
-#if defined(__CUDA_ARCH__)
-    // Without this, nvcc for sm_80/sm_90 left Adam's third state on generic
-    // LD/ST instead of LDG/STG (seen in the SASS; sm_100/sm_120 were fine).
-    if (b.state[k] != nullptr) __builtin_assume(__isGlobal(b.state[k]));
-#endif
   }
   // Elements per vector group: one 16-byte pack of each fp32 stream; 8 bytes
   // of a bf16/fp16 param or grad. (Groups of 8 gave 16-bit params 16-byte
