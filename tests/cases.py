@@ -620,6 +620,116 @@ _ADADELTA_GROUPS = (
     {"rho": 0.95, "maximize": True},
 )
 
+
+def _weight_decay_mode_twin(torch_decouples: bool):
+    """The torch twin of `weight_decay_mode` for a class whose torch original has
+    L2 decay and, where `torch_decouples`, `decoupled_weight_decay`: "l2" and
+    "decoupled" map onto torch's own arguments where it has them; otherwise
+    torch runs without decay and each param that has a grad is multiplied by
+    fusedopt's factor (1 - lr * wd, or 1 - wd * lr / lr_max) before the step,
+    which is where both torch and fusedopt apply decoupled decay."""
+
+    def twin(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Callable | None]:
+        kwargs = dict(kwargs)
+        mode = kwargs.pop("weight_decay_mode", "l2")
+        lr_max = kwargs.pop("lr_max", None)
+        if mode == "l2":
+            return kwargs, None
+        if mode == "decoupled" and torch_decouples:
+            return {**kwargs, "decoupled_weight_decay": True}, None
+        kwargs.pop("decoupled_weight_decay", None)
+        weight_decay = kwargs.pop("weight_decay", 0.0)
+        lr_max = float(kwargs["lr"]) if lr_max is None else lr_max
+
+        @torch.no_grad()
+        def decay(optimizer, args, kw):
+            for group in optimizer.param_groups:
+                lr = float(group["lr"])
+                factor = (
+                    1 - lr * weight_decay if mode == "decoupled" else 1 - weight_decay * lr / lr_max
+                )
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.mul_(factor)
+
+        return kwargs, decay
+
+    return twin
+
+
+# The fusedopt-only weight-decay modes, for a case's grid. The fully decoupled
+# mode's wd is Composer-sized (wd_fully = wd_torch * lr_max): 0.1 would shrink
+# p by 10% a step.
+def _decay_mode_entries(base: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    return (
+        {**base, "weight_decay": 0.1, "weight_decay_mode": "decoupled"},
+        {**base, "weight_decay": 5e-4, "weight_decay_mode": "fully_decoupled"},
+        {**base, "weight_decay": 5e-4, "weight_decay_mode": "fully_decoupled", "lr_max": 4e-2},
+    )
+
+
+_RADAM_BASE = {"lr": 1e-2, "betas": (0.8, 0.95), "eps": 1e-6}
+# rho_t passes 5 at step 6 with beta2 = 0.95 or 0.999 (7 with 0.8), and never
+# with beta2 <= 0.6 (rho_inf <= 4): 10-step runs cross the switch.
+_RADAM_GRID = tuple(
+    {**_RADAM_BASE, **decay, **flags}
+    for flags in ({}, {"maximize": True})
+    for decay in (
+        {},
+        {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    )
+) + (
+    {"lr": 1e-2},  # torch's default betas and eps
+    {"lr": torch.tensor(1e-2), "weight_decay": 0.1},
+    {"lr": 1e-2, "betas": (0.8, 0.6)},  # never rectified
+    {"lr": 1e-2, "betas": (0.0, 0.8)},
+    *_decay_mode_entries(_RADAM_BASE),
+)
+# torch's checks, in torch's words (radam.py, adamax.py).
+_BETAS_EPS_BAD_KWARGS = (
+    ({"lr": -1.0}, "Invalid learning rate"),
+    ({"eps": -1e-8}, "Invalid epsilon value"),
+    ({"betas": (1.0, 0.999)}, "Invalid beta parameter at index 0"),
+    ({"betas": (0.9, -0.1)}, "Invalid beta parameter at index 1"),
+    ({"weight_decay": -0.1}, "Invalid weight_decay value"),
+    ({"lr": torch.tensor([1e-3, 1e-3])}, "Tensor lr must be 1-element"),
+)
+_RADAM_EDITS = (
+    Edit("lr", {"lr": 1e-2}, ((2, "lr", 3e-2),)),
+    Edit("betas", {"lr": 1e-2}, ((2, "betas", (0.5, 0.9)),)),
+    Edit("eps", {"lr": 1e-2}, ((2, "eps", 1e-3),)),
+    Edit("weight_decay", {"lr": 1e-2, "weight_decay": 0.0}, ((2, "weight_decay", 0.3),)),
+    Edit("maximize", {"lr": 1e-2}, ((2, "maximize", True),)),
+    Edit(
+        "decoupled_weight_decay",
+        {"lr": 1e-2, "weight_decay": 0.2},
+        ((2, "decoupled_weight_decay", True), (4, "decoupled_weight_decay", False)),
+    ),
+    Edit("tensor-lr", {"lr": torch.tensor(1e-2)}, ((2, "lr", torch.tensor(3e-2)),)),
+)
+
+_ADAMAX_BASE = {"lr": 1e-2, "betas": (0.8, 0.95), "eps": 1e-6}
+_ADAMAX_GRID = tuple(
+    {**_ADAMAX_BASE, **decay, **flags}
+    for flags in ({}, {"maximize": True})
+    for decay in ({}, {"weight_decay": 0.1})
+) + (
+    {},  # torch's defaults: lr 2e-3
+    {"lr": torch.tensor(1e-2), "weight_decay": 0.1},
+    {"lr": 1e-2, "betas": (0.0, 0.5), "eps": 0.0},
+    *_decay_mode_entries(_ADAMAX_BASE),
+)
+_ADAMAX_EDITS = (
+    Edit("lr", {"lr": 1e-2}, ((2, "lr", 3e-2),)),
+    Edit("betas", {"lr": 1e-2}, ((2, "betas", (0.5, 0.9)),)),
+    Edit("eps", {"lr": 1e-2}, ((2, "eps", 1e-1),)),
+    Edit("weight_decay", {"lr": 1e-2, "weight_decay": 0.0}, ((2, "weight_decay", 0.3),)),
+    Edit("maximize", {"lr": 1e-2}, ((2, "maximize", True),)),
+    Edit("tensor-lr", {"lr": torch.tensor(1e-2)}, ((2, "lr", torch.tensor(3e-2)),)),
+)
+
+
 CASES: tuple[Case, ...] = (
     Case(
         name="Adam",
@@ -841,6 +951,60 @@ CASES = CASES + (
         },
         low_precision_lr=10.0,
         torch_twin=_decoupled_decay_twin(lambda optimizer, group, p: float(group["lr"])),
+    ),
+    Case(
+        name="RAdam",
+        torch_cls=torch.optim.RAdam,
+        fused_cls=fusedopt.RAdam,
+        grid=_RADAM_GRID,
+        bound=tolerances.RADAM,
+        extra_args=("weight_decay_mode", "lr_max", "backend"),
+        extra_group_keys=(),
+        stateful={"lr": 1e-2, "weight_decay": 0.1},
+        bad_kwargs=_BETAS_EPS_BAD_KWARGS,
+        edits=_RADAM_EDITS,
+        train_kwargs={"lr": 3e-3, "weight_decay": 0.05},
+        group_options=(
+            {"lr": 1e-1, "betas": (0.5, 0.6)},
+            {"weight_decay": 0.3, "decoupled_weight_decay": True},
+            {"eps": 1e-3, "maximize": True},
+        ),
+        options={
+            "lr": (1e-2, torch.tensor(1e-2)),
+            "betas": ((0.9, 0.999), (0.8, 0.95), (0.9, 0.6)),
+            "weight_decay": (0.0, 0.1),
+            "decoupled_weight_decay": (False, True),
+            "maximize": (False, True),
+        },
+        low_precision_lr=0.1,
+        torch_twin=_weight_decay_mode_twin(torch_decouples=True),
+    ),
+    Case(
+        name="Adamax",
+        torch_cls=torch.optim.Adamax,
+        fused_cls=fusedopt.Adamax,
+        grid=_ADAMAX_GRID,
+        bound=tolerances.ADAMAX,
+        extra_args=("weight_decay_mode", "lr_max", "backend"),
+        extra_group_keys=(),
+        stateful={"lr": 1e-2, "weight_decay": 0.1},
+        bad_kwargs=_BETAS_EPS_BAD_KWARGS,
+        edits=_ADAMAX_EDITS,
+        train_kwargs={"lr": 1e-2, "weight_decay": 0.05},
+        group_options=(
+            {"lr": 1e-1, "betas": (0.5, 0.6)},
+            {"weight_decay": 0.3},
+            {"eps": 1e-3, "maximize": True},
+        ),
+        options={
+            "lr": (1e-2, torch.tensor(1e-2)),
+            "betas": ((0.9, 0.999), (0.8, 0.95)),
+            "weight_decay": (0.0, 0.1),
+            "maximize": (False, True),
+            "weight_decay_mode": ("l2", "decoupled"),
+        },
+        low_precision_lr=0.1,
+        torch_twin=_weight_decay_mode_twin(torch_decouples=False),
     ),
 )
 

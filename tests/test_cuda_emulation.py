@@ -123,6 +123,24 @@ CASES = {
         state_variants={"plain": {}},
         extra={"maximize": dict(maximize=True), "no-decay": dict(weight_decay=0.0)},
     ),
+    "adamax": RuleCases(
+        hyper=OP_HYPER["adamax"],
+        state_variants={"plain": {}},
+        extra={
+            "maximize": dict(maximize=True),
+            "no-decay": dict(weight_decay=0.0, weight_decay_mode=0),
+        },
+    ),
+    # make_case's counts (3) give un-rectified steps; test_per_tensor_step_counts'
+    # (0, 1, 7, 1000) both kinds, against the reference.
+    "radam": RuleCases(
+        hyper=OP_HYPER["radam"],
+        state_variants={"plain": {}},
+        extra={
+            "maximize": dict(maximize=True),
+            "no-decay": dict(weight_decay=0.0, weight_decay_mode=0),
+        },
+    ),
     "sgd": RuleCases(
         hyper=OP_HYPER["sgd"],
         state_variants={
@@ -171,6 +189,8 @@ STATE_INIT = {
     "sum": lambda n, gen: torch.rand(n, generator=gen) * 0.1,
     # As large as square_avg: a step of about lr * g, which moves bf16 params.
     "acc_delta": lambda n, gen: torch.rand(n, generator=gen) * 0.01,
+    # Adamax's infinity norm: at least eps, as after a first step with eps > 0.
+    "exp_inf": lambda n, gen: torch.rand(n, generator=gen) * 0.1 + 1e-3,
 }
 
 

@@ -30,6 +30,7 @@ SIZES = [0, 1, 3, 4, 17, 1031, 4097, 2053, 0]  # primes, one block + 7, zero-siz
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 ADAM, RMSPROP, SGD = RULES["adam"], RULES["rmsprop"], RULES["sgd"]
 ADAGRAD, ADADELTA = RULES["adagrad"], RULES["adadelta"]
+RADAM, ADAMAX = RULES["radam"], RULES["adamax"]
 HEADERS = Path(__file__).resolve().parents[1] / "csrc" / "include" / "fusedopt" / "rules"
 # Rules whose per-tensor scalars the prologue computes on the device (not
 # those with scalar states: Note [scalar states] in core/rule.h).
@@ -110,6 +111,23 @@ def adagrad_hyper(**overrides) -> dict:
     return {**hyper, **overrides}
 
 
+def radam_hyper(**overrides) -> dict:
+    hyper = dict(
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        weight_decay=0.1,
+        weight_decay_mode=WeightDecayMode.L2,
+        lr_max=2e-2,
+        maximize=False,
+    )
+    return {**hyper, **overrides}
+
+
+def adamax_hyper(**overrides) -> dict:
+    return radam_hyper(**overrides)  # the same hyperparameters
+
+
 def adadelta_hyper(**overrides) -> dict:
     hyper = dict(
         rho=0.9,
@@ -131,6 +149,8 @@ HYPER = {
     "rmsprop": rmsprop_hyper,
     "adagrad": adagrad_hyper,
     "adadelta": adadelta_hyper,
+    "radam": radam_hyper,
+    "adamax": adamax_hyper,
 }
 STATE_SET_OVERRIDES = {
     "adam": (dict(amsgrad=False), dict(amsgrad=True)),
@@ -161,6 +181,7 @@ def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
         "exp_avg_sq": lambda n: 0.01 * torch.rand(n, generator=gen),
         "max_exp_avg_sq": lambda n: 0.02 * torch.rand(n, generator=gen),
         "ax": lambda n: torch.randn(n, generator=gen),
+        "exp_inf": lambda n: 0.1 * torch.rand(n, generator=gen) + 1e-3,
         "momentum_buffer": lambda n: (
             torch.full((n,), float("nan"))
             if hyper.get("first_step")
@@ -299,6 +320,16 @@ ADADELTA_CASES = [
     dict(weight_decay_mode=WeightDecayMode.DECOUPLED, eps=1e-3),
     dict(weight_decay_mode=WeightDecayMode.FULLY_DECOUPLED, maximize=True),
 ]
+# Counts before the step: 3 and 4 give rho_t = 3.997 and 4.996 (un-rectified,
+# the last one just under torch's 5), 5 gives 5.994 (the first rectified step),
+# 40 one well past it; beta2 = 0.6 is never rectified (rho_inf = 4).
+RADAM_CASES = [
+    dict(count=3.0),
+    dict(count=4.0, weight_decay_mode=WeightDecayMode.DECOUPLED, maximize=True),
+    dict(count=5.0),
+    dict(count=40.0, weight_decay_mode=WeightDecayMode.FULLY_DECOUPLED),
+    dict(count=40.0, beta2=0.6, maximize=True),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -330,13 +361,42 @@ def test_adagrad_and_adadelta_match_reference(rule, case, dtype):
     assert all(c.item() == 6.0 for c in lists[3]), "every count, empty tensors' too, +1"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("counts_on_device", [False, True])
+@pytest.mark.parametrize(
+    "case", RADAM_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items())
+)
+def test_radam_matches_reference(dtype, case, counts_on_device):
+    case = dict(case)
+    count = case.pop("count")
+    hyper = radam_hyper(**case)
+    lists = make_lists(RADAM, SIZES, dtype, hyper, count=count)
+    expected = clone_lists(lists)
+    launch(RADAM, lists, lr=1e-2, hyper=hyper, counts_on_device=counts_on_device)
+    reference_step(RADAM, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay_mode", list(WeightDecayMode))
+@pytest.mark.parametrize("maximize", [False, True])
+def test_adamax_matches_reference(dtype, weight_decay_mode, maximize):
+    hyper = adamax_hyper(weight_decay_mode=weight_decay_mode, maximize=maximize)
+    lists = make_lists(ADAMAX, SIZES, dtype, hyper)
+    expected = clone_lists(lists)
+    launch(ADAMAX, lists, lr=1e-2, hyper=hyper)
+    reference_step(ADAMAX, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+
+
 @pytest.mark.parametrize("counts_on_device", [False, True])
 @pytest.mark.parametrize("rule", DEVICE_SCALAR_RULES, ids=lambda r: r.name)
 def test_lr_as_a_tensor(rule, counts_on_device):
-    """A device lr: the prologue kernel computes the per-tensor table."""
+    """A device lr: the prologue kernel computes the per-tensor table (RAdam's
+    at a count where rho_t passed 5)."""
     # RMSprop with its lr inside the buffer: the prologue's other branch of both scales.
     hyper = rule_hyper(rule.name, **({"lr_in_momentum": True} if rule is RMSPROP else {}))
-    lists = make_lists(rule, [3, 1100], torch.float32, hyper)
+    lists = make_lists(rule, [3, 1100], torch.float32, hyper, count=9.0)
     expected = clone_lists(lists)
     launcher = launch(
         rule, lists, lr=torch.tensor(3e-3), hyper=hyper, counts_on_device=counts_on_device

@@ -175,6 +175,51 @@ ADAM = RuleBound(
 )
 
 
+def _radam_rect(hyper: Mapping[str, Any], t: int) -> float:
+    """torch's r_t at step t, 0 where rho_t <= 5 (the un-rectified step)."""
+    b2 = hyper["beta2"]
+    rho_inf = 2 / (1 - b2) - 1
+    rho_t = rho_inf - 2 * t * b2**t / (1 - b2**t)
+    if rho_t <= 5:
+        return 0.0
+    return math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+
+
+def _radam_step_over_lr(
+    hyper: Mapping[str, Any], t: int, g_max: torch.Tensor
+) -> torch.Tensor | float:
+    rect = _radam_rect(hyper, t)
+    if rect == 0.0:
+        return g_max
+    return rect * _adam_step_over_lr(hyper, t, g_max)
+
+
+RADAM = RuleBound(
+    _radam_step_over_lr,
+    "un-rectified (rho_t <= 5) the step is lr * m_hat, and m_hat = (1-b1)/(1-b1^t) sum_k "
+    "b1^(t-k) g_k is an average of the effective grads, so |m_hat| <= G (max|g|, plus wd * "
+    "max|p| with L2 decay, which path_bound adds). Rectified, the step is lr * r_t * m_hat * "
+    "sqrt(1-b2^t) / (sqrt(v) + eps) <= lr * r_t * |m_hat| / sqrt(v_hat): ADAM's bound (its "
+    "Cauchy-Schwarz argument holds for these m and v) times r_t, and r_t < 1 since (x-4)(x-2)/x "
+    "increases for x > 2 and rho_t < rho_inf. Decoupled decay only shrinks |p|.",
+)
+
+
+def _adamax_step_over_lr(hyper: Mapping[str, Any], t: int, g_max: torch.Tensor) -> float:
+    b1, b2 = hyper["beta1"], hyper["beta2"]
+    return (1 - b1) / (1 - b1**t) * sum((b1 / b2) ** j for j in range(t))
+
+
+ADAMAX = RuleBound(
+    _adamax_step_over_lr,
+    "u_t = max(b2 u_(t-1), |g_t| + eps) >= b2^(t-k) |g_k| for every k <= t, so with m_t = "
+    "(1-b1) sum_k b1^(t-k) g_k: |m_t| <= (1-b1) u_t sum_{j<t} (b1/b2)^j, and the step "
+    "lr |m_t| / ((1-b1^t) u_t) <= lr (1-b1)/(1-b1^t) sum_{j<t} (b1/b2)^j whatever the "
+    "gradients (L2 decay and maximize included; eps only lowers it; needs beta2 > 0). It is 1 "
+    "at t = 1. Decoupled decay only shrinks |p|.",
+)
+
+
 def _sgd_step_over_lr(hyper: Mapping[str, Any], t: int, g_max: torch.Tensor) -> torch.Tensor:
     mu = hyper["momentum"]
     terms = t + 1 if hyper["nesterov"] else t

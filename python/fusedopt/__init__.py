@@ -10,8 +10,10 @@ from fusedopt.backends import BACKEND_NAMES
 from fusedopt.optim.adadelta import Adadelta
 from fusedopt.optim.adagrad import Adagrad
 from fusedopt.optim.adam import Adam, AdamW, HFAdamW
+from fusedopt.optim.adamax import Adamax
 from fusedopt.optim.asgd import ASGD
 from fusedopt.optim.nadam import NAdam
+from fusedopt.optim.radam import RAdam
 from fusedopt.optim.rmsprop import RMSprop, RMSpropTF
 from fusedopt.optim.sgd import SGD
 from fusedopt.param_groups import param_groups
@@ -24,8 +26,10 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "Adamax",
     "HFAdamW",
     "NAdam",
+    "RAdam",
     "RMSprop",
     "RMSpropTF",
     "SGD",

@@ -26,8 +26,10 @@ from typing import Any
 from fusedopt.reference.adadelta import adadelta as adadelta_reference
 from fusedopt.reference.adagrad import adagrad as adagrad_reference
 from fusedopt.reference.adam import adam as adam_reference
+from fusedopt.reference.adamax import adamax as adamax_reference
 from fusedopt.reference.asgd import asgd as asgd_reference
 from fusedopt.reference.nadam import nadam as nadam_reference
+from fusedopt.reference.radam import radam as radam_reference
 from fusedopt.reference.rmsprop import rmsprop as rmsprop_reference
 from fusedopt.reference.sgd import sgd as sgd_reference
 
@@ -81,6 +83,11 @@ def _rmsprop_states(h: Mapping[str, Any]) -> tuple[str, ...]:
     return ("square_avg", *momentum, *(("grad_avg",) if h["centered"] else ()))
 
 
+def _all_states(states: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[str, ...]]:
+    """used_states of a rule that reads and writes every state at every step."""
+    return lambda h: states
+
+
 def _sgd_states(h: Mapping[str, Any]) -> tuple[str, ...]:
     return ("momentum_buffer",) if h["momentum"] != 0 else ()
 
@@ -128,6 +135,38 @@ RULES: dict[str, Rule] = {
             ),
             used_states=_adam_states,
             reference=adam_reference,
+        ),
+        Rule(
+            name="adamax",
+            states=("exp_avg", "exp_inf"),
+            has_step=True,
+            hyper=(
+                "beta1",
+                "beta2",
+                "eps",
+                "weight_decay",
+                "weight_decay_mode",
+                "lr_max",
+                "maximize",
+            ),
+            used_states=_all_states(("exp_avg", "exp_inf")),
+            reference=adamax_reference,
+        ),
+        Rule(
+            name="radam",
+            states=("exp_avg", "exp_avg_sq"),
+            has_step=True,
+            hyper=(
+                "beta1",
+                "beta2",
+                "eps",
+                "weight_decay",
+                "weight_decay_mode",
+                "lr_max",
+                "maximize",
+            ),
+            used_states=_all_states(("exp_avg", "exp_avg_sq")),
+            reference=radam_reference,
         ),
         Rule(
             name="asgd",

@@ -32,7 +32,8 @@ constexpr int kPackSize = 16 / static_cast<int>(sizeof(T)) < N ? 16 / static_cas
 // Every buffer is global memory: without saying so at each access (once where
 // the pointer is made was not enough), nvcc 13 for sm_80/sm_90 left some
 // streams on generic LD/ST instead of LDG/STG (seen in the SASS: Adam's third
-// state, NAdam's second, Adadelta's first); sm_100/sm_120 were fine.
+// state, NAdam's second, Adadelta's first, RAdam's and Adamax's second);
+// sm_100/sm_120 were fine.
 FUSEDOPT_HD void assume_global(const void* p) {
 #if defined(__CUDA_ARCH__)
   __builtin_assume(__isGlobal(p));

@@ -9,8 +9,10 @@
 #include "fusedopt/rules/adadelta.h"
 #include "fusedopt/rules/adagrad.h"
 #include "fusedopt/rules/adam.h"
+#include "fusedopt/rules/adamax.h"
 #include "fusedopt/rules/asgd.h"
 #include "fusedopt/rules/nadam.h"
+#include "fusedopt/rules/radam.h"
 #include "fusedopt/rules/rmsprop.h"
 #include "fusedopt/rules/sgd.h"
 
@@ -18,8 +20,10 @@
   X(Adadelta, adadelta)           \
   X(Adagrad, adagrad)             \
   X(Adam, adam)                   \
+  X(Adamax, adamax)               \
   X(Asgd, asgd)                   \
   X(NAdam, nadam)                 \
+  X(Radam, radam)                 \
   X(Rmsprop, rmsprop)             \
   X(Sgd, sgd)
 
