@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusedopt.reference.adam import adam as adam_reference
+from fusedopt.reference.lion import lion as lion_reference
+from fusedopt.reference.rprop import rprop as rprop_reference
 from fusedopt.reference.sgd import sgd as sgd_reference
 
 
@@ -60,6 +62,11 @@ def _adam_states(h: Mapping[str, Any]) -> tuple[str, ...]:
 
 def _sgd_states(h: Mapping[str, Any]) -> tuple[str, ...]:
     return ("momentum_buffer",) if h["momentum"] != 0 else ()
+
+
+def _all_states(states: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[str, ...]]:
+    """used_states of a rule that uses every state at every step."""
+    return lambda h: states
 
 
 RULES: dict[str, Rule] = {
@@ -99,6 +106,22 @@ RULES: dict[str, Rule] = {
             used_states=_sgd_states,
             reference=sgd_reference,
             fresh_flag="first_step",
+        ),
+        Rule(
+            name="rprop",
+            states=("prev", "step_size"),
+            has_step=True,
+            hyper=("etaminus", "etaplus", "step_size_min", "step_size_max", "maximize"),
+            used_states=_all_states(("prev", "step_size")),
+            reference=rprop_reference,
+        ),
+        Rule(
+            name="lion",
+            states=("exp_avg",),
+            has_step=False,
+            hyper=("beta1", "beta2", "weight_decay", "weight_decay_mode", "lr_max", "maximize"),
+            used_states=_all_states(("exp_avg",)),
+            reference=lion_reference,
         ),
     )
 }

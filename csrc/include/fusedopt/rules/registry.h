@@ -7,11 +7,15 @@
 
 #include "fusedopt/core/rule.h"
 #include "fusedopt/rules/adam.h"
+#include "fusedopt/rules/lion.h"
+#include "fusedopt/rules/rprop.h"
 #include "fusedopt/rules/sgd.h"
 
 #define FUSEDOPT_FOR_EACH_RULE(X) \
   X(Adam, adam)                   \
-  X(Sgd, sgd)
+  X(Sgd, sgd)                     \
+  X(Rprop, rprop)                 \
+  X(Lion, lion)
 
 namespace fusedopt {
 #define FUSEDOPT_CHECK_RULE(Type, name) static_assert(check_rule<Type>());
