@@ -27,7 +27,7 @@ from fusedopt.registry import RULES  # noqa: E402
 BLOCK = 1024
 SIZES = [0, 1, 3, 4, 17, 1031, 4097, 2053, 0]  # primes, one block + 7, zero-size first and last
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-ADAM, SGD = RULES["adam"], RULES["sgd"]
+ADAM, SGD, RPROP, LION = RULES["adam"], RULES["sgd"], RULES["rprop"], RULES["lion"]
 HEADERS = Path(__file__).resolve().parents[1] / "csrc" / "include" / "fusedopt" / "rules"
 
 # Tolerances, per param dtype, against the reference (which runs in fp32 too):
@@ -72,6 +72,30 @@ def sgd_hyper(**overrides) -> dict:
     return {**hyper, **overrides}
 
 
+def rprop_hyper(**overrides) -> dict:
+    hyper = dict(etaminus=0.5, etaplus=1.2, step_size_min=1e-6, step_size_max=50.0, maximize=False)
+    return {**hyper, **overrides}
+
+
+def lion_hyper(**overrides) -> dict:
+    hyper = dict(
+        beta1=0.9,
+        beta2=0.99,
+        weight_decay=0.1,
+        weight_decay_mode=WeightDecayMode.DECOUPLED,
+        lr_max=2e-2,
+        maximize=False,
+    )
+    return {**hyper, **overrides}
+
+
+def full_hyper(name: str, **overrides) -> dict:
+    """The rule's hyperparameters under which a step uses every state."""
+    if name == "adam":
+        return adam_hyper(amsgrad=True, **overrides)
+    return {"sgd": sgd_hyper, "rprop": rprop_hyper, "lion": lion_hyper}[name](**overrides)
+
+
 def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
     """[params, grads, states (state-major), counts] with nonzero states, as
     after a few steps. A fresh SGD buffer (first_step) is NaN: the kernel must
@@ -88,6 +112,9 @@ def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
             if hyper.get("first_step")
             else torch.randn(n, generator=gen)
         ),
+        # Rprop: the last gradient, some of it 0 (a flip the step before); positive step sizes.
+        "prev": lambda n: torch.randn(n, generator=gen) * (torch.rand(n, generator=gen) > 0.1),
+        "step_size": lambda n: 0.05 + 0.2 * torch.rand(n, generator=gen),
     }
     states = [fills[name](n) for name in rule.used_states(hyper) for n in sizes]
     counts = [torch.tensor(count) for _ in sizes] if rule.has_step else []
@@ -184,11 +211,45 @@ def test_sgd_matches_reference(dtype, case):
     assert_lists_close(lists, expected)
 
 
+RPROP_CASES = [
+    {},
+    dict(maximize=True),
+    # Step sizes 0.05-0.25 (make_lists): both clamps bite.
+    dict(etaminus=0.3, etaplus=1.5, step_size_min=0.04, step_size_max=0.2),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "case", RPROP_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "defaults"
+)
+def test_rprop_matches_reference(dtype, case):
+    hyper = rprop_hyper(**case)
+    lists = make_lists(RPROP, SIZES, dtype, hyper)
+    expected = clone_lists(lists)
+    launch(RPROP, lists, lr=1e-2, hyper=hyper)
+    reference_step(RPROP, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+    assert [c.item() for c in lists[3]] == [4.0] * len(SIZES)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay_mode", list(WeightDecayMode))
+@pytest.mark.parametrize("maximize", [False, True])
+def test_lion_matches_reference(dtype, weight_decay_mode, maximize):
+    hyper = lion_hyper(weight_decay_mode=weight_decay_mode, maximize=maximize)
+    lists = make_lists(LION, SIZES, dtype, hyper)
+    expected = clone_lists(lists)
+    launch(LION, lists, lr=1e-2, hyper=hyper)
+    reference_step(LION, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+
+
 @pytest.mark.parametrize("counts_on_device", [False, True])
-@pytest.mark.parametrize("rule", [ADAM, SGD], ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda r: r.name)
 def test_lr_as_a_tensor(rule, counts_on_device):
     """A device lr: the prologue kernel computes the per-tensor table."""
-    hyper = adam_hyper() if rule is ADAM else sgd_hyper()
+    hyper = full_hyper(rule.name)
     lists = make_lists(rule, [3, 1100], torch.float32, hyper)
     expected = clone_lists(lists)
     launcher = launch(
@@ -223,7 +284,9 @@ def test_prologue_matches_host_scalars(name):
     from fp32 halves) against the host's (Python's pow on doubles), for counts
     from 1 to 10^6, within 1 fp32 ulp: the two pows differ by ~1e-12."""
     rule = rules.get(name)
-    hyper = adam_hyper(weight_decay_mode=2) if name == "adam" else sgd_hyper(weight_decay_mode=2)
+    hyper = full_hyper(name)
+    if "weight_decay_mode" in hyper:
+        hyper["weight_decay_mode"] = 2
     config = rule.config(hyper)
     counts = [0.0, 1.0, 9.0, 99.0, 12345.0, 999999.0]
     lists = make_lists(RULES[name], [1] * len(counts), torch.float32, hyper)
@@ -289,9 +352,9 @@ def test_only_empty_tensors_still_count():
 
 @pytest.mark.parametrize("counts_on_device", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("rule", [ADAM, SGD], ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda r: r.name)
 def test_grad_scale_and_found_inf(rule, dtype, counts_on_device):
-    hyper = adam_hyper(amsgrad=True) if rule is ADAM else sgd_hyper()
+    hyper = full_hyper(rule.name)
     lists = make_lists(rule, [3, 1500], dtype, hyper)
     scale = torch.tensor(1024.0)
     # found_inf nonzero: nothing at all is written, counts included.
@@ -437,9 +500,9 @@ def test_one_ulp_check_can_fail():
 # --- the backend ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule", [ADAM, SGD], ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda r: r.name)
 def test_backend_steps_every_rule(rule):
-    hyper = adam_hyper(amsgrad=True) if rule is ADAM else sgd_hyper()
+    hyper = full_hyper(rule.name)
     lists = make_lists(rule, [3, 1500, 0], torch.float32, hyper)
     expected = clone_lists(lists)
     backend = backends.get("triton")
@@ -504,10 +567,13 @@ def test_rule_module_mirrors_its_header_and_registry_entry(name):
     assert rule.STATE_NAMES == tuple(re.findall(r'"(\w+)"', names)) == entry.states
     assert rule.HAS_STEP == entry.has_step
     assert len(rule.STATE_NAMES) <= mta.MAX_STATES.value
-    hyper = adam_hyper() if name == "adam" else sgd_hyper()
+    hyper = full_hyper(name)
     assert set(hyper) == set(entry.hyper)
+    # Each rule's switch between its state sets, if it has one.
+    switch = {"adam": ("amsgrad", False), "sgd": ("momentum", 0.0)}
     for flag in (False, True):
-        h = {**hyper, "amsgrad": flag} if name == "adam" else {**hyper, "momentum": 0.9 * flag}
+        key, off = switch.get(name, (None, None))
+        h = {**hyper, key: off} if key is not None and not flag else hyper
         used = mta.state_mask(rule, rule.config(h))
         assert [n for k, n in enumerate(rule.STATE_NAMES) if (used >> k) & 1] == list(
             entry.used_states(h)
