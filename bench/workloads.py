@@ -51,3 +51,16 @@ def sgd_bytes_per_element(dtype: torch.dtype, momentum: bool = True) -> int:
     b), write p (and b): 12 for fp32 without momentum, 20 with."""
     param = torch.finfo(dtype).bits // 8
     return 3 * param + 2 * FP32_STATE_BYTES * momentum
+
+
+def rprop_bytes_per_element(dtype: torch.dtype) -> int:
+    """Bytes one Rprop step moves per element: read p, g, prev, step_size,
+    write p, prev, step_size: 28 for fp32."""
+    param = torch.finfo(dtype).bits // 8
+    return 3 * param + 4 * FP32_STATE_BYTES
+
+
+def lion_bytes_per_element(dtype: torch.dtype) -> int:
+    """Bytes one Lion step moves per element: read p, g, m, write p, m: 20 for fp32."""
+    param = torch.finfo(dtype).bits // 8
+    return 3 * param + 2 * FP32_STATE_BYTES
