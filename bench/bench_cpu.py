@@ -194,9 +194,9 @@ def throughput_rows(optimizer, bytes_per_param, workloads, warmup, repeats, roof
         for impl, samples in times.items():
             ms = statistics.median(samples) * 1e3
             gbs = bytes_per_param * n_params / (ms / 1e3) / 1e9
+            vs_best = f"{best_ms / ms:14.2f}x" if best else f"{'-':>15}"
             print(
-                f"{name:<20} {impl:<15} {ms:9.2f} {gbs:7.1f} {100 * gbs / roofline:5.0f}% "
-                f"{best_ms / ms:14.2f}x"
+                f"{name:<20} {impl:<15} {ms:9.2f} {gbs:7.1f} {100 * gbs / roofline:5.0f}% {vs_best}"
             )
             rows.append(
                 {
