@@ -101,6 +101,21 @@ OP_HYPER = {
         maximize=False,
         first_step=False,
     ),
+    "rprop": dict(
+        etaminus=0.5,
+        etaplus=1.2,
+        step_size_min=1e-6,
+        step_size_max=50.0,
+        maximize=False,
+    ),
+    "lion": dict(
+        beta1=0.9,
+        beta2=0.99,
+        weight_decay=0.1,
+        weight_decay_mode=1,
+        lr_max=0.125,
+        maximize=False,
+    ),
 }
 
 

@@ -141,6 +141,23 @@ CASES = {
             "no-decay": dict(weight_decay=0.0, weight_decay_mode=0),
         },
     ),
+    "rprop": RuleCases(
+        hyper=OP_HYPER["rprop"],
+        state_variants={"plain": {}},
+        extra={
+            "maximize": dict(maximize=True),
+            # Step sizes around 0.05-0.25 (STATE_INIT): both clamps bite.
+            "clamped": dict(etaminus=0.3, etaplus=1.5, step_size_min=0.04, step_size_max=0.2),
+        },
+    ),
+    "lion": RuleCases(
+        hyper=OP_HYPER["lion"],
+        state_variants={"plain": {}},
+        extra={
+            "maximize": dict(maximize=True),
+            "no-decay": dict(weight_decay=0.0, weight_decay_mode=0),
+        },
+    ),
     "sgd": RuleCases(
         hyper=OP_HYPER["sgd"],
         state_variants={
@@ -191,15 +208,23 @@ STATE_INIT = {
     "acc_delta": lambda n, gen: torch.rand(n, generator=gen) * 0.01,
     # Adamax's infinity norm: at least eps, as after a first step with eps > 0.
     "exp_inf": lambda n, gen: torch.rand(n, generator=gen) * 0.1 + 1e-3,
+    # Rprop: the last gradient, some of it 0 (a flip the step before); positive step sizes.
+    "prev": lambda n, gen: torch.randn(n, generator=gen) * (torch.rand(n, generator=gen) > 0.1),
+    "step_size": lambda n, gen: 0.05 + 0.2 * torch.rand(n, generator=gen),
 }
 
 
 def variants(name: str) -> dict[str, dict]:
     cases = CASES[name]
     out = {}
+    # Rules with weight decay: each state set in each mode.
+    modes = (0, 1, 2) if "weight_decay_mode" in cases.hyper else (None,)
     for sv_id, overrides in cases.state_variants.items():
-        for mode in (0, 1, 2):
-            out[f"{sv_id}-wd{mode}"] = {**cases.hyper, **overrides, "weight_decay_mode": mode}
+        for mode in modes:
+            if mode is None:
+                out[sv_id] = {**cases.hyper, **overrides}
+            else:
+                out[f"{sv_id}-wd{mode}"] = {**cases.hyper, **overrides, "weight_decay_mode": mode}
     for extra_id, overrides in cases.extra.items():
         out[extra_id] = {**cases.hyper, **overrides}
     return out

@@ -31,6 +31,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 ADAM, RMSPROP, SGD = RULES["adam"], RULES["rmsprop"], RULES["sgd"]
 ADAGRAD, ADADELTA = RULES["adagrad"], RULES["adadelta"]
 RADAM, ADAMAX = RULES["radam"], RULES["adamax"]
+RPROP, LION = RULES["rprop"], RULES["lion"]
 HEADERS = Path(__file__).resolve().parents[1] / "csrc" / "include" / "fusedopt" / "rules"
 # Rules whose per-tensor scalars the prologue computes on the device (not
 # those with scalar states: Note [scalar states] in core/rule.h).
@@ -99,6 +100,23 @@ def rmsprop_hyper(**overrides) -> dict:
     return {**hyper, **overrides}
 
 
+def rprop_hyper(**overrides) -> dict:
+    hyper = dict(etaminus=0.5, etaplus=1.2, step_size_min=1e-6, step_size_max=50.0, maximize=False)
+    return {**hyper, **overrides}
+
+
+def lion_hyper(**overrides) -> dict:
+    hyper = dict(
+        beta1=0.9,
+        beta2=0.99,
+        weight_decay=0.1,
+        weight_decay_mode=WeightDecayMode.DECOUPLED,
+        lr_max=2e-2,
+        maximize=False,
+    )
+    return {**hyper, **overrides}
+
+
 def adagrad_hyper(**overrides) -> dict:
     hyper = dict(
         lr_decay=0.1,
@@ -151,6 +169,8 @@ HYPER = {
     "adadelta": adadelta_hyper,
     "radam": radam_hyper,
     "adamax": adamax_hyper,
+    "rprop": rprop_hyper,
+    "lion": lion_hyper,
 }
 STATE_SET_OVERRIDES = {
     "adam": (dict(amsgrad=False), dict(amsgrad=True)),
@@ -198,6 +218,9 @@ def make_lists(rule, sizes, dtype, hyper, count=3.0, seed=0):
         # Adadelta steps by lr * sqrt(acc_delta / square_avg) * g: on square_avg's
         # scale, so that the step moves bf16 params.
         "acc_delta": lambda n: 16.0 * torch.rand(n, generator=gen),
+        # Rprop: the last gradient, some of it 0 (a flip the step before); positive step sizes.
+        "prev": lambda n: torch.randn(n, generator=gen) * (torch.rand(n, generator=gen) > 0.1),
+        "step_size": lambda n: 0.05 + 0.2 * torch.rand(n, generator=gen),
     }
     states = [fills[name](n) for name in rule.used_states(hyper) for n in sizes]
     return [params, grads, states, scalar_states(rule.name, [count] * len(sizes))]
@@ -386,6 +409,40 @@ def test_adamax_matches_reference(dtype, weight_decay_mode, maximize):
     expected = clone_lists(lists)
     launch(ADAMAX, lists, lr=1e-2, hyper=hyper)
     reference_step(ADAMAX, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+
+
+RPROP_CASES = [
+    {},
+    dict(maximize=True),
+    # Step sizes 0.05-0.25 (make_lists): both clamps bite.
+    dict(etaminus=0.3, etaplus=1.5, step_size_min=0.04, step_size_max=0.2),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "case", RPROP_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "defaults"
+)
+def test_rprop_matches_reference(dtype, case):
+    hyper = rprop_hyper(**case)
+    lists = make_lists(RPROP, SIZES, dtype, hyper)
+    expected = clone_lists(lists)
+    launch(RPROP, lists, lr=1e-2, hyper=hyper)
+    reference_step(RPROP, expected, lr=1e-2, hyper=hyper)
+    assert_lists_close(lists, expected)
+    assert [c.item() for c in lists[3]] == [4.0] * len(SIZES)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay_mode", list(WeightDecayMode))
+@pytest.mark.parametrize("maximize", [False, True])
+def test_lion_matches_reference(dtype, weight_decay_mode, maximize):
+    hyper = lion_hyper(weight_decay_mode=weight_decay_mode, maximize=maximize)
+    lists = make_lists(LION, SIZES, dtype, hyper)
+    expected = clone_lists(lists)
+    launch(LION, lists, lr=1e-2, hyper=hyper)
+    reference_step(LION, expected, lr=1e-2, hyper=hyper)
     assert_lists_close(lists, expected)
 
 

@@ -338,6 +338,29 @@ ADADELTA = RuleBound(
 )
 
 
+def _rprop_step_over_lr(hyper: Mapping[str, Any], t: int, g_max: torch.Tensor) -> float:
+    return hyper["etaplus"] ** t
+
+
+RPROP = RuleBound(
+    _rprop_step_over_lr,
+    "the step is sign(g) * step_size, |.| <= step_size. The step sizes start at lr (the "
+    "state is made at the group's lr) and each step multiplies them by etaplus, etaminus or "
+    "1, then clamps them to [step_size_min, step_size_max]; etaminus < 1 < etaplus, so by "
+    "induction step_size_t <= max(lr * etaplus^t, step_size_min), which is lr * etaplus^t "
+    "where step_size_min <= lr, as in every case of tests/cases.py (the clamp to "
+    "step_size_max only lowers it). Independent of the gradients; no weight decay.",
+)
+
+
+LION = RuleBound(
+    lambda hyper, t, g_max: 1.0,
+    "p moves by lr * sign(c), |sign(c)| <= 1, whatever the gradients (L2 decay and maximize "
+    "included: they change c, not the size of the step). The decoupled modes multiply p by "
+    "1 - lr * wd (or 1 - wd * lr / lr_max) in [0, 1], which does not raise |p|.",
+)
+
+
 def path_bound(
     rule: RuleBound,
     hyper: Mapping[str, Any],
@@ -349,7 +372,7 @@ def path_bound(
     """Per element, a bound on |p| over `steps` steps from p0 (float64): each
     step adds at most lr * rule.step_over_lr, with G = g_max + wd * |p| so far
     under L2 decay."""
-    l2 = hyper["weight_decay"] if hyper["weight_decay_mode"] == 0 else 0.0
+    l2 = hyper["weight_decay"] if hyper.get("weight_decay_mode") == 0 else 0.0
     path = p0.double().abs()
     g_max = g_max.double()
     for t in range(1, steps + 1):

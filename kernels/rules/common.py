@@ -1,6 +1,7 @@
 """Pieces of math that several rules share, mirrored name for name from
 csrc/include/fusedopt/rules/common.h: weight-decay modes, `l2_coefficient`,
-`param_decay`, `lerp_like_torch`, `max_propagate_nan`.
+`param_decay`, `lerp_like_torch`, `max_propagate_nan`, `sign_like_torch`,
+`mul_rn`.
 
 Host functions (`l2_coefficient`, `param_decay`, `sqrt`) take Python floats,
 or float64 tensors for the per-tensor table (kernels/mta.py), like the C++
@@ -74,3 +75,18 @@ def lerp_like_torch(start, end, w):
 def max_propagate_nan(a, b):
     """max that propagates NaN from either side, like torch.maximum."""
     return tl.where((a != a) | (a > b), a, b)
+
+
+@triton.jit
+def sign_like_torch(x):
+    """torch.sign on floats: (0 < x) - (x < 0), so sign(+-0) = 0 and sign(NaN) = 0."""
+    return tl.where(x > 0.0, 1.0, tl.where(x < 0.0, -1.0, 0.0))
+
+
+@triton.jit
+def mul_rn(a, b):
+    """a * b, meant uncontracted as in common.h. Triton has no such multiply
+    outside libdevice (which the interpreter lacks): on a GPU its default
+    fp fusion may still make `mul_rn(a, b) + c` one FMA, one ulp away from
+    torch's separately rounded mul and add."""
+    return a * b

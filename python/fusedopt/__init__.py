@@ -12,9 +12,11 @@ from fusedopt.optim.adagrad import Adagrad
 from fusedopt.optim.adam import Adam, AdamW, HFAdamW
 from fusedopt.optim.adamax import Adamax
 from fusedopt.optim.asgd import ASGD
+from fusedopt.optim.lion import Lion
 from fusedopt.optim.nadam import NAdam
 from fusedopt.optim.radam import RAdam
 from fusedopt.optim.rmsprop import RMSprop, RMSpropTF
+from fusedopt.optim.rprop import Rprop
 from fusedopt.optim.sgd import SGD
 from fusedopt.param_groups import param_groups
 from fusedopt.registry import RULES
@@ -28,10 +30,12 @@ __all__ = [
     "AdamW",
     "Adamax",
     "HFAdamW",
+    "Lion",
     "NAdam",
     "RAdam",
     "RMSprop",
     "RMSpropTF",
+    "Rprop",
     "SGD",
     "BACKEND_NAMES",
     "RULES",

@@ -28,9 +28,11 @@ from fusedopt.reference.adagrad import adagrad as adagrad_reference
 from fusedopt.reference.adam import adam as adam_reference
 from fusedopt.reference.adamax import adamax as adamax_reference
 from fusedopt.reference.asgd import asgd as asgd_reference
+from fusedopt.reference.lion import lion as lion_reference
 from fusedopt.reference.nadam import nadam as nadam_reference
 from fusedopt.reference.radam import radam as radam_reference
 from fusedopt.reference.rmsprop import rmsprop as rmsprop_reference
+from fusedopt.reference.rprop import rprop as rprop_reference
 from fusedopt.reference.sgd import sgd as sgd_reference
 
 
@@ -224,6 +226,22 @@ RULES: dict[str, Rule] = {
             reference=rmsprop_reference,
         ),
         Rule(
+            name="lion",
+            states=("exp_avg",),
+            has_step=False,
+            hyper=("beta1", "beta2", "weight_decay", "weight_decay_mode", "lr_max", "maximize"),
+            used_states=_all_states(("exp_avg",)),
+            reference=lion_reference,
+        ),
+        Rule(
+            name="rprop",
+            states=("prev", "step_size"),
+            has_step=True,
+            hyper=("etaminus", "etaplus", "step_size_min", "step_size_max", "maximize"),
+            used_states=_all_states(("prev", "step_size")),
+            reference=rprop_reference,
+        ),
+        Rule(
             name="sgd",
             states=("momentum_buffer",),
             has_step=False,
@@ -240,6 +258,22 @@ RULES: dict[str, Rule] = {
             used_states=_sgd_states,
             reference=sgd_reference,
             fresh_flag="first_step",
+        ),
+        Rule(
+            name="rprop",
+            states=("prev", "step_size"),
+            has_step=True,
+            hyper=("etaminus", "etaplus", "step_size_min", "step_size_max", "maximize"),
+            used_states=_all_states(("prev", "step_size")),
+            reference=rprop_reference,
+        ),
+        Rule(
+            name="lion",
+            states=("exp_avg",),
+            has_step=False,
+            hyper=("beta1", "beta2", "weight_decay", "weight_decay_mode", "lr_max", "maximize"),
+            used_states=_all_states(("exp_avg",)),
+            reference=lion_reference,
         ),
     )
 }

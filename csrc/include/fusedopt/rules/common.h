@@ -1,5 +1,6 @@
 // Pieces of math that several rules share: weight-decay modes, torch's lerp,
-// NaN-propagating max. fp32 in registers, like the rules themselves.
+// NaN-propagating max, torch's sign, an uncontracted product. fp32 in
+// registers, like the rules themselves.
 #pragma once
 
 #include <cmath>
@@ -51,5 +52,23 @@ FUSEDOPT_HD float lerp_like_torch(float start, float end, float w) {
 
 // max that propagates NaN from either side, like torch.maximum.
 FUSEDOPT_HD float max_propagate_nan(float a, float b) { return (a != a || a > b) ? a : b; }
+
+// torch.sign on floats: (0 < x) - (x < 0), so sign(+-0) = 0 and sign(NaN) = 0
+// (aten/src/ATen/native/cpu/UnaryOpsKernel.cpp, sign_kernel; measured on torch
+// 2.14: torch.sign(nan) is 0).
+FUSEDOPT_HD float sign_like_torch(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f); }
+
+// a * b rounded to fp32 on its own, never contracted with a following add
+// into an FMA, as torch's separate mul and add round it: for a state whose
+// later use is a sign (Note [Lion's sign of a sum] in rules/lion.h), one ulp
+// can flip a step. The CPU loops are built with -ffp-contract=off already;
+// nvcc contracts unless told, hence __fmul_rn.
+FUSEDOPT_HD float mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
 
 }  // namespace fusedopt

@@ -11,9 +11,11 @@
 #include "fusedopt/rules/adam.h"
 #include "fusedopt/rules/adamax.h"
 #include "fusedopt/rules/asgd.h"
+#include "fusedopt/rules/lion.h"
 #include "fusedopt/rules/nadam.h"
 #include "fusedopt/rules/radam.h"
 #include "fusedopt/rules/rmsprop.h"
+#include "fusedopt/rules/rprop.h"
 #include "fusedopt/rules/sgd.h"
 
 #define FUSEDOPT_FOR_EACH_RULE(X) \
@@ -22,9 +24,11 @@
   X(Adam, adam)                   \
   X(Adamax, adamax)               \
   X(Asgd, asgd)                   \
+  X(Lion, lion)                   \
   X(NAdam, nadam)                 \
   X(Radam, radam)                 \
   X(Rmsprop, rmsprop)             \
+  X(Rprop, rprop)                 \
   X(Sgd, sgd)
 
 namespace fusedopt {
