@@ -2,7 +2,7 @@
 # (scripts/setup.sh: venv, torch, build), so each works on a fresh clone.
 PY := .venv/bin/python
 
-.PHONY: setup test bench bench-quick lint format
+.PHONY: setup test bench bench-quick bench-family lint format
 
 setup:
 	bash scripts/setup.sh
@@ -17,6 +17,10 @@ bench: setup
 
 bench-quick: setup
 	$(PY) bench/bench_cpu.py --quick
+
+# Every optimizer's CPU step beside torch's fastest path for it (~5 min).
+bench-family: setup
+	$(PY) bench/bench_family.py
 
 lint:
 	$(PY) -m ruff check python kernels tests bench setup.py

@@ -117,24 +117,48 @@ def kwargs_id(kwargs: dict[str, Any]) -> str:
     return "-".join(parts) or "defaults"
 
 
-def _sgd_decoupled_twin(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Callable]:
-    """torch.optim.SGD has no decoupled decay: multiply each param that has a
-    grad by 1 - lr * wd before torch's step, without decay in it (SGDW as
-    fusedopt.SGD does it: p = p * (1 - lr*wd) - lr * b)."""
-    kwargs = dict(kwargs)
-    decoupled = kwargs.pop("decoupled_weight_decay")
-    weight_decay = kwargs.pop("weight_decay", 0.0) if decoupled else 0.0
-    if not decoupled:
-        return kwargs, None
+def _group_lr(optimizer, group, p) -> float:
+    return float(group["lr"])
 
-    @torch.no_grad()
-    def decay(optimizer, args, kw):
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.mul_(1 - group["lr"] * weight_decay)
 
-    return kwargs, decay
+def _decay_twin(*, torch_decouples: bool = False, step_lr=_group_lr):
+    """The torch twin of fusedopt's `weight_decay_mode` (and of SGD's
+    `decoupled_weight_decay`, which torch's SGD lacks) for a class whose torch
+    original has L2 decay and, where `torch_decouples`, decoupled_weight_decay:
+    "l2" and "decoupled" map onto torch's own arguments where it has them;
+    otherwise torch steps without decay after a pre-hook that multiplies each
+    param that has a grad by fusedopt's factor (fusedopt.reference.decay_factor),
+    1 - lr_t * wd or 1 - wd * lr_t / lr_max, with lr_t = step_lr(optimizer,
+    group, p) the lr this step applies (Adagrad's clr)."""
+
+    def twin(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Callable | None]:
+        kwargs = dict(kwargs)
+        mode = kwargs.pop("weight_decay_mode", None)
+        lr_max = kwargs.pop("lr_max", None)
+        if not torch_decouples and kwargs.pop("decoupled_weight_decay", False):
+            mode = mode or "decoupled"  # SGDW
+        if mode in (None, "l2"):
+            return kwargs, None
+        if mode == "decoupled" and torch_decouples:
+            return {**kwargs, "decoupled_weight_decay": True}, None
+        kwargs.pop("decoupled_weight_decay", None)
+        weight_decay = kwargs.pop("weight_decay", 0.0)
+        lr_max = float(kwargs["lr"]) if lr_max is None else float(lr_max)
+
+        @torch.no_grad()
+        def decay(optimizer, args, kw):
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        lr_t = step_lr(optimizer, group, p)
+                        if mode == "decoupled":
+                            p.mul_(1 - lr_t * weight_decay)
+                        else:
+                            p.mul_(1 - weight_decay * lr_t / lr_max)
+
+        return kwargs, decay
+
+    return twin
 
 
 def _adam_twin(decoupled_default: bool):
@@ -356,30 +380,6 @@ _ASGD_GROUPS = (
 )
 
 
-def _decay_mode_twin(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Callable | None]:
-    """fusedopt's weight_decay_mode on a class without it: the decoupled modes
-    multiply each param that has a grad by 1 - lr * wd (or 1 - wd * lr /
-    lr_max) before a step without decay, which is where fusedopt's rules
-    apply it (fusedopt.reference.decay_factor)."""
-    kwargs = dict(kwargs)
-    mode = kwargs.pop("weight_decay_mode")
-    lr_max = kwargs.pop("lr_max", float(kwargs["lr"]))
-    if mode == "l2":
-        return kwargs, None
-    weight_decay = kwargs.pop("weight_decay", 0.0)
-
-    @torch.no_grad()
-    def decay(optimizer, args, kw):
-        for group in optimizer.param_groups:
-            lr = float(group["lr"])
-            scale = lr / lr_max if mode == "fully_decoupled" else lr
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.mul_(1 - scale * weight_decay)
-
-    return kwargs, decay
-
-
 # With L2 decay, eps=1e-4. The first step moves p by lr * g / (sqrt(1 - alpha)
 # |g| + eps), whose sensitivity to g is up to lr / eps where g + wd * p cancels.
 # torch's g.add(p, alpha=wd) is one FMA on the CPU (measured: bitwise
@@ -506,38 +506,6 @@ def _timm_rmsprop_tf() -> type[torch.optim.Optimizer]:
 TIMM_RMSPROP_TF = _timm_rmsprop_tf()
 
 
-def _decoupled_decay_twin(
-    step_lr: Callable[[torch.optim.Optimizer, dict[str, Any], torch.Tensor], float],
-) -> Callable[[dict[str, Any]], tuple[dict[str, Any], Callable | None]]:
-    """For a class whose torch twin has only L2 decay: torch without decay, and
-    a pre-hook that multiplies each param that has a grad by fusedopt's factor,
-    1 - lr_t * wd ("decoupled") or 1 - wd * lr_t / lr_max ("fully_decoupled"),
-    where lr_t = step_lr(optimizer, group, p) is the lr this step applies."""
-
-    def twin(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Callable | None]:
-        kwargs = dict(kwargs)
-        mode = kwargs.pop("weight_decay_mode", "l2")
-        lr_max = float(kwargs.pop("lr_max", kwargs["lr"]))
-        if mode == "l2":
-            return kwargs, None
-        weight_decay = kwargs.pop("weight_decay", 0.0)
-
-        @torch.no_grad()
-        def decay(optimizer, args, kw):
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        lr_t = step_lr(optimizer, group, p)
-                        if mode == "decoupled":
-                            p.mul_(1 - lr_t * weight_decay)
-                        else:
-                            p.mul_(1 - weight_decay * lr_t / lr_max)
-
-        return kwargs, decay
-
-    return twin
-
-
 def _adagrad_step_lr(optimizer, group, p) -> float:
     """Adagrad's clr = lr / (1 + (t - 1) * lr_decay) at the coming step t (torch
     creates `step` in the constructor: it is there before the first step)."""
@@ -623,42 +591,6 @@ _ADADELTA_GROUPS = (
     {"weight_decay": 0.3, "eps": 1e-4},
     {"rho": 0.95, "maximize": True},
 )
-
-
-def _weight_decay_mode_twin(torch_decouples: bool):
-    """The torch twin of `weight_decay_mode` for a class whose torch original has
-    L2 decay and, where `torch_decouples`, `decoupled_weight_decay`: "l2" and
-    "decoupled" map onto torch's own arguments where it has them; otherwise
-    torch runs without decay and each param that has a grad is multiplied by
-    fusedopt's factor (1 - lr * wd, or 1 - wd * lr / lr_max) before the step,
-    which is where both torch and fusedopt apply decoupled decay."""
-
-    def twin(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Callable | None]:
-        kwargs = dict(kwargs)
-        mode = kwargs.pop("weight_decay_mode", "l2")
-        lr_max = kwargs.pop("lr_max", None)
-        if mode == "l2":
-            return kwargs, None
-        if mode == "decoupled" and torch_decouples:
-            return {**kwargs, "decoupled_weight_decay": True}, None
-        kwargs.pop("decoupled_weight_decay", None)
-        weight_decay = kwargs.pop("weight_decay", 0.0)
-        lr_max = float(kwargs["lr"]) if lr_max is None else lr_max
-
-        @torch.no_grad()
-        def decay(optimizer, args, kw):
-            for group in optimizer.param_groups:
-                lr = float(group["lr"])
-                factor = (
-                    1 - lr * weight_decay if mode == "decoupled" else 1 - weight_decay * lr / lr_max
-                )
-                for p in group["params"]:
-                    if p.grad is not None:
-                        p.mul_(factor)
-
-        return kwargs, decay
-
-    return twin
 
 
 # The fusedopt-only weight-decay modes, for a case's grid. The fully decoupled
@@ -896,7 +828,7 @@ CASES: tuple[Case, ...] = (
             "decoupled_weight_decay": (False, True),
         },
         low_precision_lr=0.05,
-        torch_twin=_sgd_decoupled_twin,
+        torch_twin=_decay_twin(),
     ),
     Case(
         name="RMSprop",
@@ -920,7 +852,7 @@ CASES: tuple[Case, ...] = (
             "maximize": (False, True),
         },
         low_precision_lr=1e-2,
-        torch_twin=_decay_mode_twin,
+        torch_twin=_decay_twin(),
     ),
     Case(
         name="RMSpropTF",
@@ -946,12 +878,8 @@ CASES: tuple[Case, ...] = (
             "lr_in_momentum": (True, False),
         },
         low_precision_lr=1e-2,
-        torch_twin=_decay_mode_twin,
+        torch_twin=_decay_twin(),
     ),
-)
-
-
-CASES = CASES + (
     Case(
         name="NAdam",
         torch_cls=torch.optim.NAdam,
@@ -1027,7 +955,7 @@ CASES = CASES + (
             "weight_decay_mode": ("l2", "decoupled", "fully_decoupled"),
         },
         low_precision_lr=0.1,
-        torch_twin=_decoupled_decay_twin(_adagrad_step_lr),
+        torch_twin=_decay_twin(step_lr=_adagrad_step_lr),
     ),
     Case(
         name="Adadelta",
@@ -1051,7 +979,7 @@ CASES = CASES + (
             "weight_decay_mode": ("l2", "decoupled", "fully_decoupled"),
         },
         low_precision_lr=10.0,
-        torch_twin=_decoupled_decay_twin(lambda optimizer, group, p: float(group["lr"])),
+        torch_twin=_decay_twin(),
     ),
     Case(
         name="RAdam",
@@ -1078,7 +1006,7 @@ CASES = CASES + (
             "maximize": (False, True),
         },
         low_precision_lr=0.1,
-        torch_twin=_weight_decay_mode_twin(torch_decouples=True),
+        torch_twin=_decay_twin(torch_decouples=True),
     ),
     Case(
         name="Adamax",
@@ -1105,7 +1033,7 @@ CASES = CASES + (
             "weight_decay_mode": ("l2", "decoupled"),
         },
         low_precision_lr=0.1,
-        torch_twin=_weight_decay_mode_twin(torch_decouples=False),
+        torch_twin=_decay_twin(),
     ),
     Case(
         name="Rprop",

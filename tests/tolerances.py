@@ -155,7 +155,7 @@ def _adam_step_over_lr(hyper: Mapping[str, Any], t: int, g_max: torch.Tensor) ->
     b1, b2 = hyper["beta1"], hyper["beta2"]
     ratio_sum = sum((b1 * b1 / b2) ** j for j in range(t))
     corrected = (1 - b1) / (1 - b1**t) * math.sqrt((1 - b2**t) / (1 - b2) * ratio_sum)
-    if hyper["correct_bias"]:
+    if hyper.get("correct_bias", True):  # RAdam (no such option) reuses this bound
         return corrected
     return corrected * (1 - b1**t) / math.sqrt(1 - b2**t)  # |m| / sqrt(v), uncorrected
 
