@@ -105,10 +105,12 @@ def test_isa_variants_agree_bit_for_bit(isa, tmp_path):
         from helpers import make_params, run_lockstep
         for case in CASES:
             # With weight decay where the class has it (Rprop has none).
-            decay = "weight_decay" in inspect.signature(case.fused_cls).parameters
+            kwargs = dict(case.stateful)
+            if "weight_decay" in inspect.signature(case.fused_cls).parameters:
+                kwargs["weight_decay"] = 0.1
             for dtype in (torch.float32, torch.bfloat16, torch.float16):
                 ps = make_params({list(EDGE_SIZES)!r}, dtype=dtype)
-                opt = case.make(ps, {{**case.stateful, **({{"weight_decay": 0.1}} if decay else {{}})}}, "cpu")
+                opt = case.make(ps, kwargs, "cpu")
                 run_lockstep([opt], [ps], 3)
                 torch.save([p.detach() for p in ps], f"{{sys.argv[1]}}-{{case.name}}-{{dtype}}")
         print(fusedopt._extension.cpu_isa())
