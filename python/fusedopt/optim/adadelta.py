@@ -19,6 +19,7 @@ from torch.optim.optimizer import ParamsT
 
 from fusedopt.optim.base import (
     FusedOptimizer,
+    check_eps,
     check_fused_flags,
     check_lr_and_weight_decay,
     decay_defaults,
@@ -52,8 +53,7 @@ class Adadelta(FusedOptimizer):
         check_lr_and_weight_decay(lr, weight_decay)
         if not 0.0 <= rho <= 1.0:
             raise ValueError(f"Invalid rho value: {rho}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
+        check_eps(eps)
         check_fused_flags(foreach, differentiable, None)
         defaults = {
             "lr": lr,

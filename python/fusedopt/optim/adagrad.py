@@ -26,6 +26,7 @@ from torch.optim.optimizer import ParamsT
 
 from fusedopt.optim.base import (
     FusedOptimizer,
+    check_eps,
     check_fused_flags,
     check_lr_and_weight_decay,
     decay_defaults,
@@ -66,8 +67,7 @@ class Adagrad(FusedOptimizer):
             raise ValueError(
                 f"Invalid initial_accumulator_value value: {initial_accumulator_value}"
             )
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
+        check_eps(eps)
         check_fused_flags(foreach, differentiable, fused)
         defaults = {
             "lr": lr,

@@ -40,6 +40,8 @@ from torch.optim.optimizer import ParamsT
 
 from fusedopt.optim.base import (
     FusedOptimizer,
+    check_betas,
+    check_eps,
     check_fused_flags,
     check_lr_and_weight_decay,
     decay_defaults,
@@ -112,12 +114,8 @@ class Adam(FusedOptimizer):
         backend: str = "auto",
     ) -> None:
         check_lr_and_weight_decay(lr, weight_decay)
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        check_eps(eps)
+        check_betas(betas)
         if not (
             all(isinstance(beta, float) for beta in betas)
             or all(isinstance(beta, Tensor) for beta in betas)

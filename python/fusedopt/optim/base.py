@@ -102,6 +102,19 @@ def decay_defaults(
     return {"weight_decay_mode": weight_decay_mode, "lr_max": lr_max}
 
 
+def check_eps(eps: float) -> None:
+    """torch's check, with torch's message."""
+    if not 0.0 <= eps:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+
+
+def check_betas(betas) -> None:
+    """torch's checks of an Adam-style (beta1, beta2), with torch's messages."""
+    for i, beta in enumerate(betas):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
+
+
 def weight_decay_hyper(group: Mapping[str, Any], decoupled_default: bool = False) -> dict[str, Any]:
     """The weight-decay hyperparameters every rule's op takes, from the group's
     `weight_decay`, `weight_decay_mode` and `lr_max` (decay_defaults), else
@@ -220,8 +233,8 @@ class FusedOptimizer(Optimizer):
 
     def initial_state_value(self, group: Mapping[str, Any], key: str) -> float:
         """The value a new state tensor `key` starts at (torch's zeros, unless
-        the class says otherwise: Adagrad's initial_accumulator_value, NAdam's
-        mu_product, ...), for element and scalar states alike."""
+        the class says otherwise: a class's initial accumulator, a running
+        product that starts at 1), for element and scalar states alike."""
         return 0.0
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from torch.optim.optimizer import ParamsT
 
 from fusedopt.optim.base import (
     FusedOptimizer,
+    check_betas,
     check_fused_flags,
     check_lr_and_weight_decay,
     decay_defaults,
@@ -55,10 +56,7 @@ class Lion(FusedOptimizer):
         backend: str = "auto",
     ) -> None:
         check_lr_and_weight_decay(lr, weight_decay)
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        check_betas(betas)
         check_fused_flags(foreach, differentiable, fused=None)
         defaults = {
             "lr": lr,

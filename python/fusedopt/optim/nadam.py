@@ -17,6 +17,8 @@ from torch.optim.optimizer import ParamsT
 
 from fusedopt.optim.base import (
     FusedOptimizer,
+    check_betas,
+    check_eps,
     check_fused_flags,
     decay_defaults,
     weight_decay_hyper,
@@ -52,12 +54,8 @@ class NAdam(FusedOptimizer):
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= lr:
             raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        check_eps(eps)
+        check_betas(betas)
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if not 0.0 <= momentum_decay:

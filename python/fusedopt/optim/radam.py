@@ -20,6 +20,8 @@ from torch.optim.optimizer import ParamsT
 
 from fusedopt.optim.base import (
     FusedOptimizer,
+    check_betas,
+    check_eps,
     check_fused_flags,
     check_lr_and_weight_decay,
     decay_defaults,
@@ -59,12 +61,8 @@ class RAdam(FusedOptimizer):
         backend: str = "auto",
     ) -> None:
         check_lr_and_weight_decay(lr, weight_decay)
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not 0.0 <= betas[0] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
-        if not 0.0 <= betas[1] < 1.0:
-            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        check_eps(eps)
+        check_betas(betas)
         check_fused_flags(foreach, differentiable, None)
         defaults = {
             "lr": lr,

@@ -29,6 +29,7 @@ from torch.optim.optimizer import ParamsT
 
 from fusedopt.optim.base import (
     FusedOptimizer,
+    check_eps,
     check_fused_flags,
     check_lr_and_weight_decay,
     decay_defaults,
@@ -64,8 +65,7 @@ class RMSprop(FusedOptimizer):
         backend: str = "auto",
     ) -> None:
         check_lr_and_weight_decay(lr, weight_decay)
-        if not 0.0 <= eps:
-            raise ValueError(f"Invalid epsilon value: {eps}")
+        check_eps(eps)
         if not 0.0 <= momentum:
             raise ValueError(f"Invalid momentum value: {momentum}")
         if not 0.0 <= alpha:
