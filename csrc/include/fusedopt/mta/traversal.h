@@ -161,11 +161,7 @@ FUSEDOPT_HD void element_thread(const LaunchArgs<R>& args, int32_t block, int32_
   // tensors' own data pointers; a view at an odd offset takes the scalar path.
   bool aligned = is_aligned16(b.param) && is_aligned16(b.grad);
   for (int k = 0; k < R::kStates; ++k) {
-    // An offset select, not `state ? state + start : nullptr`: nvcc's address-
-    // space inference gives up on a select with null once the rule's update
-    // grows (Adam with its eps and decay conventions: every state on generic
-    // LD/ST.E.128 for sm_90, tests/test_cuda_sass.py).
-    b.state[k] = slot.state[k] + (slot.state[k] != nullptr ? chunk_start : 0);
+    b.state[k] = slot.state[k] != nullptr ? slot.state[k] + chunk_start : nullptr;
     aligned = aligned && (b.state[k] == nullptr || is_aligned16(b.state[k]));
   }
   // Elements per vector group: one 16-byte pack of each fp32 stream; 8 bytes
