@@ -109,7 +109,7 @@ def check_eps(eps: float) -> None:
 
 
 def check_betas(betas) -> None:
-    """torch's checks of an Adam-style (beta1, beta2), with torch's messages."""
+    """torch's checks of a (beta1, beta2) pair of moment decays, with torch's messages."""
     for i, beta in enumerate(betas):
         if not 0.0 <= beta < 1.0:
             raise ValueError(f"Invalid beta parameter at index {i}: {beta}")
