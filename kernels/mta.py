@@ -278,11 +278,17 @@ def _split(x: float) -> tuple[float, float]:
 def _to_device(host: Tensor, out: Tensor) -> None:
     """Copies a host table into its device twin without a host sync: from
     pinned memory, which torch's caching host allocator keeps until the copy
-    has run."""
+    has run. Only for tables rewritten at every step of a non-capturable plan
+    (Note [table uploads])."""
     if out.is_cuda:
         out.copy_(host.pin_memory(), non_blocking=True)
     else:
         out.copy_(host)
+
+
+def _current_stream(device: torch.device) -> int | None:
+    """The stream a launch on `device` goes to now (None for CPU tensors)."""
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
 
 
 def _device_guard(device: torch.device):
@@ -296,7 +302,23 @@ def state_mask(rule: ModuleType, config) -> int:
 
 
 class _Plan:
-    """The tables of one tensor set (Note [plan validity])."""
+    """The tables of one tensor set (Note [plan validity]), uploaded as Note
+    [table uploads] says.
+
+    Note [table uploads]: a table goes to the device from pinned memory with
+    a non-blocking copy on the current stream (no host sync), always into a
+    new device tensor, never over one that a queued kernel may still read.
+    Tables are read on the stream they were uploaded on: a step on another
+    stream allocates and uploads them all again (an in-place rewrite from
+    another stream could race the first stream's kernels; the caching
+    allocator frees the old ones on their own stream, in order). Under CUDA
+    graph capture the copy becomes a node that every replay runs again, from
+    the same pinned buffer, and the kernels read the tables at the addresses
+    they had when captured: a plan used in a capture is kept by its launcher
+    for the process's life, pinned buffers included (torch's caching host
+    allocator would otherwise reuse them once the copy had run). Any other
+    plan lives as long as the optimizer's plan of that call
+    (fusedopt/optim/base.py, Note [cached step plans])."""
 
     def __init__(self, addresses, numels, n_states: int, used: int, host_counts: bool, device):
         n = len(numels)
@@ -307,42 +329,60 @@ class _Plan:
         host[:, COL_PARAM.value] = columns[0]
         host[:, used_columns] = columns[1 : 1 + n_states].T
         host[:, COL_NUMEL.value] = torch.tensor(numels, dtype=torch.int64)
-        # Host counts that differ reach the prologue through this buffer.
-        self.count_values = None
-        if host_counts:
-            self.count_values = torch.zeros(n, dtype=torch.float32, device=device)
-            host[:, COL_COUNT.value] = self.count_values.data_ptr() + 4 * torch.arange(n)
-        elif len(columns) > 1 + n_states:
+        if not host_counts and len(columns) > 1 + n_states:
             host[:, COL_COUNT.value] = columns[1 + n_states]
         self.host = host
+        # Host counts that differ reach the prologue through count_values.
+        self.host_counts = host_counts
         self.fixed_aligned = (
             host[:, [COL_PARAM.value, *used_columns]] % VECTOR_BYTES.value == 0
         ).all(1)
-        self.tensor_table = torch.empty_like(host, device=device)
-        self.per_tensor_table = torch.empty(
-            (n, PER_TENSOR_COLS.value), dtype=torch.float32, device=device
-        )
+        self.captured_uploads: list[Tensor] = []
+        self.stream: int | None = None
         self.grad_addresses: list[int] | None = None
         self.aligned: Tensor | None = None
-        self.block_table: Tensor | None = None
+        self.block_host: Tensor | None = None
         self.n_blocks = 0
 
-    def refresh_grads(self, grads: Sequence[Tensor], block: int) -> None:
-        """Points the grad column at this step's grads and re-derives the
-        full-block flags if an alignment changed; a no-op when no grad moved."""
+    def _upload(self, host: Tensor) -> Tensor:
+        out = torch.empty_like(host, device=self.device)
+        if not out.is_cuda:
+            return out.copy_(host)
+        pinned = host.pin_memory()
+        out.copy_(pinned, non_blocking=True)
+        if torch.cuda.is_current_stream_capturing():
+            self.captured_uploads.append(pinned)
+        return out
+
+    def refresh(self, grads: Sequence[Tensor], block: int) -> None:
+        """Points the grad column at this step's grads, re-derives the
+        full-block flags if an alignment changed, and uploads what changed; a
+        no-op when no grad moved and the stream is the one of the last upload."""
         addresses = list(map(_data_ptr, grads))
-        if addresses == self.grad_addresses:
+        stream = _current_stream(self.device)
+        new_stream = self.grad_addresses is None or stream != self.stream
+        if addresses == self.grad_addresses and not new_stream:
             return
+        if new_stream:
+            n = self.host.shape[0]
+            self.per_tensor_table = torch.empty(
+                (n, PER_TENSOR_COLS.value), dtype=torch.float32, device=self.device
+            )
+            self.count_values = None
+            if self.host_counts:
+                self.count_values = torch.zeros(n, dtype=torch.float32, device=self.device)
+                self.host[:, COL_COUNT.value] = self.count_values.data_ptr() + 4 * torch.arange(n)
         self.host[:, COL_GRAD.value] = torch.tensor(addresses, dtype=torch.int64)
         aligned = self.fixed_aligned & (self.host[:, COL_GRAD.value] % VECTOR_BYTES.value == 0)
         if self.aligned is None or not torch.equal(aligned, self.aligned):
-            block_table = _block_table(self.host[:, COL_NUMEL.value], aligned, block)
-            self.block_table = torch.empty_like(block_table, device=self.device)
-            _to_device(block_table, self.block_table)
-            self.n_blocks = block_table.shape[0]
+            self.block_host = _block_table(self.host[:, COL_NUMEL.value], aligned, block)
+            self.n_blocks = self.block_host.shape[0]
             self.aligned = aligned
-        _to_device(self.host, self.tensor_table)
-        self.grad_addresses = addresses
+            new_stream = True
+        if new_stream:
+            self.block_table = self._upload(self.block_host)
+        self.tensor_table = self._upload(self.host)
+        self.grad_addresses, self.stream = addresses, stream
 
 
 def _block_table(numels: Tensor, aligned: Tensor, block: int) -> Tensor:
@@ -364,12 +404,17 @@ class Launcher:
     def __init__(self) -> None:
         self.launches = 0
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
+        # Plans some CUDA graph launched with (Note [table uploads]), by identity.
+        self._graph_plans: dict[int, _Plan] = {}
 
-    def _plan(self, params, states, device_counts, used: int, host_counts: bool, block: int):
+    def _plan(self, params, states, device_counts, used: int, host_counts: bool, block: int, plans):
+        """The plan of these lists, from `plans` (the caller's, kept with its
+        own lists) or else from the launcher's LRU."""
         key = (id(params), params[0].device, used, host_counts, block)
         addresses = list(map(_data_ptr, itertools.chain(params, states, device_counts)))
         numels = list(map(_numel, params))
-        plan = self._plans.get(key)
+        store = self._plans if plans is None else plans
+        plan = store.get(key)
         if plan is None or plan.addresses != addresses or plan.numels != numels:
             plan = _Plan(
                 addresses,
@@ -379,10 +424,11 @@ class Launcher:
                 host_counts,
                 params[0].device,
             )
-            self._plans[key] = plan
+            store[key] = plan
+        if plans is None:
+            self._plans.move_to_end(key)
             if len(self._plans) > MAX_PLANS:
                 self._plans.popitem(last=False)
-        self._plans.move_to_end(key)
         return plan
 
     def step(
@@ -399,6 +445,7 @@ class Launcher:
         found_inf: Tensor | None = None,
         counts_on_device: bool = False,
         block: int = BLOCK_SIZE,
+        plans: dict | None = None,
     ) -> None:
         """Steps checked, dense tensors of one device and param dtype
         (fusedopt._checks.check_lists) with `rule`, a kernels/rules module.
@@ -408,7 +455,11 @@ class Launcher:
         kernels read and advance them there (no host sync: capturable).
         Otherwise they are CPU tensors, read and advanced here, and a found_inf
         is read on the host to decide whether to step at all (a sync: the
-        non-capturable path, like torch's)."""
+        non-capturable path, like torch's).
+
+        `plans`: where to keep this call's tables between steps (the
+        optimizer's per-call cache; Note [table uploads]); else the launcher's
+        LRU of MAX_PLANS plans serves."""
         if not params:
             return
         config = rule.config(hyper)
@@ -434,11 +485,14 @@ class Launcher:
                 "GPU (capturable=True) nor a CUDA-tensor lr yet"
             )
         device_counts = state_steps if counts_on_device else ()
-        plan = self._plan(params, states, device_counts, used, host_counts, block)
+        plan = self._plan(params, states, device_counts, used, host_counts, block, plans)
         counts = list(map(Tensor.item, state_steps[:n])) if host_counts else None
         scalars_after = ()
-        with _device_guard(params[0].device):
-            plan.refresh_grads(grads, block)
+        device = params[0].device
+        with _device_guard(device):
+            if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                self._graph_plans[id(plan)] = plan
+            plan.refresh(grads, block)
             if scalar_states:
                 scalars_after = self._scalar_state_table(
                     rule, plan, config, lr, counts, state_steps

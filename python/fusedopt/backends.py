@@ -43,6 +43,9 @@ class Backend:
     # True when the backend reads lr and step on the device and never syncs the
     # host, so that step() can be captured in a CUDA graph.
     supports_capturable: bool = False
+    # True when step counts should live on the params' device (Note [counts on
+    # the device] in fusedopt/optim/base.py): the kernels read and advance them there.
+    counts_on_device: bool = False
     # What its kernels need of the tensors (fusedopt._checks.check_lists):
     # fp32 states, and dense params with grads and states of the same layout.
     state_dtype: torch.dtype | None = torch.float32
@@ -68,13 +71,15 @@ class Backend:
         hyper: Mapping[str, Any],
         grad_scale: Tensor | None = None,
         found_inf: Tensor | None = None,
+        cache: dict[str, Any] | None = None,
     ) -> None:
         """Steps every tensor once with `rule` and advances its step count
         (Note [step-count protocol] in fusedopt/registry.py), after checking all
         arguments: a refused call writes nothing. `states` is state-major and
         holds rule.used_states(hyper); `hyper` has exactly rule.hyper's keys.
         With `found_inf` nonzero it writes nothing at all (GradScaler skips the
-        step)."""
+        step). `cache` is the caller's dict for what the backend keeps between
+        steps of these same lists (the optimizer gives one per call of its plan)."""
         raise NotImplementedError
 
 
@@ -105,6 +110,7 @@ class _CompiledOpBackend(Backend):
         hyper,
         grad_scale=None,
         found_inf=None,
+        cache=None,
     ):
         op = rule.op.tensor_lr if isinstance(lr, Tensor) else rule.op.default
         op(
@@ -134,6 +140,7 @@ class CpuBackend(_CompiledOpBackend):
 class CudaBackend(_CompiledOpBackend):
     name = "cuda"
     supports_capturable = True
+    counts_on_device = True
 
     def unavailable_reason(self):
         if not _extension.loaded():
@@ -208,6 +215,7 @@ class ReferenceBackend(Backend):
         hyper,
         grad_scale=None,
         found_inf=None,
+        cache=None,
     ):
         names = rule.used_states(hyper)
         check_lists(

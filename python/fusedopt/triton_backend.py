@@ -31,6 +31,7 @@ class TritonBackend(backends.Backend):
     # With step counts on the params' device (torch's capturable layout) the
     # kernels read lr, counts, grad_scale and found_inf in memory: no host sync.
     supports_capturable = True
+    counts_on_device = True
 
     def __init__(self) -> None:
         self._launcher = None
@@ -76,6 +77,7 @@ class TritonBackend(backends.Backend):
         hyper,
         grad_scale=None,
         found_inf=None,
+        cache=None,
     ):
         check_lists(
             params,
@@ -131,4 +133,5 @@ class TritonBackend(backends.Backend):
             # take the host path there, as a non-capturable GPU step's would.
             counts_on_device=step_devices == {device} and device.type != "cpu",
             block=mta.INTERPRETER_BLOCK_SIZE if interpreter else mta.BLOCK_SIZE,
+            plans=cache,
         )

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
@@ -83,10 +84,12 @@ class Adagrad(FusedOptimizer):
         }
         super().__init__(params, defaults, backend)
         # torch creates every param's state here, so a state_dict taken before
-        # the first step already holds `step` and `sum`.
+        # the first step already holds `step` and `sum`; `step` on the CPU
+        # until a plan puts it where its backend keeps it (Note [counts on the
+        # device] in fusedopt/optim/base.py).
         for group in self.param_groups:
             for p in group["params"]:
-                self._new_state(group, p, self.rule.states)
+                self._new_state(group, p, self.rule.states, torch.device("cpu"))
 
     def initial_state_value(self, group: Mapping[str, Any], key: str) -> float:
         # torch's value, from the constructor (self.defaults), for every group.

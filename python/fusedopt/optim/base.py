@@ -23,6 +23,25 @@ can also go stale in what it does not check each step (a grad's layout, say):
 when a call of cached plans is refused before anything is written, the step
 drops every plan and runs once more on new ones, which check everything.
 
+Note [counts on the device]: on a GPU backend (cuda, triton) each param's
+`step` lives on the param's device, as torch's fused optimizers keep it: the
+kernels compute the per-step scalars from it and advance it after the element
+pass, so a step reads nothing back, not even GradScaler's found_inf, and
+launches nothing that depends on a host value but lr. Counts loaded on the
+CPU (a checkpoint) move there once, when the plan is built. Exceptions: the
+reference backend (it reads every value on the host anyway), and rules with
+scalar states (NAdam's mu_product: Note [scalar states] in
+csrc/include/fusedopt/core/rule.h), whose counts stay on the CPU as torch
+keeps them unless capturable; their GPU step reads found_inf on the host,
+as torch's GradScaler does for every optimizer without a fused path.
+
+Note [CUDA graphs]: a captured step() replays its kernels with the arguments
+of the step that was captured. With counts on the device the scalars follow
+the counts, but a float lr and a host-held count are baked in, so, as torch
+does, step() refuses to be captured unless every group is capturable (lr a
+tensor or constant, counts on the device); rules with host-held scalar states
+refuse capture outright.
+
 Note [fp32 states of low-precision params]: torch keeps an optimizer's moments
 in the param's dtype, so a bf16 model's second moment underflows and its
 updates stall (AReaL #1292). fusedopt keeps every state in float32 for bf16/fp16 params, and keeps
@@ -155,6 +174,9 @@ class _Call:
     params: list[Tensor]
     state_dicts: list[dict[str, Any]]
     fresh: bool  # its states were created in this step (Rule.fresh_flag)
+    # The backend's own per-call cache (the Triton launcher's tables): it lives
+    # and dies with this plan (Note [cached step plans]).
+    cache: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -266,17 +288,30 @@ class FusedOptimizer(Optimizer):
 
     # --- plans ---------------------------------------------------------------
 
-    def _new_state(self, group: Mapping[str, Any], p: Tensor, used: tuple[str, ...]) -> None:
+    def _counts_device(
+        self, group: Mapping[str, Any], p: Tensor, backend: backends.Backend
+    ) -> torch.device:
+        """Where a param's step count and scalar states live: Note [counts on the device]."""
+        if group.get("capturable", False):
+            return p.device
+        if backend.counts_on_device and not self.rule.scalars:
+            return p.device
+        return torch.device("cpu")
+
+    def _new_state(
+        self, group: Mapping[str, Any], p: Tensor, used: tuple[str, ...], counts_device
+    ) -> None:
         if not used and not self.rule.has_step:
             return  # nothing to keep: torch leaves no entry in self.state either
         state = self.state[p]
-        # torch keeps `step` (and NAdam's mu_product) on the CPU unless
-        # capturable (note "special device hosting for step" in torch/optim/adam.py).
-        device = p.device if group.get("capturable", False) else "cpu"
         for key in self.rule.scalar_keys:
             if key not in state:
                 value = 0.0 if key == "step" else self.initial_state_value(group, key)
-                state[key] = torch.tensor(value, dtype=torch.float32, device=device)
+                state[key] = torch.tensor(value, dtype=torch.float32, device=counts_device)
+            elif state[key].device != counts_device:
+                # Loaded from a checkpoint (or made by another backend): moved
+                # once, when the plan is built.
+                state[key] = state[key].to(counts_device)
         for key in used:
             if key not in state:
                 state[key] = torch.full_like(
@@ -332,7 +367,7 @@ class FusedOptimizer(Optimizer):
             for p in call_params:
                 if not self.state.get(p):
                     created.append(p)
-                self._new_state(group, p, used)
+                self._new_state(group, p, used, self._counts_device(group, p, choice.backend))
             stateful = bool(used) or self.rule.has_step
             plan.calls.append(
                 _Call(
@@ -410,6 +445,10 @@ class FusedOptimizer(Optimizer):
                 loss = closure()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        # Nothing can be capturing before CUDA is initialized: a CPU-only user
+        # pays one flag check, and never initializes CUDA.
+        if torch.cuda.is_initialized():
+            self._check_capture()
         seen = self._state_seen
         if not seen or seen[0] is not self.state or seen[1] != len(self.state):
             self._plans = {}
@@ -465,18 +504,21 @@ class FusedOptimizer(Optimizer):
                         state_dtype=backend.state_dtype,
                         require_dense=backend.requires_dense,
                     )
+            copies: dict[tuple[int, torch.device], Tensor] = {}
             for call, lr, hyper, call_grads, states, steps in work:
                 started += 1
+                device = call.bucket.device
                 call.choice.backend.step(
                     rule,
                     call.params,
                     call_grads,
                     states,
                     steps,
-                    lr=lr,
+                    lr=_on_device(lr, device, copies),
                     hyper=hyper,
-                    grad_scale=grad_scale,
-                    found_inf=found_inf,
+                    grad_scale=_on_device(grad_scale, device, copies),
+                    found_inf=_on_device(found_inf, device, copies),
+                    cache=call.cache,
                 )
         except Exception as error:
             for p in created:
@@ -486,6 +528,38 @@ class FusedOptimizer(Optimizer):
                 raise _StalePlan from error
             raise
         return work
+
+    def _check_capture(self) -> None:
+        """Note [CUDA graphs]: torch's capture health check, with its message.
+        Skipped while torch.compile traces, as torch's is: inductor decides
+        whether its graphs can be captured."""
+        if torch.compiler.is_compiling() or not torch.cuda.is_current_stream_capturing():
+            return
+        if self.rule.scalars:
+            raise RuntimeError(
+                f"Attempting CUDA graph capture of step() for an instance of "
+                f"{type(self).__name__}, whose {self.rule.scalars[0]} is kept on the host "
+                "(Note [scalar states] in csrc/include/fusedopt/core/rule.h): it cannot be captured"
+            )
+        if not all(group.get("capturable", True) for group in self.param_groups):
+            raise RuntimeError(
+                f"Attempting CUDA graph capture of step() for an instance of "
+                f"{type(self).__name__} but param_groups' capturable is False."
+            )
+
+
+def _on_device(value, device: torch.device, copies: dict) -> Any:
+    """GradScaler's grad_scale and found_inf, and a tensor lr, on the device
+    of the params a call steps: GradScaler keeps one of each on one device, and
+    a model on several GPUs needs a copy per device, made once per step and
+    without a host sync, as torch's fused optimizers do. A CPU lr stays (the
+    backends read it as a host value)."""
+    if not isinstance(value, Tensor) or value.device == device or value.device.type == "cpu":
+        return value
+    key = (id(value), device)
+    if key not in copies:
+        copies[key] = value.to(device, non_blocking=True)
+    return copies[key]
 
 
 class _StalePlan(Exception):

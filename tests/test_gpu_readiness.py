@@ -1,0 +1,177 @@
+"""What a GPU needs of the Python side, checked on the CPU (issue 8): where
+step counts live (Note [counts on the device] in fusedopt/optim/base.py), the
+CUDA-graph refusal (Note [CUDA graphs]), the Triton tables kept per optimizer
+call and uploaded into new tensors (Note [table uploads] in kernels/mta.py),
+and counts that advance only after a launch succeeded. tests/test_gpu.py runs
+the same behaviour on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fusedopt import SGD, Adam, AdamW, NAdam, backends
+from fusedopt.kernels import mta, rules
+from fusedopt.registry import RULES
+from test_triton_frame import BLOCK, adam_hyper, make_lists
+
+META = torch.device("meta")
+
+
+def _group(opt):
+    return opt.param_groups[0]
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "backend", "expected"),
+    [
+        (AdamW, {}, "cuda", META),  # torch's fused layout: no host read per step
+        (AdamW, {}, "triton", META),
+        (AdamW, {}, "reference", torch.device("cpu")),  # reads values on the host anyway
+        (AdamW, {"capturable": True}, "reference", META),  # capturable: torch's rule
+        (NAdam, {}, "cuda", torch.device("cpu")),  # scalar states stay on the host
+    ],
+)
+def test_counts_live_where_the_backend_reads_them(cls, kwargs, backend, expected):
+    p = torch.zeros(4, device=META)
+    opt = cls([p], **kwargs)
+    assert opt._counts_device(_group(opt), p, backends.get(backend)) == expected
+
+
+def test_counts_from_a_checkpoint_move_once_to_the_backend_device():
+    p = torch.zeros(4, device=META)
+    opt = AdamW([p])
+    opt.state[p]["step"] = torch.tensor(7.0)  # as a CPU checkpoint loads it
+    opt._new_state(_group(opt), p, ("exp_avg", "exp_avg_sq"), META)
+    assert opt.state[p]["step"].device == META
+    assert opt.state[p]["exp_avg"].device == META
+
+
+@pytest.fixture
+def capturing(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+
+
+def test_capture_of_a_non_capturable_step_is_refused(capturing):
+    p = torch.zeros(4, requires_grad=True)
+    with pytest.raises(RuntimeError, match="param_groups' capturable is False"):
+        Adam([p])._check_capture()
+    Adam([p], capturable=True)._check_capture()
+    # torch's SGD has no capturable flag and no count: its capture is the user's call.
+    SGD([p], lr=0.1, momentum=0.9)._check_capture()
+    with pytest.raises(RuntimeError, match="mu_product is kept on the host"):
+        NAdam([p], capturable=True)._check_capture()
+
+
+def test_a_refused_capture_writes_nothing(capturing, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    p = torch.ones(4, requires_grad=True)
+    p.grad = torch.ones(4)
+    opt = Adam([p], lr=0.1)
+    with pytest.raises(RuntimeError, match="capturable is False"):
+        opt.step()
+    assert torch.equal(p, torch.ones(4)) and not opt.state
+
+
+def test_no_capture_no_refusal(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    Adam([torch.zeros(4, requires_grad=True)])._check_capture()
+
+
+def test_scaler_tensors_stay_when_already_on_the_device():
+    """GradScaler's tensors are copied only for params on another device; a
+    CPU lr stays (the backends read it as a host value)."""
+    from fusedopt.optim.base import _on_device
+
+    copies = {}
+    scale = torch.tensor(2.0, device=META)
+    assert _on_device(scale, META, copies) is scale
+    lr = torch.tensor(1e-3)
+    assert _on_device(lr, META, copies) is lr
+    assert _on_device(1e-3, META, copies) == 1e-3
+    assert _on_device(None, META, copies) is None
+    assert copies == {}
+
+
+@pytest.mark.skipif(not backends.triton_interpreter_on(), reason="needs the Triton interpreter")
+def test_each_optimizer_call_keeps_its_own_tables(monkeypatch):
+    """More groups than the launcher's LRU holds (layer-wise lr decay) still
+    build their tables once: the optimizer keeps them per call."""
+    monkeypatch.setattr(mta, "MAX_PLANS", 1)
+    built = []
+    init = mta._Plan.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(mta._Plan, "__init__", counting_init)
+    params = [torch.randn(33, requires_grad=True) for _ in range(5)]
+    opt = AdamW(
+        [{"params": [p], "lr": 1e-3 * (i + 1)} for i, p in enumerate(params)], backend="triton"
+    )
+    for _ in range(3):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    assert len(built) == len(params)
+    assert not backends.get("triton").launcher._plans
+
+
+@pytest.mark.skipif(not backends.triton_interpreter_on(), reason="needs the Triton interpreter")
+def test_table_uploads_go_into_new_tensors():
+    """Note [table uploads]: a moved grad gives a new tensor table (never a
+    rewrite of one a queued kernel may read); unchanged grads upload nothing."""
+    hyper = adam_hyper()
+    params, grads, states, counts = make_lists(RULES["adam"], [5, 40], torch.float32, hyper)
+    launcher, plans = mta.Launcher(), {}
+
+    def step():
+        launcher.step(
+            rules.get("adam"),
+            params,
+            grads,
+            states,
+            counts,
+            lr=1e-3,
+            hyper=hyper,
+            block=BLOCK,
+            plans=plans,
+        )
+        (plan,) = plans.values()
+        return plan, plan.tensor_table
+
+    plan, table = step()
+    assert step() == (plan, table)
+    grads[1] = grads[1].clone()
+    again, moved = step()
+    assert again is plan and moved is not table
+    assert moved[1, mta.COL_GRAD.value] == grads[1].data_ptr()
+
+
+class _FailingLaunch:
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            raise RuntimeError("launch failed")
+
+        return launch
+
+
+@pytest.mark.skipif(not backends.triton_interpreter_on(), reason="needs the Triton interpreter")
+@pytest.mark.parametrize("counts_on_device", [False, True], ids=["host-counts", "device-counts"])
+def test_a_failed_launch_leaves_every_count(monkeypatch, counts_on_device):
+    """Note [step-count protocol]: counts advance after the element launch."""
+    hyper = adam_hyper()
+    lists = make_lists(RULES["adam"], [5, 40], torch.float32, hyper)
+    before = [[t.clone() for t in ts] for ts in lists]
+    monkeypatch.setattr(mta, "_element_kernel", _FailingLaunch())
+    with pytest.raises(RuntimeError, match="launch failed"):
+        mta.Launcher().step(
+            rules.get("adam"),
+            *lists,
+            lr=1e-3,
+            hyper=hyper,
+            block=BLOCK,
+            counts_on_device=counts_on_device,
+        )
+    for ts, old in zip(lists, before):
+        assert all(torch.equal(t, o) for t, o in zip(ts, old))
