@@ -175,3 +175,39 @@ def test_a_failed_launch_leaves_every_count(monkeypatch, counts_on_device):
         )
     for ts, old in zip(lists, before):
         assert all(torch.equal(t, o) for t, o in zip(ts, old))
+
+
+def test_table_uploads_are_non_blocking_copies_from_pinned_memory(monkeypatch):
+    """The GPU path of every table upload, on CPU tensors made to look like
+    CUDA ones: each copy to the device is non_blocking from a pinned buffer
+    (no host sync, Note [table uploads]), and nothing reads a value back."""
+    hyper = adam_hyper()
+    params, grads, states, counts = make_lists(RULES["adam"], [5, 40], torch.float32, hyper)
+    addresses = [t.data_ptr() for t in params + states + counts]
+    plan = mta._Plan(addresses, [5, 40], 2, 0b11, False, torch.device("cpu"))
+    pinned, copies = set(), []
+    copy = torch.Tensor.copy_
+
+    def pin_memory(self):
+        out = self.clone()
+        pinned.add(out.data_ptr())
+        return out
+
+    def recording_copy(self, src, non_blocking=False):
+        copies.append((src.data_ptr() in pinned, non_blocking))
+        return copy(self, src, non_blocking)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("host read of a tensor value")
+
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    monkeypatch.setattr(torch.Tensor, "copy_", recording_copy)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    for name in ("item", "tolist", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    plan.refresh(grads, BLOCK)
+    mta._to_device(torch.zeros(2, mta.PER_TENSOR_COLS.value), plan.per_tensor_table)
+    monkeypatch.undo()
+    # The block table, the tensor table, the per-tensor rows: (pinned source, non_blocking).
+    assert copies == [(True, True)] * 3

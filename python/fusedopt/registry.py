@@ -8,9 +8,10 @@ A rule's entry must agree with its C++ header (csrc/include/fusedopt/rules/
 Note [step-count protocol]: every backend computes a tensor's per-step scalars
 (bias corrections, ...) from its count *plus one*, and advances the count only
 after the element pass: the host adds 1 to CPU-held counts after the launches
-return, and device-held counts (capturable mode) are advanced by one last
-launch that a nonzero `found_inf` turns into a no-op. So a launch that fails,
-or a step that GradScaler skips, leaves every count as it was.
+return, and device-held counts (the GPU backends' layout: Note [counts on the
+device] in fusedopt/optim/base.py) are advanced by one last launch that a
+nonzero `found_inf` turns into a no-op. So a launch that fails, or a step that
+GradScaler skips, leaves every count as it was.
 
 Note [state-major lists]: an op takes the states of a call as one list,
 state by state: [exp_avg of every param, then exp_avg_sq of every param, ...],
@@ -92,11 +93,6 @@ def _all_states(states: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[
 
 def _sgd_states(h: Mapping[str, Any]) -> tuple[str, ...]:
     return ("momentum_buffer",) if h["momentum"] != 0 else ()
-
-
-def _all_states(states: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[str, ...]]:
-    """used_states of a rule whose every step uses every state."""
-    return lambda h: states
 
 
 RULES: dict[str, Rule] = {
