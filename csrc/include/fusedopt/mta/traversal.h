@@ -1,9 +1,10 @@
 // The CUDA multi-tensor traversal, for any rule (Note [the rule interface] in
 // core/rule.h), written as host+device code that takes the block and thread
-// indices as arguments: the kernels (csrc/cuda/kernels.cu) call it with
-// blockIdx.x / threadIdx.x, and the CPU emulation (csrc/testing/) calls it in
-// a loop over a small grid, so the index math and the vector/scalar path
-// choice run on the CPU in tests. Threads never communicate (no shared memory,
+// indices and the grid's size as arguments: the kernels (csrc/cuda/kernels.cu)
+// call it with blockIdx.x / gridDim.x / threadIdx.x, and the CPU emulation
+// (csrc/testing/) calls it in a loop over a small grid, so the index math, the
+// grid's share-out of the chunks and the vector/scalar path choice run on the
+// CPU in tests. Threads never communicate (no shared memory,
 // no barriers), so running them one after another is the same computation.
 //
 // The math is R::update; this file only moves bytes. Per element: read p, g
@@ -79,8 +80,10 @@ FUSEDOPT_HD void load_floats(const T* src, const Contiguous<N>& at, float (&dst)
 // The N loads are independent and all issued before the update needs any of
 // them (torch's ILP loop in MultiTensorApply.cuh): N elements in flight per
 // thread and stream, where one at a time left the scalar path at a quarter of
-// the vector path's bytes in flight. Missing elements read as 0, and their
-// results are never stored.
+// the vector path's bytes in flight. In the SASS of all four archs, every
+// kernel issues 4 x (2 + states) element loads before its first store (12 for
+// SGD, 20 for Adam). Missing elements read as 0, and their results are never
+// stored.
 template <int N, typename T, typename Observer>
 FUSEDOPT_HD void load_floats(const T* src, const Strided<N>& at, float (&dst)[N],
                              Observer& observer) {
