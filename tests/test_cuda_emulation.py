@@ -4,17 +4,21 @@ fusedopt_testing::<rule>_emulate_step_ (csrc/testing/emulation.cpp) fills the
 kernel arguments exactly as the CUDA op does (csrc/binding/cuda_work.h,
 prepare_cuda) and runs the kernels' body (csrc/include/fusedopt/mta/
 traversal.h: element_thread, then increment_step_thread) for every (block,
-thread) of the planned grid, one after another. The traversal has no shared
-memory and no barriers, so this is the same computation as on a GPU up to
+thread) of the grid, one after another: one block per chunk, or a smaller
+persistent grid whose blocks loop over the launch's chunks (max_grid_blocks;
+the CUDA op caps it at 2 blocks per SM). The traversal has no shared memory
+and no barriers, so this is the same computation as on a GPU up to
 floating-point contraction.
 
 What it covers, for every rule of fusedopt.registry.RULES and each of its
-state sets: the launch split (slots and blocks per launch derived from the
-rule) and the block -> (tensor, chunk) map, the chunk and element index math,
-the choice between the 16-byte vector path and the scalar path (the alignment
-of every stream, states included), the state-major state lists, the GradScaler
-unscale and skip, the per-tensor scalars computed on the host and in the kernel
-(capturable: step counts and lr in device memory), the step-count protocol
+state sets: the launch split (slots and chunks per launch derived from the
+rule) and the chunk table's entry -> (tensor, chunk) map, the persistent
+grid's share-out of the table, the chunk and element index math, the choice
+between the 16-byte vector path and the scalar path (the alignment of every
+stream, states included), the scalar path's 4 strided elements per thread and
+their masks, the state-major state lists, the GradScaler unscale and skip, the
+per-tensor scalars computed on the host and in the kernel (capturable: step
+counts and lr in device memory), the step-count protocol
 (Note [step-count protocol] in fusedopt/registry.py) across several
 step-increment launches, and the fp32 / bf16 / fp16 conversions as the host
 compiler builds them.
@@ -43,12 +47,17 @@ pytest.importorskip(
 
 CHUNK = 65536  # mta::kChunkSize
 GROUP = 4  # elements per vector group of one thread (mta/traversal.h)
+# Blocks of a launch's grid where it has fewer than chunks: one block takes
+# every chunk; 3 blocks take uneven shares (4, 3, 3 of SIZES' 10 chunks). The
+# other tests run one block per chunk (max_grid_blocks=None).
+SMALL_GRIDS = [1, 3]
 # Exact in float32 (the emulation reads lr from a float32 tensor), and large
 # enough that most bf16 params move (one bf16 ulp of a value near 1 is 2^-7).
 LR = 2.0**-5
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 STATS = (
     "launches",
+    "chunks",
     "blocks",
     "vector",
     "scalar",
@@ -230,13 +239,17 @@ def variants(name: str) -> dict[str, dict]:
     return out
 
 
-def full_hyper(name: str) -> dict:
+def full_variant(name: str) -> str:
     """The variant that uses every state of the rule."""
     rule = RULES[name]
-    for hyper in variants(name).values():
+    for vid, hyper in variants(name).items():
         if rule.used_states(hyper) == rule.states:
-            return hyper
+            return vid
     raise AssertionError(f"no variant of {name} uses all of {rule.states}")
+
+
+def full_hyper(name: str) -> dict:
+    return variants(name)[full_variant(name)]
 
 
 @dataclass
@@ -297,6 +310,7 @@ def emulate(
     steps_in_kernel=False,
     lr_in_kernel=False,
     threads=512,
+    grid=None,
 ) -> dict[str, int]:
     op = getattr(torch.ops.fusedopt_testing, f"{case.rule.name}_emulate_step_")
     stats = op(
@@ -308,6 +322,7 @@ def emulate(
         steps_in_kernel=steps_in_kernel,
         lr_in_kernel=lr_in_kernel,
         threads_per_block=threads,
+        max_grid_blocks=grid,
     )
     return dict(zip(STATS, stats, strict=True))
 
@@ -360,7 +375,7 @@ def assert_clean(stats, numels):
     assert stats["out_of_range"] == 0
     assert stats["more_than_once"] == 0
     assert stats["never"] == 0, f"{stats['never']} of {sum(numels)} elements not updated"
-    assert stats["blocks"] == n_chunks(numels)
+    assert stats["chunks"] == n_chunks(numels)
 
 
 def assert_same(a: Case, b: Case):
@@ -427,13 +442,52 @@ def test_matches_cpu_op_and_reference(name, variant, dtype):
     assert_grads_untouched(case, before)
 
 
+# Every variant in fp32; the 16-bit dtypes (other pack widths) on each rule's
+# full state set.
+GRID_CASES = [(name, vid, torch.float32) for name, vid in VARIANTS] + [
+    (name, full_variant(name), dtype) for name in RULES for dtype in DTYPES[1:]
+]
+
+
+@pytest.mark.parametrize("grid", SMALL_GRIDS)
+@pytest.mark.parametrize(
+    "name,variant,dtype", GRID_CASES, ids=[f"{n}-{v}-{d}" for n, v, d in GRID_CASES]
+)
+def test_persistent_grid_matches_one_block_per_chunk(name, variant, dtype, grid):
+    """A grid smaller than the chunk table (mta::grid_blocks): block b takes
+    chunks b, b + grid, ...; every element is still updated once, with the
+    same accesses, and the results are the CPU backend's bit for bit."""
+    case = make_case(name, SIZES, dtype, variants(name)[variant])
+    on_cpu = case.clone()
+    stats = emulate(case, grid=grid)
+    assert_clean(stats, SIZES)
+    assert (stats["launches"], stats["blocks"]) == (1, grid)
+    assert (stats["vector"], stats["scalar"]) == expected_accesses(
+        SIZES, n_streams(case, unscale=False)
+    )
+    cpu_op(on_cpu)
+    assert_same(case, on_cpu)
+
+
+@pytest.mark.parametrize("grid", [None, 3])
 @pytest.mark.parametrize("threads", [1, 37, 128])
 @pytest.mark.parametrize("name", RULES)
-def test_any_block_size_updates_each_element_once(name, threads):
+def test_any_block_size_updates_each_element_once(name, threads, grid):
+    """Odd block sizes and grids, on the vector path and on the scalar path's
+    strided groups of 4 (the last param is a view one element into its
+    storage: its two chunks are all scalar)."""
     numels = [5, 4097, CHUNK + 3]
-    case = make_case(name, numels, torch.float32, full_hyper(name))
+    case = make_case(name, numels[:-1] + [numels[-1] + 1], torch.float32, full_hyper(name))
+    case.params[-1] = case.params[-1][1:]
+    for tensors in (case.grads, *case.states.values()):
+        tensors[-1] = tensors[-1][1:].clone()
     on_cpu = case.clone()
-    assert_clean(emulate(case, threads=threads), numels)
+    assert case.params[-1].data_ptr() % 16 != 0
+    stats = emulate(case, threads=threads, grid=grid)
+    assert_clean(stats, numels)
+    streams = n_streams(case, unscale=False)
+    aligned = expected_accesses(numels[:-1], streams)
+    assert (stats["vector"], stats["scalar"]) == (aligned[0], aligned[1] + streams * numels[-1])
     cpu_op(on_cpu)
     assert_same(case, on_cpu)
 
@@ -467,16 +521,18 @@ def test_unaligned_view_takes_the_scalar_path(name, stream, dtype):
     assert_same(case, on_cpu)
 
 
+@pytest.mark.parametrize("grid", [None, 1])
 @pytest.mark.parametrize(
     "steps_in_kernel,lr_in_kernel", [(True, False), (False, True), (True, True)]
 )
 @pytest.mark.parametrize("name", DEVICE_SCALARS)
-def test_scalars_computed_in_kernel_match_host(name, steps_in_kernel, lr_in_kernel):
+def test_scalars_computed_in_kernel_match_host(name, steps_in_kernel, lr_in_kernel, grid):
+    """grid=1: one block computes each tensor's scalars in turn."""
     numels = [3, 4097, CHUNK + 1]
     steps = [0, 7, 1000]  # per-tensor counts, as after a partial state load
     case = make_case(name, numels, torch.float32, full_hyper(name), steps=steps)
     host = case.clone()
-    stats = emulate(case, steps_in_kernel=steps_in_kernel, lr_in_kernel=lr_in_kernel)
+    stats = emulate(case, steps_in_kernel=steps_in_kernel, lr_in_kernel=lr_in_kernel, grid=grid)
     assert_clean(stats, numels)
     emulate(host)
     assert_same(case, host)
@@ -534,15 +590,21 @@ def test_per_tensor_step_counts(name, dtype):
     assert case.counts == [s + 1.0 for s in steps]
 
 
+@pytest.mark.parametrize("grid", [None, 1])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name,steps_in_kernel", COUNT_PLACES)
-def test_grad_scaler_unscales_and_stores_grads(name, steps_in_kernel, dtype):
+def test_grad_scaler_unscales_and_stores_grads(name, steps_in_kernel, dtype, grid):
+    """grid=1: one block reads grad_scale once for both chunks."""
     numels = [7, 4097]
     case = make_case(name, numels, dtype, full_hyper(name))
     before, on_cpu = case.clone(), case.clone()
     scale = torch.tensor(1024.0)
     stats = emulate(
-        case, grad_scale=scale, found_inf=torch.tensor(0.0), steps_in_kernel=steps_in_kernel
+        case,
+        grad_scale=scale,
+        found_inf=torch.tensor(0.0),
+        steps_in_kernel=steps_in_kernel,
+        grid=grid,
     )
     assert_clean(stats, numels)
     assert (stats["vector"], stats["scalar"]) == expected_accesses(
@@ -554,11 +616,12 @@ def test_grad_scaler_unscales_and_stores_grads(name, steps_in_kernel, dtype):
     assert_same(case, on_cpu)
 
 
+@pytest.mark.parametrize("grid", [None, 1])
 @pytest.mark.parametrize("name,steps_in_kernel", COUNT_PLACES)
-def test_found_inf_changes_nothing(name, steps_in_kernel):
+def test_found_inf_changes_nothing(name, steps_in_kernel, grid):
     """GradScaler found an inf: no element is read or written (grads included)
     and step counts stay, whether the host reads found_inf (host-owned counts)
-    or the kernels do."""
+    or the kernels do (once per thread, for all of its block's chunks)."""
     numels = [7, 4097]
     case = make_case(name, numels, torch.float32, full_hyper(name))
     before = case.clone()
@@ -567,14 +630,16 @@ def test_found_inf_changes_nothing(name, steps_in_kernel):
         grad_scale=torch.tensor(8.0),
         found_inf=torch.tensor(1.0),
         steps_in_kernel=steps_in_kernel,
+        grid=grid,
     )
     assert stats["vector"] == 0 and stats["scalar"] == 0
     assert stats["never"] == sum(numels)
     assert_same(case, before)
 
 
+@pytest.mark.parametrize("grid", [None, 3])
 @pytest.mark.parametrize("name", RULES)
-def test_more_tensors_than_one_launch_and_one_step_launch_hold(name):
+def test_more_tensors_than_one_launch_and_one_step_launch_hold(name, grid):
     _, slots, blocks, _ = torch.ops.fusedopt_testing.launch_plan(name, [])
     assert blocks >= slots, "one-chunk tensors fill a launch's slots before its blocks"
     # Enough one-chunk tensors for several element launches and (counts in
@@ -585,9 +650,11 @@ def test_more_tensors_than_one_launch_and_one_step_launch_hold(name):
     steps = [i % 1000 for i in range(n)]
     case = make_case(name, numels, torch.float32, full_hyper(name), steps=steps)
     on_cpu = case.clone()
-    stats = emulate(case, steps_in_kernel=name in DEVICE_SCALARS)
+    stats = emulate(case, steps_in_kernel=name in DEVICE_SCALARS, grid=grid)
     non_empty = sum(1 for k in numels if k)
     assert stats["launches"] == math.ceil(non_empty / slots) > 1
+    if grid is not None:
+        assert stats["blocks"] == grid * stats["launches"]
     assert_clean(stats, numels)
     cpu_op(on_cpu)
     assert_same(case, on_cpu)

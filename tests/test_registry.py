@@ -16,7 +16,7 @@ from fusedopt.registry import RULES
 OVERLOADS = ["default", "tensor_lr"]
 LISTS = ["params", "grads", "states", "state_steps"]
 SCALER = ["grad_scale", "found_inf"]
-EMULATION_EXTRA = ["steps_in_kernel", "lr_in_kernel", "threads_per_block"]
+EMULATION_EXTRA = ["steps_in_kernel", "lr_in_kernel", "threads_per_block", "max_grid_blocks"]
 
 
 def _schema(op_packet, overload):

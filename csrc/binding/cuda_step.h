@@ -5,7 +5,11 @@
 // Not ATen/cuda/CUDAContext.h: it needs cusparse.h, which the toolkit may lack.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAMacros.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include <array>
+#include <atomic>
 
 #include "cuda/kernels.h"
 #include "cuda_work.h"
@@ -20,6 +24,22 @@ inline const float* device_scalar_ptr(const at::Tensor& t, const char* name, c10
               " (the params' device), got ", t.numel(), " elements of ",
               c10::toString(t.scalar_type()), " on ", t.device().str());
   return t.data_ptr<float>();
+}
+
+// The blocks a launch's grid has at most on `device` (grid_blocks in
+// mta/launches.h): kMinBlocksPerSm per SM, all resident at once. The SM count
+// is asked of the driver once per device and kept, so a step pays nothing for it.
+inline int32_t resident_blocks(c10::DeviceIndex device) {
+  static std::array<std::atomic<int32_t>, C10_COMPILE_TIME_MAX_GPUS> sm_counts{};
+  std::atomic<int32_t>& cached = sm_counts.at(static_cast<size_t>(device));
+  int32_t sms = cached.load(std::memory_order_relaxed);
+  if (sms == 0) {
+    int count = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    sms = static_cast<int32_t>(count);
+    cached.store(sms, std::memory_order_relaxed);
+  }
+  return mta::kMinBlocksPerSm * sms;
 }
 
 template <class R>
@@ -57,8 +77,10 @@ void step_cuda(const char* rule, const StepArgs& a) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   const ParamDtype dtype = param_dtype(a.params[0].scalar_type());
+  const int32_t max_blocks = resident_blocks(device.index());
   for (const mta::Launch<R>& launch : work.launches) {
-    C10_CUDA_CHECK(cuda::launch_elements<R>(launch.args, launch.n_blocks, dtype, stream));
+    const int32_t n_blocks = mta::grid_blocks(launch.args.header.n_chunks, max_blocks);
+    C10_CUDA_CHECK(cuda::launch_elements<R>(launch.args, n_blocks, dtype, stream));
   }
   for (const mta::StepIncrementArgs& args : work.step_increments) {
     C10_CUDA_CHECK(cuda::launch_step_increment(args, stream));

@@ -19,11 +19,6 @@
 namespace fusedopt::cuda {
 namespace {
 
-// Blocks of kBlockSize threads that must fit on one SM at once: 2 caps ptxas
-// at 64 registers per thread (64K registers per SM). Without it sm_100 and
-// sm_120 took 77-79 registers for Adam's 16-bit kernels, one block per SM.
-constexpr int kMinBlocksPerSm = 2;
-
 // The kernels see every access through this: it compiles to nothing.
 struct NoObserver {
   __device__ void access(const void*, int, bool) {}
@@ -33,7 +28,7 @@ struct NoObserver {
 template <class R, typename P>
 __device__ void element_kernel_body(const mta::LaunchArgs<R>& args) {
   NoObserver observer;
-  mta::element_thread<R, P>(args, static_cast<int32_t>(blockIdx.x),
+  mta::element_thread<R, P>(args, static_cast<int32_t>(blockIdx.x), static_cast<int32_t>(gridDim.x),
                             static_cast<int32_t>(threadIdx.x), mta::kBlockSize, observer);
 }
 
@@ -41,11 +36,11 @@ __device__ void element_kernel_body(const mta::LaunchArgs<R>& args) {
 
 // extern "C": plain symbol names (fusedopt_<rule>_<dtype>), so that the SASS
 // checks (tests/test_cuda_sass.py) find each kernel by name. __launch_bounds__:
-// see kMinBlocksPerSm.
-#define FUSEDOPT_ELEMENT_KERNEL(Type, name, suffix, P)                           \
-  extern "C" __global__ void __launch_bounds__(mta::kBlockSize, kMinBlocksPerSm) \
-      fusedopt_##name##_##suffix(const mta::LaunchArgs<Type> args) {              \
-    element_kernel_body<Type, P>(args);                                            \
+// see mta::kMinBlocksPerSm.
+#define FUSEDOPT_ELEMENT_KERNEL(Type, name, suffix, P)                                \
+  extern "C" __global__ void __launch_bounds__(mta::kBlockSize, mta::kMinBlocksPerSm) \
+      fusedopt_##name##_##suffix(const mta::LaunchArgs<Type> args) {                  \
+    element_kernel_body<Type, P>(args);                                               \
   }
 #define FUSEDOPT_RULE_KERNELS(Type, name)                                                \
   static_assert(mta::check_launch_args<Type>());                                         \
@@ -57,13 +52,13 @@ __device__ void element_kernel_body(const mta::LaunchArgs<R>& args) {
                                     ParamDtype dtype, cudaStream_t stream) {             \
     switch (dtype) {                                                                     \
       case ParamDtype::kFloat32:                                                         \
-        fusedopt_##name##_fp32<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);           \
+        fusedopt_##name##_fp32<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);          \
         break;                                                                           \
       case ParamDtype::kBFloat16:                                                        \
-        fusedopt_##name##_bf16<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);           \
+        fusedopt_##name##_bf16<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);          \
         break;                                                                           \
       case ParamDtype::kFloat16:                                                         \
-        fusedopt_##name##_fp16<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);           \
+        fusedopt_##name##_fp16<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);          \
         break;                                                                           \
     }                                                                                    \
     return cudaGetLastError();                                                           \

@@ -10,9 +10,10 @@
 
 namespace fusedopt::cuda {
 
-// One launch of n_blocks (<= LaunchArgs<R>::kBlocks) blocks of mta::kBlockSize
-// threads of rule R's element kernel for params of `dtype`. Instantiated for
-// every rule of rules/registry.h in kernels.cu.
+// One launch of rule R's element kernel for params of `dtype`: n_blocks
+// (1..args.header.n_chunks, mta::grid_blocks) blocks of mta::kBlockSize
+// threads, which share out the chunk table. Instantiated for every rule of
+// rules/registry.h in kernels.cu.
 template <class R>
 cudaError_t launch_elements(const mta::LaunchArgs<R>& args, int32_t n_blocks, ParamDtype dtype,
                             cudaStream_t stream);

@@ -5,18 +5,24 @@
 //
 //   fusedopt_testing::launch_plan(str rule, int[] numels) -> int[]
 //       the launches the CUDA op makes for tensors of these numels, flat:
-//       [chunk_size, slots per launch, blocks per launch, n_launches, then per
-//       launch: n_slots, its tensor indices, n_blocks, then (slot, chunk) per block]
+//       [chunk_size, slots per launch, chunks per launch, n_launches, then per
+//       launch: n_slots, its tensor indices, n_chunks, then (slot, chunk) per
+//       entry of its chunk table]
 //   fusedopt_testing::<rule>_emulate_step_(<the step op's arguments>,
-//       bool steps_in_kernel=False, bool lr_in_kernel=False, int threads_per_block=512) -> int[]
+//       bool steps_in_kernel=False, bool lr_in_kernel=False, int threads_per_block=512,
+//       int? max_grid_blocks=None) -> int[]
 //       the CUDA op's argument filling (binding/cuda_work.h) and its kernels'
 //       traversal (mta/traversal.h) on CPU tensors, by a host loop over the
-//       grid; returns [launches, blocks, vector accesses, scalar accesses,
-//       misaligned accesses, out-of-range updates, elements never updated,
-//       elements updated more than once]
+//       grid: each launch runs grid_blocks(n_chunks, max_grid_blocks) blocks
+//       (mta/launches.h; the CUDA op's cap is kMinBlocksPerSm x the SMs, None
+//       here: one block per chunk); returns [launches, chunks, grid blocks,
+//       vector accesses, scalar accesses, misaligned accesses, out-of-range
+//       updates, elements never updated, elements updated more than once]
 #include <Python.h>
 #include <torch/library.h>
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,16 +43,16 @@ std::vector<int64_t> launch_plan_of(const std::vector<int64_t>& numels) {
   }
   const std::vector<LaunchPlan> plans =
       plan_launches(numels.data(), static_cast<int32_t>(numels.size()), mta::kChunkSize,
-                    mta::LaunchArgs<R>::kSlots, mta::LaunchArgs<R>::kBlocks);
+                    mta::LaunchArgs<R>::kSlots, mta::LaunchArgs<R>::kChunks);
   std::vector<int64_t> out = {mta::kChunkSize, mta::LaunchArgs<R>::kSlots,
-                              mta::LaunchArgs<R>::kBlocks, static_cast<int64_t>(plans.size())};
+                              mta::LaunchArgs<R>::kChunks, static_cast<int64_t>(plans.size())};
   for (const LaunchPlan& plan : plans) {
     out.push_back(static_cast<int64_t>(plan.tensors.size()));
     out.insert(out.end(), plan.tensors.begin(), plan.tensors.end());
-    out.push_back(static_cast<int64_t>(plan.block_slot.size()));
-    for (size_t b = 0; b < plan.block_slot.size(); ++b) {
-      out.push_back(plan.block_slot[b]);
-      out.push_back(plan.block_chunk[b]);
+    out.push_back(static_cast<int64_t>(plan.chunk_slot.size()));
+    for (size_t e = 0; e < plan.chunk_slot.size(); ++e) {
+      out.push_back(plan.chunk_slot[e]);
+      out.push_back(plan.chunk_index[e]);
     }
   }
   return out;
@@ -89,16 +95,22 @@ struct EmulationObserver {
   }
 };
 
+// Runs every launch of `work` over a grid of grid_blocks(n_chunks,
+// max_grid_blocks) blocks of `threads_per_block` threads; returns the blocks run.
 template <class R, typename P>
-void emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_block,
-                      EmulationObserver& observer) {
+int64_t emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_block,
+                         int32_t max_grid_blocks, EmulationObserver& observer) {
+  int64_t blocks_run = 0;
   for (const mta::Launch<R>& launch : work.launches) {
     observer.slot_tensors = &launch.tensors;
-    for (int32_t block = 0; block < launch.n_blocks; ++block) {
+    const int32_t n_blocks = mta::grid_blocks(launch.args.header.n_chunks, max_grid_blocks);
+    for (int32_t block = 0; block < n_blocks; ++block) {
       for (int32_t thread = 0; thread < threads_per_block; ++thread) {
-        mta::element_thread<R, P>(launch.args, block, thread, threads_per_block, observer);
+        mta::element_thread<R, P>(launch.args, block, n_blocks, thread, threads_per_block,
+                                  observer);
       }
     }
+    blocks_run += n_blocks;
   }
   for (const mta::StepIncrementArgs& args : work.step_increments) {
     for (int32_t block = 0; block < mta::step_increment_blocks(args); ++block) {
@@ -109,9 +121,11 @@ void emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_bloc
   }
   // The host's counts advance once the launches are queued, as in the CUDA op.
   work.advance_host_scalars();
+  return blocks_run;
 }
 
-constexpr size_t kEmulationExtraArgs = 3;  // steps_in_kernel, lr_in_kernel, threads_per_block
+// steps_in_kernel, lr_in_kernel, threads_per_block, max_grid_blocks
+constexpr size_t kEmulationExtraArgs = 4;
 
 template <class R, const char* kName>
 void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
@@ -120,6 +134,7 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   const bool steps_in_kernel = extra[0].toBool();
   const bool lr_in_kernel = extra[1].toBool();
   const int64_t threads_per_block = extra[2].toInt();
+  const std::optional<int64_t> max_grid_blocks = extra[3].toOptional<int64_t>();
 
   TORCH_CHECK(a.lr_tensor.has_value() && a.lr_tensor->scalar_type() == at::kFloat,
               "fusedopt: the emulation takes lr as a float32 tensor");
@@ -133,19 +148,24 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
                        c10::DeviceType::CPU);
   TORCH_CHECK(threads_per_block >= 1 && threads_per_block <= mta::kBlockSize,
               "fusedopt: threads_per_block must be in [1, ", mta::kBlockSize, "]");
+  TORCH_CHECK(
+      !max_grid_blocks.has_value() || (*max_grid_blocks >= 1 && *max_grid_blocks <= INT32_MAX),
+      "fusedopt: max_grid_blocks must be None or in [1, 2^31)");
   for (const std::optional<at::Tensor>& t : {a.grad_scale, a.found_inf}) {
-    TORCH_CHECK(!t.has_value() || (t->numel() == 1 && t->scalar_type() == at::kFloat &&
-                                   t->device().is_cpu()),
+    TORCH_CHECK(!t.has_value() ||
+                    (t->numel() == 1 && t->scalar_type() == at::kFloat && t->device().is_cpu()),
                 "fusedopt: grad_scale and found_inf must be one-element float32 CPU tensors");
   }
   EmulationObserver observer;
-  for (size_t i = 0; i < a.params.size(); ++i) observer.updates.emplace_back(a.params[i].numel(), 0);
+  for (size_t i = 0; i < a.params.size(); ++i)
+    observer.updates.emplace_back(a.params[i].numel(), 0);
   const float* found_inf = a.found_inf.has_value() ? a.found_inf->data_ptr<float>() : nullptr;
   // With host-owned counts the host reads found_inf before anything else, as
   // the CUDA op does.
   const bool device_reads_found_inf = steps_in_kernel || !R::kHasStep;
   const bool host_skip = !device_reads_found_inf && found_inf != nullptr && *found_inf != 0.0f;
   binding::CudaWork<R> work;
+  int64_t blocks_run = 0;
   if (!host_skip && !a.params.empty()) {
     const binding::CudaScalarSources sources{
         steps_in_kernel, lr_in_kernel ? a.lr_tensor->data_ptr<float>() : nullptr, lr,
@@ -153,19 +173,20 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
         device_reads_found_inf ? found_inf : nullptr};
     work = binding::prepare_cuda<R>(a, config, mask, sources);
     const int32_t threads = static_cast<int32_t>(threads_per_block);
+    const int32_t grid_cap = static_cast<int32_t>(max_grid_blocks.value_or(INT32_MAX));
     switch (binding::param_dtype(a.params[0].scalar_type())) {
       case ParamDtype::kBFloat16:
-        emulate_launches<R, Bf16>(work, threads, observer);
+        blocks_run = emulate_launches<R, Bf16>(work, threads, grid_cap, observer);
         break;
       case ParamDtype::kFloat16:
-        emulate_launches<R, Fp16>(work, threads, observer);
+        blocks_run = emulate_launches<R, Fp16>(work, threads, grid_cap, observer);
         break;
       case ParamDtype::kFloat32:
-        emulate_launches<R, float>(work, threads, observer);
+        blocks_run = emulate_launches<R, float>(work, threads, grid_cap, observer);
     }
   }
-  int64_t blocks = 0, never = 0, more = 0;
-  for (const mta::Launch<R>& launch : work.launches) blocks += launch.n_blocks;
+  int64_t chunks = 0, never = 0, more = 0;
+  for (const mta::Launch<R>& launch : work.launches) chunks += launch.args.header.n_chunks;
   for (const std::vector<uint8_t>& counts : observer.updates) {
     for (uint8_t c : counts) {
       never += c == 0;
@@ -173,7 +194,8 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
     }
   }
   const std::vector<int64_t> stats = {static_cast<int64_t>(work.launches.size()),
-                                      blocks,
+                                      chunks,
+                                      blocks_run,
                                       observer.vector_accesses,
                                       observer.scalar_accesses,
                                       observer.misaligned_accesses,
@@ -192,11 +214,11 @@ FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_NAME)
 
 TORCH_LIBRARY(fusedopt_testing, m) {
   m.def("launch_plan(str rule, int[] numels) -> int[]");
-#define FUSEDOPT_DEF(Type, name)                                                              \
-  m.def(binding::step_schema<Type>(#name "_emulate_step_", "Tensor",                            \
+#define FUSEDOPT_DEF(Type, name)                                                             \
+  m.def(binding::step_schema<Type>(#name "_emulate_step_", "Tensor",                         \
                                    ", bool steps_in_kernel=False, bool lr_in_kernel=False, " \
-                                   "int threads_per_block=512",                               \
-                                   "int[]")                                                   \
+                                   "int threads_per_block=512, int? max_grid_blocks=None",   \
+                                   "int[]")                                                  \
             .c_str());
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_DEF)
 #undef FUSEDOPT_DEF
@@ -208,8 +230,8 @@ TORCH_LIBRARY_IMPL(fusedopt_testing, CompositeExplicitAutograd, m) {
 }
 
 TORCH_LIBRARY_IMPL(fusedopt_testing, CPU, m) {
-#define FUSEDOPT_IMPL(Type, name)         \
-  m.impl(#name "_emulate_step_",          \
+#define FUSEDOPT_IMPL(Type, name) \
+  m.impl(#name "_emulate_step_",  \
          torch::CppFunction::makeFromBoxedFunction<&emulate_step<Type, k##Type##Name>>());
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_IMPL)
 #undef FUSEDOPT_IMPL

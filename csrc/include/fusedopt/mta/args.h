@@ -10,13 +10,20 @@
 
 namespace fusedopt::mta {
 
-// Elements per block: 64K, as torch's and apex's multi-tensor apply. A block
+// Elements per chunk: 64K, as torch's and apex's multi-tensor apply. A block
 // of 512 threads moves 28 B x 64K = 1.8 MB per fp32 Adam chunk, so the
-// per-block set-up (metadata reads, scalars) vanishes next to the element loop.
+// per-chunk set-up (metadata reads, scalars) vanishes next to the element loop.
 constexpr int64_t kChunkSize = 1 << 16;
 // Threads per block: 512, as torch; with 4 fp32 elements per thread and
-// iteration, a chunk is 32 iterations of the grid-stride loop.
+// iteration, a chunk is 32 iterations of the block-stride loop.
 constexpr int32_t kBlockSize = 512;
+// Blocks of kBlockSize threads that must fit on one SM at once: the kernels'
+// __launch_bounds__ (csrc/cuda/kernels.cu), which caps ptxas at 64 registers
+// per thread (64K registers per SM / (2 x 512)). Without it sm_100 and sm_120
+// took 77-79 registers for Adam's 16-bit kernels, one block per SM. It is also
+// how many blocks per SM a launch's persistent grid has (grid_blocks in
+// mta/launches.h): every block of the grid is resident from the start.
+constexpr int32_t kMinBlocksPerSm = 2;
 
 // The kernel-parameter space: 32,764 bytes since CUDA 12.1 on Volta and newer
 // (CUDA C++ Programming Guide, "Function Parameters"; needs a driver >= 530,
@@ -60,17 +67,19 @@ struct LaunchHeader {
   // counts or lr live on the device, and reading them on the host would sync
   // (and break CUDA graph capture).
   bool scalars_on_device;
+  // Chunks in this launch's table (chunk_slot, chunk_index): each launch sets its own.
+  int32_t n_chunks;
 };
 
-// Slots and blocks per launch, derived from the rule's slot size and the
+// Slots and chunks per launch, derived from the rule's slot size and the
 // kernel-parameter space, as ATen derives its depth table: slots take up to
-// kSlotShare of the space (capped at 256, the uint8 block -> slot index), blocks
-// (5 bytes each: a uint8 slot and an int32 chunk index) the rest. For Adam at
-// 32 KB: 256 slots of 72 B and ~2,800 blocks, so 2000 x 4096 fp32 params take 8
-// launches and GPT-2 small (148 tensors, 1,900 chunks) one.
+// kSlotShare of the space (capped at 256, the uint8 chunk -> slot index), the
+// chunk table (5 bytes an entry: a uint8 slot and an int32 chunk index) the
+// rest. For Adam at 32 KB: 254 slots of 80 B and 2,458 chunks, so 2000 x 4096
+// fp32 params take 8 launches and GPT-2 small (148 tensors, 1,995 chunks) one.
 constexpr size_t kSlotShareNumerator = 5, kSlotShareDenominator = 8;
 constexpr size_t kMaxSlotsPerLaunch = 256;
-constexpr size_t kBlockEntryBytes = sizeof(uint8_t) + sizeof(int32_t);
+constexpr size_t kChunkEntryBytes = sizeof(uint8_t) + sizeof(int32_t);
 
 template <class R>
 constexpr int32_t slots_per_launch() {
@@ -80,28 +89,29 @@ constexpr int32_t slots_per_launch() {
 }
 
 template <class R>
-constexpr int32_t blocks_per_launch() {
+constexpr int32_t chunks_per_launch() {
   // 16 bytes of slack for the padding between the arrays.
   return static_cast<int32_t>((kMaxKernelArgBytes - sizeof(LaunchHeader<R>) -
                                slots_per_launch<R>() * sizeof(Slot<R>) - 16) /
-                              kBlockEntryBytes);
+                              kChunkEntryBytes);
 }
 
 template <class R>
 struct LaunchArgs {
   static constexpr int32_t kSlots = slots_per_launch<R>();
-  static constexpr int32_t kBlocks = blocks_per_launch<R>();
+  static constexpr int32_t kChunks = chunks_per_launch<R>();
   LaunchHeader<R> header;
   Slot<R> slots[kSlots];
-  // Block b processes chunk block_chunk[b] of slots[block_slot[b]] (core/launch_plan.h).
-  int32_t block_chunk[kBlocks];
-  uint8_t block_slot[kBlocks];
+  // Entry e of the table is chunk chunk_index[e] of slots[chunk_slot[e]]
+  // (core/launch_plan.h); block b of the grid takes entries b, b + grid, ...
+  int32_t chunk_index[kChunks];
+  uint8_t chunk_slot[kChunks];
 };
 
 template <class R>
 constexpr bool check_launch_args() {
   static_assert(LaunchArgs<R>::kSlots >= 1 && LaunchArgs<R>::kSlots <= 256,
-                "block_slot is a uint8");
+                "chunk_slot is a uint8");
   static_assert(sizeof(LaunchArgs<R>) <= kMaxKernelArgBytes,
                 "a launch's metadata must fit the kernel-parameter space");
   return true;

@@ -1,9 +1,10 @@
 // The CUDA multi-tensor traversal, for any rule (Note [the rule interface] in
 // core/rule.h), written as host+device code that takes the block and thread
-// indices as arguments: the kernels (csrc/cuda/kernels.cu) call it with
-// blockIdx.x / threadIdx.x, and the CPU emulation (csrc/testing/) calls it in
-// a loop over a small grid, so the index math and the vector/scalar path
-// choice run on the CPU in tests. Threads never communicate (no shared memory,
+// indices and the grid's size as arguments: the kernels (csrc/cuda/kernels.cu)
+// call it with blockIdx.x / gridDim.x / threadIdx.x, and the CPU emulation
+// (csrc/testing/) calls it in a loop over a small grid, so the index math, the
+// grid's share-out of the chunks and the vector/scalar path choice run on the
+// CPU in tests. Threads never communicate (no shared memory,
 // no barriers), so running them one after another is the same computation.
 //
 // The math is R::update; this file only moves bytes. Per element: read p, g
@@ -23,11 +24,14 @@
 
 namespace fusedopt::mta {
 
-FUSEDOPT_HD bool is_aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+FUSEDOPT_HD bool is_aligned16(const void* ptr) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
+}
 
 // Elements per vector access: up to 16 bytes of T, at most the group size.
 template <typename T, int N>
-constexpr int kPackSize = 16 / static_cast<int>(sizeof(T)) < N ? 16 / static_cast<int>(sizeof(T)) : N;
+constexpr int kPackSize =
+    16 / static_cast<int>(sizeof(T)) < N ? 16 / static_cast<int>(sizeof(T)) : N;
 
 // Every buffer is global memory: without saying so at each access (once where
 // the pointer is made was not enough), nvcc 13 for sm_80/sm_90 left some
@@ -42,47 +46,96 @@ FUSEDOPT_HD void assume_global(const void* p) {
 #endif
 }
 
-// Loads elements [i, i + N) of `src` into fp32 registers: as packs of up to
-// 16 bytes when kVector (the caller checked the alignment), else one element
-// at a time.
-template <bool kVector, int N, typename T, typename Observer>
-FUSEDOPT_HD void load_floats(const T* src, int32_t i, float (&dst)[N], Observer& observer) {
-  if constexpr (kVector) {
-    constexpr int kPack = kPackSize<T, N>;
-    static_assert(N % kPack == 0, "a vector group is whole packs of every buffer");
-    const Pack<T, kPack>* packs = reinterpret_cast<const Pack<T, kPack>*>(src + i);
-    assume_global(packs);
-    for (int a = 0; a < N / kPack; ++a) {
-      observer.access(packs + a, static_cast<int>(sizeof(Pack<T, kPack>)), true);
-      const Pack<T, kPack> pack = packs[a];
-      for (int j = 0; j < kPack; ++j) dst[a * kPack + j] = to_float(pack.v[j]);
-    }
-  } else {
-    for (int j = 0; j < N; ++j) {
-      observer.access(src + i + j, static_cast<int>(sizeof(T)), false);
-      dst[j] = to_float(src[i + j]);
+// Where the N elements of a group lie in its chunk. Contiguous: [first,
+// first + N), moved as packs of up to 16 bytes (the caller checked the
+// alignment of every buffer). Strided: first + r * stride for r < N, those
+// below `end`, one element per access (tails, unaligned views).
+template <int N>
+struct Contiguous {
+  int32_t first;
+};
+
+template <int N>
+struct Strided {
+  int32_t first, stride, end;
+  FUSEDOPT_HD_MEMBER int32_t index(int r) const { return first + r * stride; }
+  FUSEDOPT_HD_MEMBER bool has(int r) const { return index(r) < end; }
+};
+
+// Loads a group of `src` into fp32 registers.
+template <int N, typename T, typename Observer>
+FUSEDOPT_HD void load_floats(const T* src, const Contiguous<N>& at, float (&dst)[N],
+                             Observer& observer) {
+  constexpr int kPack = kPackSize<T, N>;
+  static_assert(N % kPack == 0, "a vector group is whole packs of every buffer");
+  const Pack<T, kPack>* packs = reinterpret_cast<const Pack<T, kPack>*>(src + at.first);
+  assume_global(packs);
+  for (int a = 0; a < N / kPack; ++a) {
+    observer.access(packs + a, static_cast<int>(sizeof(Pack<T, kPack>)), true);
+    const Pack<T, kPack> pack = packs[a];
+    for (int j = 0; j < kPack; ++j) dst[a * kPack + j] = to_float(pack.v[j]);
+  }
+}
+
+// The N loads are independent and all issued before the update needs any of
+// them (torch's ILP loop in MultiTensorApply.cuh): N elements in flight per
+// thread and stream, where one at a time left the scalar path at a quarter of
+// the vector path's bytes in flight. In the SASS of all four archs, every
+// kernel issues 4 x (2 + states) element loads before its first store (12 for
+// SGD, 20 for Adam). Missing elements read as 0, and their results are never
+// stored.
+template <int N, typename T, typename Observer>
+FUSEDOPT_HD void load_floats(const T* src, const Strided<N>& at, float (&dst)[N],
+                             Observer& observer) {
+  assume_global(src);
+  for (int r = 0; r < N; ++r) {
+    dst[r] = 0.0f;
+    if (at.has(r)) {
+      observer.access(src + at.index(r), static_cast<int>(sizeof(T)), false);
+      dst[r] = to_float(src[at.index(r)]);
     }
   }
 }
 
-// Stores fp32 registers into elements [i, i + N) of `dst`, rounding once.
-template <bool kVector, int N, typename T, typename Observer>
-FUSEDOPT_HD void store_floats(T* dst, int32_t i, const float (&src)[N], Observer& observer) {
-  if constexpr (kVector) {
-    constexpr int kPack = kPackSize<T, N>;
-    Pack<T, kPack>* packs = reinterpret_cast<Pack<T, kPack>*>(dst + i);
-    assume_global(packs);
-    for (int a = 0; a < N / kPack; ++a) {
-      Pack<T, kPack> pack;
-      for (int j = 0; j < kPack; ++j) from_float(src[a * kPack + j], pack.v[j]);
-      observer.access(packs + a, static_cast<int>(sizeof(Pack<T, kPack>)), true);
-      packs[a] = pack;
-    }
-  } else {
-    for (int j = 0; j < N; ++j) {
-      observer.access(dst + i + j, static_cast<int>(sizeof(T)), false);
-      from_float(src[j], dst[i + j]);
-    }
+// Stores fp32 registers into a group of `dst`, rounding once.
+template <int N, typename T, typename Observer>
+FUSEDOPT_HD void store_floats(T* dst, const Contiguous<N>& at, const float (&src)[N],
+                              Observer& observer) {
+  constexpr int kPack = kPackSize<T, N>;
+  Pack<T, kPack>* packs = reinterpret_cast<Pack<T, kPack>*>(dst + at.first);
+  assume_global(packs);
+  for (int a = 0; a < N / kPack; ++a) {
+    Pack<T, kPack> pack;
+    for (int j = 0; j < kPack; ++j) from_float(src[a * kPack + j], pack.v[j]);
+    observer.access(packs + a, static_cast<int>(sizeof(Pack<T, kPack>)), true);
+    packs[a] = pack;
+  }
+}
+
+template <int N, typename T, typename Observer>
+FUSEDOPT_HD void store_floats(T* dst, const Strided<N>& at, const float (&src)[N],
+                              Observer& observer) {
+  assume_global(dst);
+  for (int r = 0; r < N; ++r) {
+    if (!at.has(r)) continue;
+    observer.access(dst + at.index(r), static_cast<int>(sizeof(T)), false);
+    from_float(src[r], dst[at.index(r)]);
+  }
+}
+
+// Tells the observer which elements of the chunk starting at `chunk_start` a
+// group updated.
+template <int N, typename Observer>
+FUSEDOPT_HD void report_updated(Observer& observer, int32_t slot, int64_t chunk_start,
+                                const Contiguous<N>& at) {
+  observer.updated(slot, chunk_start + at.first, N);
+}
+
+template <int N, typename Observer>
+FUSEDOPT_HD void report_updated(Observer& observer, int32_t slot, int64_t chunk_start,
+                                const Strided<N>& at) {
+  for (int r = 0; r < N; ++r) {
+    if (at.has(r)) observer.updated(slot, chunk_start + at.index(r), 1);
   }
 }
 
@@ -94,32 +147,39 @@ struct ChunkBuffers {
   float* state[R::kStates > 0 ? R::kStates : 1];  // null where unused
 };
 
-// Elements [i, i + N) of one chunk: load, unscale, update, store.
-template <class R, bool kVector, int N, typename P, typename Observer>
-FUSEDOPT_HD void element_group(const ChunkBuffers<R, P>& b, int32_t i, const LaunchHeader<R>& h,
+// GradScaler's scale, read once per thread and launch: when `on`, grads are
+// divided by `scale` and stored back.
+struct Unscale {
+  bool on;
+  float scale;
+};
+
+// One group of N elements of a chunk: load, unscale, update, store.
+template <class R, int N, typename P, typename Group, typename Observer>
+FUSEDOPT_HD void element_group(const ChunkBuffers<R, P>& b, const Group& at,
+                               const LaunchHeader<R>& h, const Unscale& unscale,
                                const typename R::PerTensor& scalars, Observer& observer) {
   const RuntimeStates used{h.state_mask};
   float p[N], g[N];
   float s[N][R::kStates > 0 ? R::kStates : 1];
-  load_floats<kVector>(b.param, i, p, observer);
-  load_floats<kVector>(b.grad, i, g, observer);
+  load_floats(b.param, at, p, observer);
+  load_floats(b.grad, at, g, observer);
   for (int k = 0; k < R::kStates; ++k) {
     float column[N] = {};
-    if (used.has(k)) load_floats<kVector>(b.state[k], i, column, observer);
+    if (used.has(k)) load_floats(b.state[k], at, column, observer);
     for (int j = 0; j < N; ++j) s[j][k] = column[j];
   }
-  if (h.grad_scale != nullptr) {
-    const float scale = *h.grad_scale;
-    for (int j = 0; j < N; ++j) g[j] = g[j] / scale;
-    store_floats<kVector>(b.grad, i, g, observer);
+  if (unscale.on) {
+    for (int j = 0; j < N; ++j) g[j] = g[j] / unscale.scale;
+    store_floats(b.grad, at, g, observer);
   }
   for (int j = 0; j < N; ++j) R::update(p[j], g[j], s[j], used, h.launch, scalars);
-  store_floats<kVector>(b.param, i, p, observer);
+  store_floats(b.param, at, p, observer);
   for (int k = 0; k < R::kStates; ++k) {
     if (!used.has(k)) continue;
     float column[N];
     for (int j = 0; j < N; ++j) column[j] = s[j][k];
-    store_floats<kVector>(b.state[k], i, column, observer);
+    store_floats(b.state[k], at, column, observer);
   }
 }
 
@@ -138,24 +198,31 @@ FUSEDOPT_HD typename R::PerTensor scalars_in_kernel(const LaunchHeader<R>& h, co
   return per_tensor_of<R>(h.config, lr, static_cast<double>(step), no_scalar_states);
 }
 
-// Thread `thread` of block `block` (of `n_threads`) of one launch.
+// Elements per vector group: one 16-byte pack of each fp32 stream; 8 bytes of
+// a bf16/fp16 param or grad. (Groups of 8 gave 16-bit params 16-byte packs
+// too, but took 77-79 registers on sm_100/sm_120 for Adam, and spilled when
+// capped at 64: see kMinBlocksPerSm in mta/args.h.)
+constexpr int32_t kGroup = 4;
+// Elements per scalar group, the loads each thread keeps in flight per stream
+// on the scalar path: 4, torch's kILP, as many as a vector group holds, so the
+// scalar path fits the same registers.
+constexpr int32_t kIlp = 4;
+
+// Thread `thread` (of `n_threads`) of a block on table entry `entry` of a launch.
 template <class R, typename P, typename Observer>
-FUSEDOPT_HD void element_thread(const LaunchArgs<R>& args, int32_t block, int32_t thread,
-                                int32_t n_threads, Observer& observer) {
+FUSEDOPT_HD void chunk_thread(const LaunchArgs<R>& args, int32_t entry, int32_t thread,
+                              int32_t n_threads, const Unscale& unscale, Observer& observer) {
   const LaunchHeader<R>& h = args.header;
-  // GradScaler found an inf or NaN: nothing is written, grads included, as in
-  // torch's fused optimizers.
-  if (h.found_inf != nullptr && *h.found_inf != 0.0f) return;
-  const int32_t slot_index = args.block_slot[block];
+  const int32_t slot_index = args.chunk_slot[entry];
   const Slot<R>& slot = args.slots[slot_index];
-  const int64_t chunk_start = static_cast<int64_t>(args.block_chunk[block]) * kChunkSize;
+  const int64_t chunk_start = static_cast<int64_t>(args.chunk_index[entry]) * kChunkSize;
   const int64_t left = slot.numel - chunk_start;
   // Elements of this chunk: at most kChunkSize, so 32-bit from here on.
   const int32_t n = static_cast<int32_t>(left < kChunkSize ? left : kChunkSize);
-  const typename R::PerTensor scalars = h.scalars_on_device ? scalars_in_kernel(h, slot) : slot.scalars;
-  ChunkBuffers<R, P> b{static_cast<P*>(slot.param) + chunk_start,
-                       static_cast<P*>(slot.grad) + chunk_start,
-                       {}};
+  const typename R::PerTensor scalars =
+      h.scalars_on_device ? scalars_in_kernel(h, slot) : slot.scalars;
+  ChunkBuffers<R, P> b{
+      static_cast<P*>(slot.param) + chunk_start, static_cast<P*>(slot.grad) + chunk_start, {}};
   // The vector path needs every buffer 16-byte aligned. A chunk starts a
   // multiple of 64K elements into its tensor, so this is the alignment of the
   // tensors' own data pointers; a view at an odd offset takes the scalar path.
@@ -164,19 +231,40 @@ FUSEDOPT_HD void element_thread(const LaunchArgs<R>& args, int32_t block, int32_
     b.state[k] = slot.state[k] != nullptr ? slot.state[k] + chunk_start : nullptr;
     aligned = aligned && (b.state[k] == nullptr || is_aligned16(b.state[k]));
   }
-  // Elements per vector group: one 16-byte pack of each fp32 stream; 8 bytes
-  // of a bf16/fp16 param or grad. (Groups of 8 gave 16-bit params 16-byte
-  // packs too, but took 77-79 registers on sm_100/sm_120 for Adam, and spilled
-  // when capped at 64: see kMinBlocksPerSm in csrc/cuda/kernels.cu.)
-  constexpr int32_t kGroup = 4;
   const int32_t vector_end = aligned ? n - n % kGroup : 0;
   for (int32_t i = thread * kGroup; i < vector_end; i += n_threads * kGroup) {
-    element_group<R, true, kGroup>(b, i, h, scalars, observer);
-    observer.updated(slot_index, chunk_start + i, kGroup);
+    const Contiguous<kGroup> at{i};
+    element_group<R, kGroup>(b, at, h, unscale, scalars, observer);
+    report_updated(observer, slot_index, chunk_start, at);
   }
-  for (int32_t i = vector_end + thread; i < n; i += n_threads) {
-    element_group<R, false, 1>(b, i, h, scalars, observer);
-    observer.updated(slot_index, chunk_start + i, 1);
+  for (int32_t i = vector_end + thread; i < n; i += n_threads * kIlp) {
+    const Strided<kIlp> at{i, n_threads, n};
+    element_group<R, kIlp>(b, at, h, unscale, scalars, observer);
+    report_updated(observer, slot_index, chunk_start, at);
+  }
+}
+
+// Thread `thread` (of `n_threads`) of block `block` (of `n_blocks`) of one
+// launch: a persistent grid (grid_blocks in mta/launches.h) whose block b
+// takes the table's entries b, b + n_blocks, ... With n_blocks = n_chunks it
+// is one block per chunk.
+template <class R, typename P, typename Observer>
+FUSEDOPT_HD void element_thread(const LaunchArgs<R>& args, int32_t block, int32_t n_blocks,
+                                int32_t thread, int32_t n_threads, Observer& observer) {
+  const LaunchHeader<R>& h = args.header;
+  // GradScaler's tensors, read once per thread for all of its chunks. An inf
+  // or NaN found: nothing is read or written, grads included, as in torch's
+  // fused optimizers. found_inf is folded into the loop bound, not an early
+  // `return`: in the SASS (nvcc 13, sm_80/sm_90/sm_100) the fold issues the
+  // found_inf and grad_scale loads back to back and waits once, where the
+  // `return` waited for found_inf before issuing the grad_scale load. Either
+  // way the first element loads wait for found_inf (a skipped step reads
+  // nothing), once per launch now rather than once per chunk.
+  const bool found_inf = h.found_inf != nullptr && *h.found_inf != 0.0f;
+  const Unscale unscale{h.grad_scale != nullptr, h.grad_scale != nullptr ? *h.grad_scale : 1.0f};
+  const int32_t n_chunks = found_inf ? 0 : h.n_chunks;
+  for (int32_t entry = block; entry < n_chunks; entry += n_blocks) {
+    chunk_thread<R, P>(args, entry, thread, n_threads, unscale, observer);
   }
 }
 
