@@ -69,6 +69,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fusedopt.kernels.storage import from_float, to_float
+
 # Columns of the tensor table, one int64 row per tensor.
 COL_PARAM = tl.constexpr(0)
 COL_GRAD = tl.constexpr(1)
@@ -156,12 +158,12 @@ def _element_kernel(
                     mask = offs < tl.load(row + COL_NUMEL)
                 p_ptrs = _address(row, COL_PARAM, PARAM_DTYPE, FULL) + offs
                 g_ptrs = _address(row, COL_GRAD, PARAM_DTYPE, FULL) + offs
-                p = tl.load(p_ptrs, mask=mask).to(tl.float32)
-                g = tl.load(g_ptrs, mask=mask).to(tl.float32)
+                p = to_float(tl.load(p_ptrs, mask=mask))
+                g = to_float(tl.load(g_ptrs, mask=mask))
                 if HAS_GRAD_SCALE:
                     # GradScaler's unscale, stored back unscaled as torch's fused optimizers do.
                     g = tl.div_rn(g, scale)
-                    tl.store(g_ptrs, g.to(PARAM_DTYPE), mask=mask)
+                    tl.store(g_ptrs, from_float(g, PARAM_DTYPE), mask=mask)
                 # A state this step does not use keeps a placeholder (p), which
                 # the rule ignores and the frame never stores. State addresses are
                 # read again for the stores rather than kept live across the
@@ -176,7 +178,7 @@ def _element_kernel(
                         )
                     s = s + (value,)
                 p, s = UPDATE(p, g, s, USED, launch, per_tensor)
-                tl.store(p_ptrs, p.to(PARAM_DTYPE), mask=mask)
+                tl.store(p_ptrs, from_float(p, PARAM_DTYPE), mask=mask)
                 for k in tl.static_range(MAX_STATES):
                     if (USED >> k) & 1:
                         tl.store(
@@ -249,6 +251,9 @@ def _advance_counts_kernel(
 # spills; 4 warps (8 elements per thread) took 144-150 for bf16 Adam.
 BLOCK_SIZE = 1024
 NUM_WARPS = 8
+# Note [bit-identical backends]: no multiply-add contraction in any kernel
+# (LLVM's fp contraction and ptxas' --fmad, both on by default).
+FP_FUSION = False
 # The interpreter costs ~1-2 ms per program whatever its size (measured), so
 # the backend gives it fewer, larger programs.
 INTERPRETER_BLOCK_SIZE = 16384
@@ -466,6 +471,7 @@ class Launcher:
                     HAS_FOUND_INF=found_inf is not None,
                     BLOCK=block,
                     num_warps=NUM_WARPS,
+                    enable_fp_fusion=FP_FUSION,
                 )
                 self.launches += 1
             if counts_on_device:
@@ -475,6 +481,7 @@ class Launcher:
                     found_inf,
                     HAS_FOUND_INF=found_inf is not None,
                     BLOCK=TABLE_BLOCK,
+                    enable_fp_fusion=FP_FUSION,
                 )
                 self.launches += 1
         if host_counts:
@@ -531,6 +538,7 @@ class Launcher:
             LR_IN_MEMORY=lr_in_memory,
             COUNTS_IN_MEMORY=counts_on_device or not uniform,
             BLOCK=TABLE_BLOCK,
+            enable_fp_fusion=FP_FUSION,
         )
         self.launches += 1
         return None
