@@ -67,9 +67,8 @@ from types import ModuleType
 import torch
 import triton
 import triton.language as tl
-from torch import Tensor
-
 from fusedopt.kernels.storage import from_float, to_float
+from torch import Tensor
 
 # Columns of the tensor table, one int64 row per tensor.
 COL_PARAM = tl.constexpr(0)
