@@ -60,7 +60,10 @@ class Instruction:
         return None
 
 
-_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
+# "/*0c40*/  @!P0 FFMA R1, R2, R3, R4 ;": address, optional predicate, opcode, operands.
+_SASS_LINE = re.compile(
+    r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);"
+)
 
 
 def sass_functions(sass: str) -> dict[str, list[Instruction]]:
