@@ -198,3 +198,35 @@ def test_ptx_is_uncontracted_ieee(rule):
         assert not any(".f64" in loop or "call" in loop for loop in loops), kernel
         if rule == "adam":
             assert ".f64" in body and "call" in body, f"{kernel}: the control has no pow"
+
+
+def test_the_readers_see_what_they_must_refuse():
+    """The checks above can fail: the SASS reader counts an FFMA that no
+    division accounts for, finds a loop and the FP64 of a subroutine it
+    calls; the PTX reader counts contractible and non-IEEE instructions."""
+    sass = """
+        Function : k
+        /*0000*/                   MUFU.RCP R0, R3 ;
+        /*0010*/                   FCHK P0, R4, R3 ;
+        /*0020*/                   FFMA R41, -R3, R0, 1 ;
+        /*0030*/                   FFMA R41, R0, R41, R0 ;
+        /*0040*/                   FFMA R0, R4, R41, RZ ;
+        /*0050*/                   FFMA R36, -R3, R0, R4 ;
+        /*0060*/                   FFMA R0, R41, R36, R0 ;
+        /*0070*/              @!P0 CALL.REL.NOINC 0x00b0 ;
+        /*0080*/                   FFMA R5, R6, R7, R8 ;
+        /*0090*/               @P1 BRA 0x0000 ;
+        /*00a0*/                   EXIT ;
+        /*00b0*/                   DFMA R8, R2, -R12, 1 ;
+        /*00c0*/                   RET.REL.NODEC R6 0x0 ;
+    """
+    (code,) = sass_functions(sass).values()
+    (loop,) = sass_loops(code)
+    assert contracted_fmas(loop) == 1 and contracted_fmas(loop[:-3]) == 0
+    assert [i.opcode for i in sass_called(code, loop)] == ["DFMA", "RET.REL.NODEC"]
+    ptx = ".visible .entry k(\n$L__BB0_1:\n\tfma.rn.f32 %f1, %f2, %f3, %f4;\n"
+    ptx += "\tmul.f32 %f5, %f1, %f2;\n\tdiv.full.f32 %f6, %f5, %f1;\n\tcvt.rz.bf16.f32 %rs1, %f6;\n"
+    ptx += "\tadd.f64 %fd1, %fd1, %fd2;\n\t@%p1 bra $L__BB0_1;\n}\n"
+    facts = ptx_facts(ptx_entries(ptx)["k"])
+    assert facts == dict(fma_f32=1, free_f32=1, inexact=1, cvt_rn_16=0, cvt_other_16=1)
+    assert ".f64" in ptx_loops(ptx_entries(ptx)["k"])[0]
