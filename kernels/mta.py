@@ -46,8 +46,9 @@ bf16/fp16 params. By construction:
     built for baseline x86-64. A product and a sum cost two instructions
     instead of one FMA, in loops bound by memory: the CUDA kernels' SASS
     moved by -14% to +9% (Adam fp32 sm_90: 1440 -> 1464), their registers by
-    -2 to +2, no spills; one Triton stack frame appeared (Adadelta, sm_120)
-    and went with the order of two square roots (compiled, not timed);
+    -2 to +2; these kernels' SASS by -1% to +9%, registers by -6 to +8 (61 at
+    most); no spills, once Adadelta's two square roots were ordered to avoid
+    an sm_120 stack frame (compiled, not timed);
   - IEEE division and square root everywhere (tl.div_rn, tl.sqrt_rn; nvcc's
     -prec-div, -prec-sqrt, no ftz), the same operations in the same order as
     the C++ header (each rule mirrors it);
