@@ -35,6 +35,53 @@ two fp32 tuples, hi and lo, whose sum carries 48 significant bits: beta2
 rounded to fp32 instead would put ~2e-5 relative error into 1 - beta2^t at
 t = 1000.
 
+Note [bit-identical backends]: for the same inputs the CPU backend, the CUDA
+kernels and these kernels compute the same fp32 bits, and so the same
+bf16/fp16 params. By construction:
+  - no multiply-add contraction anywhere: the CPU loops build with
+    -ffp-contract=off (the baseline x86-64 build has no FMA to contract to),
+    the CUDA kernels with --fmad=false (CMakeLists.txt), these with fp fusion
+    off at every launch (FP_FUSION: LLVM contracts nothing and ptxas gets
+    --fmad=false); the host's per-tensor scalars are Python floats or C++
+    built for baseline x86-64. A product and a sum cost two instructions
+    instead of one FMA, in loops bound by memory: the CUDA kernels' SASS
+    moved by -14% to +9% (Adam fp32 sm_90: 1440 -> 1464), their registers by
+    -2 to +2; these kernels' SASS by -1% to +9%, registers by -6 to +8 (61 at
+    most); no spills, once Adadelta's two square roots were ordered to avoid
+    an sm_120 stack frame (compiled, not timed);
+  - IEEE division and square root everywhere (tl.div_rn, tl.sqrt_rn; nvcc's
+    -prec-div, -prec-sqrt, no ftz), the same operations in the same order as
+    the C++ header (each rule mirrors it);
+  - stores round to nearest even, bf16 by integer operations here
+    (kernels/storage.py: the interpreter's cast truncates), so what the
+    interpreter runs in CI is what a GPU runs.
+Checked: tests/test_bit_identity.py steps every optimizer and rule on the CPU
+backend, here under the interpreter, and through the CUDA kernel body
+emulated on the CPU, and compares bits; tests/test_cuda_sass.py and
+tests/test_triton_static.py read the PTX and SASS for every arch (no FMA but
+IEEE division's and square root's, no FP64 in the element loops, 16-bit
+stores by round to nearest even). A NaN is stored as some NaN: the CUDA
+kernels' bf16 store writes 0x7FFF, the CPU's and this one 0x7FC0.
+Not identical: per-tensor scalars computed on the device (capturable mode, a
+device lr or device counts). They are float64 there too, but with another
+pow than the host's (libm's, correctly rounded in practice): exp2(t *
+log2(beta)) with the Config carried in fp32 halves (48 bits) here, CUDA's
+double pow (within 2 ulp) in the CUDA kernels' scalars_in_kernel. Rounded to
+fp32 they can land on the other neighbour of the host's value, one ulp away.
+Measured (the prologue under the interpreter against the host, every count
+from 1 to 10^5 of every rule with device scalars, Adam in each eps mode, four
+betas pairs, at lr 1e-3, 2^-10 and 3e-4: 6.3 * 10^6 rows): one field of one
+row differs, by one ulp (RAdam's rectification at beta2 = 0.9999, t = 18, at
+each lr); a pow off by 1 or 2 ulps (as CUDA's may be) changed none of Adam's
+fp32 scalars over those counts and six betas pairs (2.4 * 10^6 rows). A
+scalar one ulp off moves each element's update by one ulp of the update, not
+of p. tests/test_bit_identity.py holds the prologue to one ulp, in at most 10
+rows of its sweep. Close to identical, not by construction: the host
+scalars of counts that differ per tensor, and always those of NAdam and ASGD
+(Note [scalar states]), are float64 tensors here, and torch.pow differs from
+libm's pow in ~1% of doubles; rounded to fp32, none differed over counts 1
+to 10^5 (2 * 10^6 rows of every rule, 7 * 10^5 of NAdam's and ASGD's).
+
 Note [step counts]: fusedopt/registry.py's Note [step-count protocol]. The
 scalars come from count + 1; counts advance after the element launch: CPU
 counts by torch._foreach_add_ once the launches returned, device counts by
@@ -67,6 +114,7 @@ from types import ModuleType
 import torch
 import triton
 import triton.language as tl
+from fusedopt.kernels.storage import from_float, to_float
 from torch import Tensor
 
 # Columns of the tensor table, one int64 row per tensor.
@@ -156,12 +204,12 @@ def _element_kernel(
                     mask = offs < tl.load(row + COL_NUMEL)
                 p_ptrs = _address(row, COL_PARAM, PARAM_DTYPE, FULL) + offs
                 g_ptrs = _address(row, COL_GRAD, PARAM_DTYPE, FULL) + offs
-                p = tl.load(p_ptrs, mask=mask).to(tl.float32)
-                g = tl.load(g_ptrs, mask=mask).to(tl.float32)
+                p = to_float(tl.load(p_ptrs, mask=mask))
+                g = to_float(tl.load(g_ptrs, mask=mask))
                 if HAS_GRAD_SCALE:
                     # GradScaler's unscale, stored back unscaled as torch's fused optimizers do.
                     g = tl.div_rn(g, scale)
-                    tl.store(g_ptrs, g.to(PARAM_DTYPE), mask=mask)
+                    tl.store(g_ptrs, from_float(g, PARAM_DTYPE), mask=mask)
                 # A state this step does not use keeps a placeholder (p), which
                 # the rule ignores and the frame never stores. State addresses are
                 # read again for the stores rather than kept live across the
@@ -176,7 +224,7 @@ def _element_kernel(
                         )
                     s = s + (value,)
                 p, s = UPDATE(p, g, s, USED, launch, per_tensor)
-                tl.store(p_ptrs, p.to(PARAM_DTYPE), mask=mask)
+                tl.store(p_ptrs, from_float(p, PARAM_DTYPE), mask=mask)
                 for k in tl.static_range(MAX_STATES):
                     if (USED >> k) & 1:
                         tl.store(
@@ -249,6 +297,9 @@ def _advance_counts_kernel(
 # spills; 4 warps (8 elements per thread) took 144-150 for bf16 Adam.
 BLOCK_SIZE = 1024
 NUM_WARPS = 8
+# Note [bit-identical backends]: no multiply-add contraction in any kernel
+# (LLVM's fp contraction and ptxas' --fmad, both on by default).
+FP_FUSION = False
 # The interpreter costs ~1-2 ms per program whatever its size (measured), so
 # the backend gives it fewer, larger programs.
 INTERPRETER_BLOCK_SIZE = 16384
@@ -520,6 +571,7 @@ class Launcher:
                     HAS_FOUND_INF=found_inf is not None,
                     BLOCK=block,
                     num_warps=NUM_WARPS,
+                    enable_fp_fusion=FP_FUSION,
                 )
                 self.launches += 1
             if counts_on_device:
@@ -529,6 +581,7 @@ class Launcher:
                     found_inf,
                     HAS_FOUND_INF=found_inf is not None,
                     BLOCK=TABLE_BLOCK,
+                    enable_fp_fusion=FP_FUSION,
                 )
                 self.launches += 1
         if host_counts:
@@ -585,6 +638,7 @@ class Launcher:
             LR_IN_MEMORY=lr_in_memory,
             COUNTS_IN_MEMORY=counts_on_device or not uniform,
             BLOCK=TABLE_BLOCK,
+            enable_fp_fusion=FP_FUSION,
         )
         self.launches += 1
         return None

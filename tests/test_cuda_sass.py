@@ -3,13 +3,31 @@ architecture of the build is in the library, and for every rule of
 fusedopt.registry.RULES its three kernels (fusedopt_<rule>_{fp32,bf16,fp16})
 use 128-bit global loads and stores for fp32 data (64-bit for 16-bit params
 and grads), nothing spills to local memory, and the register count keeps two
-512-thread blocks resident per SM; fusedopt_step_increment too."""
+512-thread blocks resident per SM; fusedopt_step_increment too.
+
+And what Note [bit-identical backends] (kernels/mta.py) asks of the code
+nvcc made, in the SASS of every arch and in the PTX the library embeds: no
+multiply-add contraction in the element loops (every FFMA there is one of an
+IEEE division, reciprocal or square root), IEEE division and square root,
+no FP64 in the element loops (the per-tensor scalars of capturable mode are
+computed in double once per thread and chunk, before them), and 16-bit
+stores that round to nearest even."""
 
 import re
 from functools import cache
 
 import pytest
-from _cuda_tools import run_cuobjdump
+from _cuda_tools import (
+    contracted_fmas,
+    is_fp64,
+    ptx_entries,
+    ptx_facts,
+    ptx_loops,
+    run_cuobjdump,
+    sass_called,
+    sass_functions,
+    sass_loops,
+)
 from fusedopt._C import cuda_archs, cuda_built
 from fusedopt.registry import RULES
 
@@ -49,6 +67,16 @@ def _sass_by_function(arch: int) -> dict[str, str]:
         name, _, body = block.partition("\n")
         functions[name.strip()] = body
     return functions
+
+
+@cache
+def _sass_code(arch: int):
+    return sass_functions(run_cuobjdump("-sass", "-arch", f"sm_{arch}"))
+
+
+@cache
+def _ptx_entries() -> dict[str, str]:
+    return ptx_entries(run_cuobjdump("-ptx"))
 
 
 def test_every_arch_in_the_library():
@@ -107,3 +135,98 @@ def test_no_spills_and_bounded_registers():
             if res["REG"] > MAX_REGISTERS:
                 failures.append(f"{kernel} sm_{arch}: {res['REG']} registers")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("rule", RULES)
+def test_no_contraction_and_no_fp64_in_the_element_loops(rule, arch):
+    """Every loop of each kernel (the vector groups, the tail): no FFMA but
+    those of IEEE division, reciprocal and square root (_cuda_tools.
+    contracted_fmas), and no FP64 instruction, in the loop or in a subroutine
+    it calls (the slow paths of division and square root). The kernels do
+    hold FP64 (scalars_in_kernel in mta/traversal.h, once per thread and
+    chunk, and CUDA's pow): outside the loops, which the check tells apart
+    (Adam's, the control, has some)."""
+    code_of = _sass_code(arch)
+    for dtype in DTYPES:
+        kernel = f"fusedopt_{rule}_{dtype}"
+        code = code_of[kernel]
+        loops = [body for body in sass_loops(code) if len(body) > 1]  # not the trap after EXIT
+        assert len(loops) >= 2, f"{kernel} sm_{arch}: want a vector and a tail loop"
+        for body in loops:
+            where = f"{kernel} sm_{arch} loop at {body[0].address:#x}"
+            assert contracted_fmas(body) == 0, f"{where}: {contracted_fmas(body)} contracted FMAs"
+            fp64 = [i.opcode for i in body + sass_called(code, body) if is_fp64(i.opcode)]
+            assert not fp64, f"{where}: FP64 {sorted(set(fp64))}"
+        if rule == "adam":
+            assert any(is_fp64(i.opcode) for i in code), f"{kernel} sm_{arch}: no FP64 at all"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_16_bit_stores_round_to_nearest_even(arch):
+    """The fp32 -> bf16/fp16 stores are F2FP...PACK_AB, round to nearest even
+    (a rounding modifier, .RZ/.RM/.RP, would show in the opcode)."""
+    code_of = _sass_code(arch)
+    for rule in RULES:
+        for dtype in ("bf16", "fp16"):
+            kernel = f"fusedopt_{rule}_{dtype}"
+            converts = [i.opcode for i in code_of[kernel] if i.opcode.startswith("F2FP")]
+            assert converts, f"{kernel} sm_{arch}: no F2FP"
+            assert all(not re.search(r"\.R[ZMP]\b", op) for op in converts), (kernel, converts)
+
+
+@pytest.mark.skipif(not PTX_ARCHS, reason="the build embeds no PTX")
+@pytest.mark.parametrize("rule", RULES)
+def test_ptx_is_uncontracted_ieee(rule):
+    """The embedded PTX (sm_120's), what nvcc's front end made of the
+    kernels: no fma.rn.f32 and every fp32 mul/add/sub with an explicit .rn
+    (which ptxas may not contract, whatever its --fmad); no approximate
+    division, square root or reciprocal and no .ftz; 16-bit stores by
+    cvt.rn only; no .f64 and no call (CUDA's pow) inside a loop."""
+    entries = _ptx_entries()
+    for dtype in DTYPES:
+        kernel = f"fusedopt_{rule}_{dtype}"
+        body = entries[kernel]
+        facts = ptx_facts(body)
+        assert facts["fma_f32"] == facts["free_f32"] == facts["inexact"] == 0, (kernel, facts)
+        assert facts["cvt_other_16"] == 0 and (facts["cvt_rn_16"] > 0) == (dtype != "fp32"), (
+            kernel,
+            facts,
+        )
+        loops = ptx_loops(body)
+        assert loops, f"{kernel}: no loop found"
+        assert not any(".f64" in loop or "call" in loop for loop in loops), kernel
+        if rule == "adam":
+            assert ".f64" in body and "call" in body, f"{kernel}: the control has no pow"
+
+
+def test_the_readers_see_what_they_must_refuse():
+    """The checks above can fail: the SASS reader counts an FFMA that no
+    division accounts for, finds a loop and the FP64 of a subroutine it
+    calls; the PTX reader counts contractible and non-IEEE instructions."""
+    sass = """
+        Function : k
+        /*0000*/                   MUFU.RCP R0, R3 ;
+        /*0010*/                   FCHK P0, R4, R3 ;
+        /*0020*/                   FFMA R41, -R3, R0, 1 ;
+        /*0030*/                   FFMA R41, R0, R41, R0 ;
+        /*0040*/                   FFMA R0, R4, R41, RZ ;
+        /*0050*/                   FFMA R36, -R3, R0, R4 ;
+        /*0060*/                   FFMA R0, R41, R36, R0 ;
+        /*0070*/              @!P0 CALL.REL.NOINC 0x00b0 ;
+        /*0080*/                   FFMA R5, R6, R7, R8 ;
+        /*0090*/               @P1 BRA 0x0000 ;
+        /*00a0*/                   EXIT ;
+        /*00b0*/                   DFMA R8, R2, -R12, 1 ;
+        /*00c0*/                   RET.REL.NODEC R6 0x0 ;
+    """
+    (code,) = sass_functions(sass).values()
+    (loop,) = sass_loops(code)
+    assert contracted_fmas(loop) == 1 and contracted_fmas(loop[:-3]) == 0
+    assert [i.opcode for i in sass_called(code, loop)] == ["DFMA", "RET.REL.NODEC"]
+    ptx = ".visible .entry k(\n$L__BB0_1:\n\tfma.rn.f32 %f1, %f2, %f3, %f4;\n"
+    ptx += "\tmul.f32 %f5, %f1, %f2;\n\tdiv.full.f32 %f6, %f5, %f1;\n\tcvt.rz.bf16.f32 %rs1, %f6;\n"
+    ptx += "\tadd.f64 %fd1, %fd1, %fd2;\n\t@%p1 bra $L__BB0_1;\n}\n"
+    facts = ptx_facts(ptx_entries(ptx)["k"])
+    assert facts == dict(fma_f32=1, free_f32=1, inexact=1, cvt_rn_16=0, cvt_other_16=1)
+    assert ".f64" in ptx_loops(ptx_entries(ptx)["k"])[0]

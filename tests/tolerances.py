@@ -40,8 +40,9 @@ class Bound:
 
 _FMA = (
     "both sides do the same fp32 operations in the same order; what differs is FMA "
-    "contraction (torch's vectorized lerp/addcmul/add fuse multiply-adds; fusedopt's CPU "
-    "loop is built with -ffp-contract=off so that its ISA variants agree bit for bit)"
+    "contraction (torch's vectorized lerp/addcmul/add fuse multiply-adds; fusedopt's kernels "
+    "contract nothing, so that every backend and ISA computes the same bits: Note "
+    "[bit-identical backends] in kernels/mta.py)"
 )
 
 _ROUNDING_BUDGET = Bound(
@@ -118,18 +119,11 @@ TABLE: dict[torch.dtype, dict[str, Bound]] = {
 }
 
 # (backend name, device type, dtype, kind) -> Bound, replacing TABLE's entry.
-OVERRIDES: dict[tuple[str, str, torch.dtype, str], Bound] = {
-    ("triton", "cpu", torch.bfloat16, "ulps_per_step_vs_fp64"): Bound(
-        1.05,
-        "Triton's interpreter TRUNCATES fp32 -> bf16 where torch and every GPU round to "
-        "nearest even (seen with triton 3.8): up to one ulp per store instead of half",
-    ),
-    ("triton", "cpu", torch.bfloat16, "error_vs_torch"): Bound(
-        None,
-        "the interpreter's truncation is biased, so its error grows linearly with the steps "
-        "where round-to-nearest errors grow as their square root: not comparable with torch",
-    ),
-}
+# None today: every backend rounds to nearest even at the store, the Triton
+# interpreter included since its bf16 conversions are integer operations
+# (kernels/storage.py), and the kernel backends compute the CPU backend's bits
+# (Note [bit-identical backends] in kernels/mta.py, tests/test_bit_identity.py).
+OVERRIDES: dict[tuple[str, str, torch.dtype, str], Bound] = {}
 
 
 def tol(kind: str, dtype: torch.dtype, backend: str | None = None, device: str = "cpu"):

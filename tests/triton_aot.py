@@ -19,10 +19,17 @@ import re
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import triton
 import triton.language as tl
+from _cuda_tools import (
+    contracted_fmas,
+    cuobjdump,
+    is_fp64,
+    ptx_facts,
+    sass_functions,
+    sass_main_body,
+)
 from fusedopt.kernels import mta, rules
 from fusedopt.registry import RULES
 from triton.backends.compiler import GPUTarget
@@ -114,26 +121,34 @@ def count_source() -> ASTSource:
     return _source(mta._advance_counts_kernel, signature, constexprs, ("tensor_table",))
 
 
-def cuobjdump() -> str:
-    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
-
-
-def resource_usage(cubin: bytes) -> dict[str, int]:
-    """REG and spill bytes of the one kernel in `cubin`, from cuobjdump -res-usage."""
+def cubin_facts(cubin: bytes) -> dict[str, int]:
+    """From the cubin of one kernel: REG and spill bytes (cuobjdump -res-usage),
+    and from its SASS the instruction count, FP64 instructions and FFMAs that
+    are not IEEE division's, reciprocal's or square root's
+    (_cuda_tools.contracted_fmas) in the kernel less its subroutines (the
+    element kernel has no loop: one block per program)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
         file.write(cubin)
         file.flush()
         text = subprocess.run(
             [cuobjdump(), "-res-usage", file.name], check=True, capture_output=True, text=True
         ).stdout
+        sass = subprocess.run(
+            [cuobjdump(), "-sass", file.name], check=True, capture_output=True, text=True
+        ).stdout
     usage = {"registers": int(re.search(r"REG:(\d+)", text).group(1))}
     spills = re.search(r"STACK:(\d+).*?LOCAL:(\d+)", text)
     usage["stack_bytes"], usage["local_bytes"] = int(spills.group(1)), int(spills.group(2))
+    (code,) = sass_functions(sass).values()
+    usage["sass_instructions"] = len(code)
+    usage["sass_fp64"] = sum(is_fp64(i.opcode) for i in code)
+    usage["sass_contracted_fmas"] = contracted_fmas(sass_main_body(code))
     return usage
 
 
 def facts(source: ASTSource, target: GPUTarget, num_warps: int) -> dict:
-    kernel = triton.compile(source, target=target, options={"num_warps": num_warps})
+    options = {"num_warps": num_warps, "enable_fp_fusion": mta.FP_FUSION}
+    kernel = triton.compile(source, target=target, options=options)
     ptx = kernel.asm["ptx"]
     return {
         "ld_v4": len(re.findall(r"ld\.global(?:\.\w+)*\.v4", ptx)),
@@ -142,7 +157,10 @@ def facts(source: ASTSource, target: GPUTarget, num_warps: int) -> dict:
         "st": len(re.findall(r"st\.global", ptx)),
         # Anything on doubles: add.f64, cvt.rn.f32.f64, a .reg .f64 declaration.
         "f64": ptx.count(".f64"),
-        **resource_usage(kernel.asm["cubin"]),
+        # Native bf16 conversions (cvt.rn.bf16x2.f32, cvt.f32.bf16, ...).
+        "cvt_bf16": len(re.findall(r"\bcvt\.[\w.]*bf16", ptx)),
+        **ptx_facts(ptx),
+        **cubin_facts(kernel.asm["cubin"]),
     }
 
 

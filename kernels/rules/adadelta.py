@@ -104,8 +104,12 @@ def update(p, g, s, USED: tl.constexpr, h, t):
         g = g + h.l2 * p
     p = p * t.param_decay
     square_avg = s[SQUARE_AVG] * h.rho + h.one_minus_rho * g * g
+    # The header's sqrt(acc_delta + eps), taken before rms_grad: the same
+    # operations on the same values, so the same bits, in an order that kept
+    # ptxas (sm_120, fp fusion off) from spilling a pointer to the stack (8 B).
+    rms_delta = tl.sqrt_rn(s[ACC_DELTA] + h.eps)
     rms_grad = tl.sqrt_rn(square_avg + h.eps)
-    delta = tl.div_rn(tl.sqrt_rn(s[ACC_DELTA] + h.eps), rms_grad) * g
+    delta = tl.div_rn(rms_delta, rms_grad) * g
     acc_delta = s[ACC_DELTA] * h.rho + h.one_minus_rho * delta * delta
     p = p + t.neg_lr * delta
     return p, (square_avg, acc_delta)

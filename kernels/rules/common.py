@@ -85,8 +85,8 @@ def sign_like_torch(x):
 
 @triton.jit
 def mul_rn(a, b):
-    """a * b, meant uncontracted as in common.h. Triton has no such multiply
-    outside libdevice (which the interpreter lacks): on a GPU its default
-    fp fusion may still make `mul_rn(a, b) + c` one FMA, one ulp away from
-    torch's separately rounded mul and add."""
+    """a * b rounded on its own, as common.h's and torch's separate mul and
+    add round it: the kernels are compiled without fp fusion (Note
+    [bit-identical backends] in kernels/mta.py), so no add absorbs it into an
+    FMA on a GPU either."""
     return a * b

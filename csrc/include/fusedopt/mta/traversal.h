@@ -185,7 +185,10 @@ FUSEDOPT_HD void element_group(const ChunkBuffers<R, P>& b, const Group& at,
 
 // A tensor's scalars from the lr and step count in device memory (capturable
 // mode, a tensor lr): no host sync. Every thread computes them once per chunk
-// (a few double operations next to 32 iterations of 16-byte loads).
+// (a few double operations next to 32 iterations of 16-byte loads), before
+// the element loops, which hold no FP64 (tests/test_cuda_sass.py). CUDA's
+// double pow is not the host's: Note [bit-identical backends] in
+// kernels/mta.py bounds the difference (one fp32 ulp, rarely).
 template <class R>
 FUSEDOPT_HD typename R::PerTensor scalars_in_kernel(const LaunchHeader<R>& h, const Slot<R>& slot) {
   const double lr = h.lr != nullptr ? static_cast<double>(*h.lr) : h.lr_value;
