@@ -48,3 +48,8 @@ def cuda_built() -> bool:
 
 def cuda_archs() -> str:
     return _C.cuda_archs if _C is not None else ""
+
+
+def check_hyper(rule: str, lr: float, hyper: list[float]) -> None:
+    """fusedopt._C.check_hyper (csrc/binding/register.cpp); needs loaded()."""
+    _C.check_hyper(rule, lr, hyper)
