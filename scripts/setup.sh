@@ -22,7 +22,7 @@ fi
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip setuptools wheel
 # expecttest: torch's own optimizer test catalog (optim_db) imports it.
-"$PY" -m pip install -q "$TORCH_REQUIREMENT" numpy pytest ruff expecttest
+"$PY" -m pip install -q "$TORCH_REQUIREMENT" numpy pytest ruff expecttest hypothesis
 export FUSEDOPT_TESTING="${FUSEDOPT_TESTING:-1}"
 
 rm -rf dist

@@ -9,6 +9,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <cstring>
+#include <vector>
+
+#include "checks.h"
 #include "cpu_step.h"
 #include "fusedopt/mta/args.h"
 #include "fusedopt/rules/registry.h"
@@ -62,14 +66,60 @@ TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
 #endif
 #undef FUSEDOPT_IMPL
 
+// The op's hyperparameter checks (the rule's R::check and the lr's) without a
+// step: fusedopt._C.check_hyper(rule, lr, hyper), hyper in R::kHyper's order.
+// The Python backends (triton, reference) and the optimizers' up-front check
+// of every group call it, so each range is written once, in the rule's header.
+template <class R>
+void check_hyper_of(const char* rule, double lr, const std::vector<double>& hyper) {
+  TORCH_CHECK(hyper.size() == std::size(R::kHyper), "fusedopt: ", rule, " takes ",
+              std::size(R::kHyper), " hyperparameters, got ", hyper.size());
+  HyperCheck ck;
+  R::check(hyper.data(), ck);
+  check_hyper(rule, lr, ck);
+}
+
+PyObject* check_hyper_py(PyObject*, PyObject* args) {
+  const char* rule = nullptr;
+  double lr = 0.0;
+  PyObject* values = nullptr;
+  if (!PyArg_ParseTuple(args, "sdO", &rule, &lr, &values)) return nullptr;
+  PyObject* seq = PySequence_Fast(values, "fusedopt: hyper must be a sequence of numbers");
+  if (seq == nullptr) return nullptr;
+  std::vector<double> hyper(PySequence_Fast_GET_SIZE(seq));
+  for (size_t i = 0; i < hyper.size(); ++i) {
+    hyper[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+  }
+  Py_DECREF(seq);
+  if (PyErr_Occurred()) return nullptr;
+  try {
+#define FUSEDOPT_CHECK_HYPER(Type, name)            \
+  if (std::strcmp(rule, k##Type##Name) == 0) {      \
+    check_hyper_of<Type>(k##Type##Name, lr, hyper); \
+    Py_RETURN_NONE;                                 \
+  }
+    FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_CHECK_HYPER)
+#undef FUSEDOPT_CHECK_HYPER
+    TORCH_CHECK(false, "fusedopt: no rule named ", rule);
+  } catch (const c10::Error& error) {
+    // The op's exception type and message: RuntimeError, as TORCH_CHECK gives.
+    PyErr_SetString(PyExc_RuntimeError, error.what_without_backtrace());
+    return nullptr;
+  }
+}
+
 }  // namespace fusedopt::binding
 
 // `import fusedopt._C` loads the library (which registers the ops above) and
 // exposes what was built, for fusedopt.report().
 PyMODINIT_FUNC PyInit__C(void) {
+  static PyMethodDef methods[] = {
+      {"check_hyper", fusedopt::binding::check_hyper_py, METH_VARARGS,
+       "check_hyper(rule, lr, hyper): the op's hyperparameter checks, RuntimeError if one fails"},
+      {nullptr, nullptr, 0, nullptr}};
   static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C",
                                    "fusedopt's compiled ops (registered under torch.ops.fusedopt)",
-                                   -1, nullptr};
+                                   -1, methods};
   PyObject* module = PyModule_Create(&module_def);
   if (module == nullptr) return nullptr;
 #ifdef FUSEDOPT_WITH_CUDA

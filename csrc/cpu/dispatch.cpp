@@ -1,9 +1,16 @@
-// Run-time choice of the CPU element loops' instruction set.
+// Run-time choice of the CPU element loops' instruction set. On x86-64
+// (FUSEDOPT_X86_ISAS, defined by CMakeLists.txt where it builds the AVX-512
+// and AVX2 loops) the best one this CPU runs; elsewhere (aarch64) the one
+// baseline build, whose NEON is part of the architecture.
 #include <cstdlib>
 #include <cstring>
 
 #include "fusedopt/rules/registry.h"
 #include "loop.h"
+
+#if defined(FUSEDOPT_X86_ISAS) && !(defined(__x86_64__) || defined(_M_X64))
+#error "CMakeLists.txt built the x86 loops (FUSEDOPT_X86_ISAS) for a compiler that is not x86-64"
+#endif
 
 namespace fusedopt::cpu {
 namespace {
@@ -13,8 +20,9 @@ enum class Isa { kBaseline, kAvx2, kAvx512 };
 // The best ISA this CPU runs, lowered by FUSEDOPT_CPU_ISA (never raised: asking
 // for avx512 on a CPU without it would fault).
 Isa detect_isa() {
-  __builtin_cpu_init();
   Isa best = Isa::kBaseline;
+#ifdef FUSEDOPT_X86_ISAS
+  __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c")) {
     best = Isa::kAvx2;
@@ -23,6 +31,7 @@ Isa detect_isa() {
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
     best = Isa::kAvx512;
   }
+#endif
   const char* forced = std::getenv("FUSEDOPT_CPU_ISA");
   if (forced == nullptr) return best;
   if (std::strcmp(forced, "baseline") == 0) return Isa::kBaseline;
@@ -41,11 +50,13 @@ Isa selected() {
 template <class R>
 void run_chunks(const Work<R>& work, int64_t chunk_begin, int64_t chunk_end) {
   switch (selected()) {
+#ifdef FUSEDOPT_X86_ISAS
     case Isa::kAvx512:
       return avx512::run_chunks(work, chunk_begin, chunk_end);
     case Isa::kAvx2:
       return avx2::run_chunks(work, chunk_begin, chunk_end);
-    case Isa::kBaseline:
+#endif
+    default:
       return baseline::run_chunks(work, chunk_begin, chunk_end);
   }
 }

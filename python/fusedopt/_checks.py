@@ -5,12 +5,17 @@ rule gets the same checks and messages."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from fusedopt import _extension
 from fusedopt.reference import compute_dtype
+
+if TYPE_CHECKING:
+    from fusedopt.registry import Rule
 
 KERNEL_PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -38,6 +43,22 @@ def same_layout(a: Tensor, b: Tensor) -> bool:
     return a.shape == b.shape and all(
         n == 1 or sa == sb for n, sa, sb in zip(a.shape, a.stride(), b.stride())
     )
+
+
+def check_hyper(rule: Rule, lr: float | Tensor, hyper: Mapping[str, Any]) -> None:
+    """The hyperparameter checks of the rule's op (its R::check and the lr's:
+    finite and >= 0), with the op's RuntimeError and message, for every
+    backend. One source: the C++ checks in csrc/include/fusedopt/rules/<rule>.h,
+    called through fusedopt._C.check_hyper. Without the extension there is
+    nothing to call, and only the Python backends run: they then step
+    unchecked values (the missing extension is reported, fusedopt.report()).
+
+    A tensor lr on a GPU is not read (a host sync), as the CUDA op does not."""
+    if not _extension.loaded():
+        return
+    if isinstance(lr, Tensor):
+        lr = lr.item() if lr.device.type == "cpu" else 0.0
+    _extension.check_hyper(rule.name, float(lr), [float(hyper[name]) for name in rule.hyper])
 
 
 def check_lists(

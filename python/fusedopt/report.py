@@ -74,7 +74,13 @@ def report(optimizer: torch.optim.Optimizer | None = None) -> str:
         lines.append(f"{type(optimizer).__name__} (backend={requested!r}):")
         plan = optimizer.plan()
         if not plan:
-            lines.append("  no param has a grad yet; the choice is made at the first step()")
+            # After zero_grad no param has a grad: what the last step did.
+            plan = optimizer.last_step()
+            lines.append(
+                "  no param has a grad now; the last step():"
+                if plan
+                else "  no param has a grad yet; the choice is made at the first step()"
+            )
         for index, bucket, count, choice in plan:
             dense = "" if bucket.dense else ", not dense"
             lines.append(

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from fusedopt import backends
-from fusedopt._checks import check_lists
+from fusedopt._checks import check_hyper, check_lists
 
 
 def _device_scalar(value: Tensor | None, name: str, device: torch.device) -> None:
@@ -79,6 +79,8 @@ class TritonBackend(backends.Backend):
         found_inf=None,
         cache=None,
     ):
+        # The ops' checks, in their order: hyperparameters, then the lists.
+        check_hyper(rule, lr, hyper)
         check_lists(
             params,
             grads,

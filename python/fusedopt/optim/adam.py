@@ -34,7 +34,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
@@ -125,8 +124,10 @@ class Adam(FusedOptimizer):
         for i, beta in enumerate(betas):
             if isinstance(beta, Tensor) and beta.numel() != 1:
                 raise ValueError(f"Tensor betas[{i}] must be 1-element")
-        # As torch keeps them: floats, or 0-dim tensors (hyper() reads either).
-        betas = tuple(b.squeeze() if isinstance(b, Tensor) else b for b in betas)
+        # As torch keeps them (its _to_scalar): floats, or the user's own 0-dim
+        # tensors, so that an in-place change takes effect (hyper() reads them
+        # at every step); a 1-element tensor of more dims is squeezed.
+        betas = tuple(b.squeeze() if isinstance(b, Tensor) and b.dim() != 0 else b for b in betas)
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -224,8 +225,9 @@ class HFAdamW(FusedOptimizer):
     The moments update by torch's lerp where transformers had mul_/add_: the
     same formula, a rounding apart. Other differences from transformers: the
     `step` state is a float32 tensor as in torch's optimizers (load_state_dict
-    takes transformers' int), states stay float32 for bf16/fp16 params, and a
-    negative weight_decay is refused (transformers silently skipped it).
+    takes transformers' int, as every class takes older torch's numbers),
+    states stay float32 for bf16/fp16 params, and a negative weight_decay is
+    refused (transformers silently skipped it).
     `weight_decay_mode` ("decoupled" by default, "fully_decoupled", "l2") and
     `lr_max` are fusedopt's decay keywords, as on every class.
     """
@@ -282,16 +284,3 @@ class HFAdamW(FusedOptimizer):
             "amsgrad": False,
             "maximize": False,
         }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Also transformers.AdamW's checkpoints, whose `step` is a Python int."""
-        state = {
-            key: {
-                name: torch.tensor(float(value), dtype=torch.float32)
-                if name == "step" and not isinstance(value, Tensor)
-                else value
-                for name, value in param_state.items()
-            }
-            for key, param_state in state_dict["state"].items()
-        }
-        super().load_state_dict({**state_dict, "state": state})

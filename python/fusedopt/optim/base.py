@@ -42,6 +42,15 @@ does, step() refuses to be captured unless every group is capturable (lr a
 tensor or constant, counts on the device); rules with host-held scalar states
 refuse capture outright.
 
+Note [state layouts]: a state tensor has its param's layout (created with
+memory_format=torch.preserve_format), which the kernels' flat loop needs. When
+a param's layout changes after its states exist (`model.to(memory_format=
+torch.channels_last)` after some steps, or a checkpoint of a contiguous model
+loaded into a channels_last one), torch steps on, its ops being elementwise;
+fusedopt re-lays each such state out in its param's layout, values kept, once,
+when the plan is built (a cached plan's call is refused before any write, and
+the step runs again on a new plan: Note [cached step plans]).
+
 Note [fp32 states of low-precision params]: torch keeps an optimizer's moments
 in the param's dtype, so a bf16 model's second moment underflows and its
 updates stall (AReaL #1292). fusedopt keeps every state in float32 for bf16/fp16 params, and keeps
@@ -61,7 +70,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from fusedopt import _extension, backends
-from fusedopt._checks import check_lists, is_dense, same_layout
+from fusedopt._checks import check_hyper, check_lists, is_dense, same_layout
 from fusedopt.reference import WeightDecayMode, compute_dtype
 from fusedopt.registry import Rule
 
@@ -224,6 +233,9 @@ class FusedOptimizer(Optimizer):
         self._step_supports_amp_scaling = True
         self._plans: dict[int, _GroupPlan] = {}
         self._state_seen: tuple = ()  # (self.state, its length) when the plans were last used
+        # What the last step() stepped, as plan() lists it: report() shows it
+        # once the grads are gone (zero_grad).
+        self._last_step: list[tuple[int, backends.Bucket, int, backends.Choice]] = []
         _extension.warn_once_if_missing()
 
     def hyper(self, group: Mapping[str, Any]) -> dict[str, Any]:
@@ -241,9 +253,21 @@ class FusedOptimizer(Optimizer):
             for key, value in {**self.common_group_key_defaults, **self.group_key_defaults}.items():
                 if key in self.defaults:
                     group.setdefault(key, value)
+        # Checkpoints of older torch (and transformers' AdamW) hold `step` and
+        # the scalar states as Python numbers; torch's __setstate__, which its
+        # load_state_dict calls too, turns them into float32 tensors, on the CPU
+        # (the plan moves counts to their device: Note [counts on the device]).
+        for param_state in self.state.values():
+            if not isinstance(param_state, dict):
+                continue
+            for key in self.rule.scalar_keys:
+                value = param_state.get(key)
+                if value is not None and not isinstance(value, Tensor):
+                    param_state[key] = torch.tensor(float(value), dtype=torch.float32)
         self.__dict__.setdefault("backend", "auto")
         self._plans = {}
         self._state_seen = ()
+        self._last_step = []
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -262,9 +286,21 @@ class FusedOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict, but low-precision params keep float32 states
         (Note [fp32 states of low-precision params])."""
+        loaded: list[dict[str, Any]] = []
+
+        def capture(optimizer: Optimizer, final: dict[str, Any]) -> None:
+            loaded.append(final)
+
+        # Registered last, so it sees the dict every user pre-hook returned:
+        # the one torch's load reads, and so the one whose fp32 states count.
+        handle = self.register_load_state_dict_pre_hook(capture)
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            handle.remove()
+        state_dict = loaded[-1]
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         saved_states = state_dict["state"]
-        super().load_state_dict(state_dict)
         self._plans = {}
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, param in zip(saved_ids, params):
@@ -275,7 +311,9 @@ class FusedOptimizer(Optimizer):
             # torch's load casts them to the param's dtype and device.
             for key in self.rule.scalars:
                 if key in state and "step" in state:
-                    state[key] = saved[key].to(device=state["step"].device, dtype=torch.float32)
+                    state[key] = torch.as_tensor(
+                        saved[key], dtype=torch.float32, device=state["step"].device
+                    )
             # Only where torch's cast lost precision; fp32 params keep exactly
             # what torch's own load made.
             if compute_dtype(param.dtype) == param.dtype:
@@ -320,6 +358,12 @@ class FusedOptimizer(Optimizer):
                     dtype=compute_dtype(p.dtype),
                     memory_format=torch.preserve_format,
                 )
+            elif _needs_relayout(state[key], p):
+                # Note [state layouts]: the param's layout changed after this
+                # state was made; a copy in the param's layout keeps the values.
+                state[key] = torch.empty_like(
+                    p, dtype=state[key].dtype, memory_format=torch.preserve_format
+                ).copy_(state[key])
 
     def _bucket_keys(self, params: list[Tensor], grads: list[Tensor]) -> list[tuple]:
         """(device, dtype, dense) of each param, after the checks that must pass
@@ -457,10 +501,18 @@ class FusedOptimizer(Optimizer):
         except _StalePlan:
             # Note [cached step plans]: nothing was written; new plans check everything.
             work = self._step(grad_scale, found_inf)
-        if any(call.fresh for call, *_ in work):
+        if any(call.fresh for _, call, *_ in work):
             self._plans = {}  # fresh states are old from now on
         self._state_seen = (self.state, len(self.state))
+        self._last_step = [
+            (index, call.bucket, len(call.params), call.choice) for index, call, *_ in work
+        ]
         return loss
+
+    def last_step(self) -> list[tuple[int, backends.Bucket, int, backends.Choice]]:
+        """What the last step() stepped, in plan()'s form (empty before the
+        first step, and after load_state_dict or unpickling)."""
+        return list(self.__dict__.get("_last_step", []))
 
     def _step(self, grad_scale: Tensor | None, found_inf: Tensor | None) -> list:
         rule = self.rule
@@ -471,8 +523,14 @@ class FusedOptimizer(Optimizer):
         work = []
         rebuilt = False  # some plan was built in this step
         started = 0  # backend calls made
-        # Outside the try: refused hyperparameters are the caller's error, not a stale plan.
+        # Outside the try: refused hyperparameters are the caller's error, not a
+        # stale plan. Every group's are checked before any group is stepped, on
+        # every backend, by the ops' own checks (fusedopt._checks.check_hyper);
+        # a compiled step leaves them to the ops, which torch.compile traces.
         hypers = [self.hyper(group) for group in self.param_groups]
+        if not torch.compiler.is_compiling():
+            for group, hyper in zip(self.param_groups, hypers):
+                check_hyper(rule, group["lr"], hyper)
         try:
             for index, group in enumerate(self.param_groups):
                 grads = [p.grad for p in group["params"]]
@@ -490,9 +548,9 @@ class FusedOptimizer(Optimizer):
                     steps = [sd[key] for key in rule.scalar_keys for sd in call.state_dicts]
                     if rule.fresh_flag is not None:
                         hyper = {**hyper, rule.fresh_flag: call.fresh}
-                    work.append((call, group["lr"], hyper, call_grads, states, steps))
+                    work.append((index, call, group["lr"], hyper, call_grads, states, steps))
             if len(work) > 1:
-                for call, _, hyper, call_grads, states, steps in work:
+                for _, call, _, hyper, call_grads, states, steps in work:
                     backend = call.choice.backend
                     check_lists(
                         call.params,
@@ -505,7 +563,7 @@ class FusedOptimizer(Optimizer):
                         require_dense=backend.requires_dense,
                     )
             copies: dict[tuple[int, torch.device], Tensor] = {}
-            for call, lr, hyper, call_grads, states, steps in work:
+            for _, call, lr, hyper, call_grads, states, steps in work:
                 started += 1
                 device = call.bucket.device
                 call.choice.backend.step(
@@ -546,6 +604,18 @@ class FusedOptimizer(Optimizer):
                 f"Attempting CUDA graph capture of step() for an instance of "
                 f"{type(self).__name__} but param_groups' capturable is False."
             )
+
+
+def _needs_relayout(state: Tensor, p: Tensor) -> bool:
+    """Note [state layouts]: a state of its param's shape and device but
+    another layout, where the param has one the kernels take (dense)."""
+    return (
+        state.stride() != p.stride()
+        and state.shape == p.shape
+        and state.device == p.device
+        and not same_layout(state, p)
+        and is_dense(p)
+    )
 
 
 def _on_device(value, device: torch.device, copies: dict) -> Any:
