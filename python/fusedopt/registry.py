@@ -255,21 +255,5 @@ RULES: dict[str, Rule] = {
             reference=sgd_reference,
             fresh_flag="first_step",
         ),
-        Rule(
-            name="rprop",
-            states=("prev", "step_size"),
-            has_step=True,
-            hyper=("etaminus", "etaplus", "step_size_min", "step_size_max", "maximize"),
-            used_states=_all_states(("prev", "step_size")),
-            reference=rprop_reference,
-        ),
-        Rule(
-            name="lion",
-            states=("exp_avg",),
-            has_step=False,
-            hyper=("beta1", "beta2", "weight_decay", "weight_decay_mode", "lr_max", "maximize"),
-            used_states=_all_states(("exp_avg",)),
-            reference=lion_reference,
-        ),
     )
 }
