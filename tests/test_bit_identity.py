@@ -23,8 +23,9 @@ tail, CUDA's 4-element vector groups and their scalar tail, the CPU loops'
 SIMD body and tail, an empty tensor. The interpreter costs 3.5-7 ms of CPU
 per program for these kernels (measured: SGD fp32 to Adam bf16; it
 re-patches triton.language at every nested @triton.jit call), hence the
-split between the default run (~15 s of CPU) and the `slow` sweeps (~40 s). NaN equals NaN here (a NaN's payload is not a
-value: the CUDA kernels' bf16 store writes 0x7FFF, the CPU's 0x7FC0).
+split between the default run (~15 s of CPU) and the `slow` sweeps (~40 s).
+NaN equals NaN here (a NaN's payload is not a value: the CUDA kernels' bf16
+store writes 0x7FFF, the CPU's 0x7FC0).
 """
 
 from __future__ import annotations
