@@ -27,7 +27,8 @@ no FP64 instruction (tests/test_triton_static.py).
     counts (the usual case) give one PerTensor, passed as fp32 arguments;
     counts that differ (after a partial load_state_dict) give a float64
     tensor per field, rounded to an fp32 table of one row per tensor.
-  - lr a device tensor, or counts on the device (capturable): the prologue
+  - lr a device tensor, or counts on the device (the GPU backends' layout,
+    Note [counts on the device] in fusedopt/optim/base.py): the prologue
     kernel fills that table on the device in float64, one program per
     TABLE_BLOCK tensors, reading lr and counts in memory: no host sync.
 Triton passes Python floats as fp32, so the prologue gets the rule's Config as
@@ -62,8 +63,8 @@ tests/test_triton_static.py read the PTX and SASS for every arch (no FMA but
 IEEE division's and square root's, no FP64 in the element loops, 16-bit
 stores by round to nearest even). A NaN is stored as some NaN: the CUDA
 kernels' bf16 store writes 0x7FFF, the CPU's and this one 0x7FC0.
-Not identical: per-tensor scalars computed on the device (capturable mode, a
-device lr or device counts). They are float64 there too, but with another
+Not identical: per-tensor scalars computed on the device (device counts,
+which the GPU backends keep for every rule with counts, or a device lr). They are float64 there too, but with another
 pow than the host's (libm's, correctly rounded in practice): exp2(t *
 log2(beta)) with the Config carried in fp32 halves (48 bits) here, CUDA's
 double pow (within 2 ulp) in the CUDA kernels' scalars_in_kernel. Rounded to
@@ -300,7 +301,8 @@ NUM_WARPS = 8
 # Note [bit-identical backends]: no multiply-add contraction in any kernel
 # (LLVM's fp contraction and ptxas' --fmad, both on by default).
 FP_FUSION = False
-# The interpreter costs ~1-2 ms per program whatever its size (measured), so
+# The interpreter costs 3.5-7 ms of CPU per program of these kernels whatever
+# its size (measured with the integer bf16 stores), so
 # the backend gives it fewer, larger programs.
 INTERPRETER_BLOCK_SIZE = 16384
 # Tensors per program of the prologue and the count kernel: one 4 B count per

@@ -61,8 +61,9 @@ FUSEDOPT_HD float sign_like_torch(float x) { return x > 0.0f ? 1.0f : (x < 0.0f 
 // a * b rounded to fp32 on its own, never contracted with a following add
 // into an FMA, as torch's separate mul and add round it: for a state whose
 // later use is a sign (Note [Lion's sign of a sum] in rules/lion.h), one ulp
-// can flip a step. The CPU loops are built with -ffp-contract=off already;
-// nvcc contracts unless told, hence __fmul_rn.
+// can flip a step. Every build turns contraction off (Note [bit-identical
+// backends] in kernels/mta.py); __fmul_rn keeps this one product exact even
+// in a build that turns it back on, since here one ulp decides a sign.
 FUSEDOPT_HD float mul_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fmul_rn(a, b);
