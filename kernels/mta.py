@@ -64,8 +64,8 @@ IEEE division's and square root's, no FP64 in the element loops, 16-bit
 stores by round to nearest even). A NaN is stored as some NaN: the CUDA
 kernels' bf16 store writes 0x7FFF, the CPU's and this one 0x7FC0.
 Not identical: per-tensor scalars computed on the device (device counts,
-which the GPU backends keep for every rule with counts, or a device lr). They are float64 there too, but with another
-pow than the host's (libm's, correctly rounded in practice): exp2(t *
+which the GPU backends keep for every rule with counts, or a device lr).
+They are float64 there too, but with another pow than the host's (libm's, correctly rounded in practice): exp2(t *
 log2(beta)) with the Config carried in fp32 halves (48 bits) here, CUDA's
 double pow (within 2 ulp) in the CUDA kernels' scalars_in_kernel. Rounded to
 fp32 they can land on the other neighbour of the host's value, one ulp away.
@@ -302,8 +302,8 @@ NUM_WARPS = 8
 # (LLVM's fp contraction and ptxas' --fmad, both on by default).
 FP_FUSION = False
 # The interpreter costs 3.5-7 ms of CPU per program of these kernels whatever
-# its size (measured with the integer bf16 stores), so
-# the backend gives it fewer, larger programs.
+# its size (measured with the integer bf16 stores), so the backend gives it
+# fewer, larger programs.
 INTERPRETER_BLOCK_SIZE = 16384
 # Tensors per program of the prologue and the count kernel: one 4 B count per
 # lane, so one program covers most param groups.
