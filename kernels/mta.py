@@ -65,8 +65,8 @@ stores by round to nearest even). A NaN is stored as some NaN: the CUDA
 kernels' bf16 store writes 0x7FFF, the CPU's and this one 0x7FC0.
 Not identical: per-tensor scalars computed on the device (device counts,
 which the GPU backends keep for every rule with counts, or a device lr).
-They are float64 there too, but with another pow than the host's (libm's, correctly rounded in practice): exp2(t *
-log2(beta)) with the Config carried in fp32 halves (48 bits) here, CUDA's
+They are float64 there too, but with another pow than the host's (libm's,
+correctly rounded in practice): exp2(t * log2(beta)) with the Config carried in fp32 halves (48 bits) here, CUDA's
 double pow (within 2 ulp) in the CUDA kernels' scalars_in_kernel. Rounded to
 fp32 they can land on the other neighbour of the host's value, one ulp away.
 Measured (the prologue under the interpreter against the host, every count
