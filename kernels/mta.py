@@ -63,25 +63,26 @@ tests/test_triton_static.py read the PTX and SASS for every arch (no FMA but
 IEEE division's and square root's, no FP64 in the element loops, 16-bit
 stores by round to nearest even). A NaN is stored as some NaN: the CUDA
 kernels' bf16 store writes 0x7FFF, the CPU's and this one 0x7FC0.
-Not identical: per-tensor scalars computed on the device (device counts,
-which the GPU backends keep for every rule with counts, or a device lr).
-They are float64 there too, but with another pow than the host's (libm's,
-correctly rounded in practice): exp2(t * log2(beta)) with the Config carried in fp32 halves (48 bits) here, CUDA's
-double pow (within 2 ulp) in the CUDA kernels' scalars_in_kernel. Rounded to
-fp32 they can land on the other neighbour of the host's value, one ulp away.
-Measured (the prologue under the interpreter against the host, every count
-from 1 to 10^5 of every rule with device scalars, Adam in each eps mode, four
-betas pairs, at lr 1e-3, 2^-10 and 3e-4: 6.3 * 10^6 rows): one field of one
-row differs, by one ulp (RAdam's rectification at beta2 = 0.9999, t = 18, at
-each lr); a pow off by 1 or 2 ulps (as CUDA's may be) changed none of Adam's
-fp32 scalars over those counts and six betas pairs (2.4 * 10^6 rows). A
-scalar one ulp off moves each element's update by one ulp of the update, not
-of p. tests/test_bit_identity.py holds the prologue to one ulp, in at most 10
-rows of its sweep. Close to identical, not by construction: the host
-scalars of counts that differ per tensor, and always those of NAdam and ASGD
-(Note [scalar states]), are float64 tensors here, and torch.pow differs from
-libm's pow in ~1% of doubles; rounded to fp32, none differed over counts 1
-to 10^5 (2 * 10^6 rows of every rule, 7 * 10^5 of NAdam's and ASGD's).
+Not identical: per-tensor scalars computed on the device (device counts, which
+the GPU backends keep for every rule with counts, or a device lr). They are
+float64 there too, but with another pow than the host's (libm's, correctly
+rounded in practice): exp2(t * log2(beta)) with the Config carried in fp32
+halves (48 bits) here, CUDA's double pow (within 2 ulp) in the CUDA kernels'
+scalars_in_kernel. Rounded to fp32 they can land on the other neighbour of the
+host's value, one ulp away. Measured (the prologue under the interpreter
+against the host, every count from 1 to 10^5 of every rule with device
+scalars, Adam in each eps mode, four betas pairs, at lr 1e-3, 2^-10 and 3e-4:
+6.3 * 10^6 rows): one field of one row differs, by one ulp (RAdam's
+rectification at beta2 = 0.9999, t = 18, at each lr); a pow off by 1 or 2 ulps
+(as CUDA's may be) changed none of Adam's fp32 scalars over those counts and
+six betas pairs (2.4 * 10^6 rows). A scalar one ulp off moves each element's
+update by one ulp of the update, not of p. tests/test_bit_identity.py holds
+the prologue to one ulp, in at most 10 rows of its sweep. Close to identical,
+not by construction: the host scalars of counts that differ per tensor, and
+always those of NAdam and ASGD (Note [scalar states]), are float64 tensors
+here, and torch.pow differs from libm's pow in ~1% of doubles; rounded to
+fp32, none differed over counts 1 to 10^5 (2 * 10^6 rows of every rule, 7 *
+10^5 of NAdam's and ASGD's).
 
 Note [step counts]: fusedopt/registry.py's Note [step-count protocol]. The
 scalars come from count + 1; counts advance after the element launch: CPU
