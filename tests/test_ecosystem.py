@@ -121,7 +121,9 @@ def test_trainer_given_a_fusedopt_optimizer_and_scheduler_trains_as_with_torch(t
         sched = transformers.get_linear_schedule_with_warmup(opt, 1, STEPS)
         runs[cls] = train(transformers, tmp_path, model, optimizers=(opt, sched))
     (ours, opt, _), (theirs, _, _) = runs[fusedopt.AdamW], runs[torch.optim.AdamW]
-    assert type(opt) is fusedopt.AdamW and "-> cpu" in fusedopt.report(opt)
+    text = fusedopt.report(opt)
+    assert type(opt) is fusedopt.AdamW and "-> cpu" in text
+    assert "likely misconfiguration" not in text
     assert_close_normwise(without_key_bias(ours), without_key_bias(theirs))
     start = tiny_gpt2(transformers).state_dict()
     assert all(not torch.equal(p, start[n]) for n, p in ours.items())  # every param moved
@@ -136,7 +138,9 @@ def test_trainer_optimizer_cls_and_kwargs_keeps_trainers_no_decay_groups(tmp_pat
         runs[cls] = train(transformers, tmp_path, model, optimizer_cls_and_kwargs=(cls, kwargs))
     (ours, opt, model), (theirs, _, _) = runs[fusedopt.AdamW], runs[torch.optim.AdamW]
     names = {id(p): n for n, p in model.named_parameters()}
-    assert type(opt) is fusedopt.AdamW and "-> cpu" in fusedopt.report(opt)
+    text = fusedopt.report(opt)
+    assert type(opt) is fusedopt.AdamW and "-> cpu" in text
+    assert "likely misconfiguration" not in text
     # The groups Trainer built: decay on the weight matrices and embeddings
     # (wte, tied to lm_head, listed once), none on biases and LayerNorm gains.
     decayed, kept = opt.param_groups
