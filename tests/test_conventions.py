@@ -490,7 +490,7 @@ def small_net() -> torch.nn.Module:
 
 L2_IN_ADAM = "use fusedopt.AdamW or weight_decay_mode='decoupled'"
 DECAYED_LOW_DIM = "decays 3 params of fewer than 2 dims"
-NO_DECAY_ANYWHERE = "with weight_decay=0 in every group is Adam without decay"
+NO_DECAY_ANYWHERE = "weight_decay=0 in every group decays nothing"
 FLAGS = (L2_IN_ADAM, DECAYED_LOW_DIM, NO_DECAY_ANYWHERE)
 pg = fusedopt.param_groups
 

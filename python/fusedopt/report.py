@@ -91,9 +91,10 @@ def _misconfigurations(optimizer: torch.optim.Optimizer) -> list[str]:
         and all(mode in decoupled and float(g["weight_decay"]) == 0 for _, g, mode in groups)
     ):
         lines.append(
-            f"  likely misconfiguration: {name} with weight_decay=0 in every group is Adam "
-            "without decay: set weight_decay for the decayed params (torch's AdamW default is "
-            "1e-2; transformers' TrainingArguments defaults to 0.0)"
+            f"  likely misconfiguration: {name} with decoupled decay and weight_decay=0 in "
+            "every group decays nothing (AdamW without decay is Adam): set weight_decay for "
+            "the weight matrices (torch's AdamW default is 1e-2; transformers' "
+            "TrainingArguments defaults to 0.0)"
         )
     return lines
 
