@@ -9,6 +9,7 @@ is compared with the formula of the source it claims to reproduce."""
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import pickle
 
@@ -474,6 +475,66 @@ def test_report_warns_on_a_torch_scale_weight_decay_in_the_fully_decoupled_mode(
         assert "wd_fully = wd_torch * lr_max" in text
     plain = fusedopt.AdamW(make_params([3]), weight_decay=0.1)
     assert "warning" not in fusedopt.report(plain)
+
+
+# --- report()'s likely misconfigurations ---------------------------------------------
+
+
+def small_net() -> torch.nn.Module:
+    """Two weight matrices, two biases and a LayerNorm: three 1-dim params."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2, bias=False)
+    )
+
+
+L2_IN_ADAM = "use fusedopt.AdamW or weight_decay_mode='decoupled'"
+DECAYED_LOW_DIM = "decays 3 params of fewer than 2 dims"
+NO_DECAY_ANYWHERE = "weight_decay=0 in every group decays nothing"
+FLAGS = (L2_IN_ADAM, DECAYED_LOW_DIM, NO_DECAY_ANYWHERE)
+pg = fusedopt.param_groups
+
+
+@pytest.mark.parametrize(
+    "make,flags",
+    [
+        (lambda m: fusedopt.Adam(pg(m, 0.01), weight_decay=0.01), [L2_IN_ADAM]),
+        (lambda m: fusedopt.NAdam(pg(m, 0.01)), [L2_IN_ADAM]),
+        (lambda m: fusedopt.Adam(m.parameters(), weight_decay=0.01), [L2_IN_ADAM, DECAYED_LOW_DIM]),
+        (lambda m: fusedopt.AdamW(m.parameters(), weight_decay=0.01), [DECAYED_LOW_DIM]),
+        (lambda m: fusedopt.SGD(m.parameters(), lr=0.1, weight_decay=1e-4), [DECAYED_LOW_DIM]),
+        (lambda m: fusedopt.AdamW(m.parameters(), weight_decay=0.0), [NO_DECAY_ANYWHERE]),
+        # transformers' Trainer with its default TrainingArguments(weight_decay=0.0)
+        (lambda m: fusedopt.AdamW(pg(m, 0.0)), [NO_DECAY_ANYWHERE]),
+        (lambda m: fusedopt.HFAdamW(m.parameters()), [NO_DECAY_ANYWHERE]),
+        # set up as meant: no flag
+        (lambda m: fusedopt.AdamW(pg(m, 0.01)), []),
+        (lambda m: fusedopt.Adam(m.parameters()), []),
+        (lambda m: fusedopt.Adam(pg(m, 0.01), weight_decay_mode="decoupled"), []),
+        (lambda m: fusedopt.SGD(pg(m, 1e-4), lr=0.1), []),
+        (lambda m: fusedopt.Rprop(m.parameters()), []),
+        # only 1-dim params: not a network, the decay is meant
+        (lambda m: fusedopt.AdamW(make_params([3, 5])), []),
+    ],
+)
+def test_report_flags_likely_misconfigurations_once_at_info_level(make, flags, caplog):
+    opt = make(small_net())
+    caplog.set_level(logging.INFO, logger="fusedopt")
+    texts = [fusedopt.report(opt) for _ in range(2)]
+    records = [r for r in caplog.records if "likely misconfiguration" in r.getMessage()]
+    logged = [r.getMessage() for r in records]
+    assert all(r.levelno == logging.INFO and r.name == "fusedopt" for r in records)
+    for flag in FLAGS:
+        assert all((flag in text) is (flag in flags) for text in texts), flag
+        assert sum(flag in message for message in logged) == (flag in flags), flag
+    assert len(logged) == len(flags)  # once each, though report() ran twice
+    assert "warning" not in texts[0]
+    if flags:  # a fresh optimizer says it again
+        caplog.clear()
+        fusedopt.report(make(small_net()))
+        assert sum("likely misconfiguration" in r.getMessage() for r in caplog.records) == len(
+            flags
+        )
 
 
 @pytest.mark.parametrize("name", ["Adam", "SGD"])
