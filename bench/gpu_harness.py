@@ -60,8 +60,14 @@ SLEEP_CALIBRATION_CYCLES = 10_000_000
 # Share of the free GPU memory a workload may plan to use: the caching
 # allocator rounds and fragments, and a step's temporaries are estimated.
 MEMORY_HEADROOM = 0.9
-# The profiler's names of device work that is no kernel (CUPTI's memcpy and
-# memset records, e.g. "Memcpy HtoD (Pageable -> Device)").
+# CUPTI's kinds of device work that a launch makes (FunctionEvent.activity_type,
+# which torch 2.14 has and 2.11 has not); its annotations ("gpu_user_annotation":
+# the GPU side of record_function ranges, such as torch's "Optimizer.step#...")
+# and overhead records are no launch. Without activity_type, a copy is known
+# by CUPTI's name for it ("Memcpy HtoD (Pageable -> Device)", "Memset (Device)")
+# and an annotation by bearing its CPU range's name.
+LAUNCH_ACTIVITIES = ("kernel", "gpu_memcpy", "gpu_memset")
+COPY_ACTIVITIES = ("gpu_memcpy", "gpu_memset")
 COPY_EVENT_PREFIXES = ("Memcpy", "Memset")
 
 WORKLOADS: dict[str, Callable[[], list[tuple[int, ...]]]] = {
@@ -167,12 +173,25 @@ def plan_bytes(numel: int, dtype: torch.dtype, impls: Iterable[Implementation]) 
 
 def classify_device_events(events: Iterable) -> tuple[int, int] | None:
     """(kernels, copies and memsets) among a profile's events; None when it
-    holds no device event at all (the profiler could not trace the GPU)."""
-    device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-    if not device:
-        return None
-    copies = sum(e.name.startswith(COPY_EVENT_PREFIXES) for e in device)
-    return len(device) - copies, copies
+    holds no device work at all (the profiler could not trace the GPU)."""
+    events = list(events)
+    cpu_names = {e.name for e in events if e.device_type == torch.autograd.DeviceType.CPU}
+    kernels = copies = 0
+    for e in events:
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        kind = getattr(e, "activity_type", None)
+        if kind is None:
+            if e.name in cpu_names:
+                continue
+            copy = e.name.startswith(COPY_EVENT_PREFIXES)
+        elif kind in LAUNCH_ACTIVITIES:
+            copy = kind in COPY_ACTIVITIES
+        else:
+            continue
+        copies += copy
+        kernels += not copy
+    return None if kernels + copies == 0 else (kernels, copies)
 
 
 def count_launches(step: Callable[[], object]) -> tuple[int, int] | None:

@@ -138,21 +138,33 @@ def test_llama_workload_fits_an_h100():
 
 
 def test_launches_from_profiler_events():
+    """Kernels and copies; neither the CPU's events nor the GPU side of a
+    record_function range (torch's "Optimizer.step#AdamW.step")."""
     cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
 
-    def event(name, device_type=cuda):
-        return SimpleNamespace(name=name, device_type=device_type)
+    def event(name, device_type=cuda, **kind):
+        return SimpleNamespace(name=name, device_type=device_type, **kind)
 
-    events = [
-        event("aten::_fused_adamw_", cpu),
+    step = "Optimizer.step#AdamW.step"
+    torch_2_11 = [  # no activity_type
+        event(step, cpu),
         event("cudaLaunchKernel", cpu),
+        event(step),
         event("void at::native::multi_tensor_apply_kernel<...>"),
         event("_element_kernel"),
         event("Memcpy HtoD (Pageable -> Device)"),
         event("Memset (Device)"),
     ]
-    assert gpu_harness.classify_device_events(events) == (2, 2)
-    assert gpu_harness.classify_device_events(events[:2]) is None
+    assert gpu_harness.classify_device_events(torch_2_11) == (2, 2)
+    assert gpu_harness.classify_device_events(torch_2_11[:3]) is None
+    torch_2_14 = [
+        event(step, cpu, activity_type="cpu_op"),
+        event(step, activity_type="gpu_user_annotation"),
+        event("_element_kernel", activity_type="kernel"),
+        event("Memcpy HtoD (Pinned -> Device)", activity_type="gpu_memcpy"),
+        event("CUPTI overhead", activity_type="overhead"),
+    ]
+    assert gpu_harness.classify_device_events(torch_2_14) == (1, 1)
 
 
 def test_gpu_slug():
