@@ -25,6 +25,8 @@ MAX_LISTED_FAILURES = 60
 # A message's first line, cut here: enough for an assertion's or error's gist.
 MAX_MESSAGE_CHARS = 200
 BUILD_LOG_TAIL_LINES = 30
+# Exit statuses of a phase that `timeout` stopped (SIGINT, then SIGKILL).
+TIMEOUT_STATUSES = ("124", "137")
 
 
 def junit_summary(xml_text: str) -> dict:
@@ -68,7 +70,8 @@ def phases_table(tsv: str | None) -> tuple[str, list[str]]:
     failed = []
     for row in tsv.strip().splitlines():
         phase, status, seconds = row.split("\t")
-        lines.append(f"| {phase} | {status} | {seconds} |")
+        note = " (its time limit)" if status in TIMEOUT_STATUSES else ""
+        lines.append(f"| {phase} | {status}{note} | {seconds} |")
         if status != "0":
             failed.append(phase)
     return "\n".join(lines) + "\n", failed

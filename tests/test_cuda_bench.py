@@ -189,12 +189,13 @@ def test_report(tmp_path):
     assert summary["failures"] == [("tests.test_a::test_bad[cuda]", "AssertionError: 1 != 2")]
     assert summary["skips"] == {"needs two GPUs": 2}
 
-    (tmp_path / "phases.tsv").write_text("build\t0\t61\ntests\t1\t170\n")
+    (tmp_path / "phases.tsv").write_text("build\t0\t61\ntests\t1\t170\nbench_cuda\t124\t100\n")
     (tmp_path / "junit.xml").write_text(JUNIT)
     (tmp_path / "bench_cuda.log").write_text("AdamW, float32, GPT-2 small\n")
     text = gpu_report.build_report(tmp_path, {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0"})
     assert "# fusedopt `make gpu-test` on NVIDIA H100 80GB HBM3" in text
-    assert "## Result: FAILED (tests)" in text
+    assert "## Result: FAILED (tests, bench_cuda)" in text
+    assert "| bench_cuda | 124 (its time limit) | 100 |" in text
     assert "1 passed, 1 failed, 0 errors, 2 skipped." in text
     assert "- `tests.test_a::test_bad[cuda]`: AssertionError: 1 != 2" in text
     assert "| 2 | needs two GPUs |" in text
