@@ -44,6 +44,9 @@ from fusedopt.kernels import mta, rules  # noqa: E402
 from fusedopt.registry import RULES  # noqa: E402
 from workloads import gpt2_small_shapes  # noqa: E402
 
+# Rounds per family workload: 14 optimizers x 2 workloads must fit make
+# gpu-test's 80 s for this script, Triton's compilations included.
+FAMILY_REPEATS = 10
 # The family's GPU workloads: bench_family.py's, on the GPU.
 FAMILY_WORKLOADS = {
     "GPT-2 small (124M)": gpt2_small_shapes,
@@ -281,7 +284,13 @@ def main() -> int:
     from gpu_harness import gpu_slug, run, write_csv
 
     print("Every optimizer on the GPU: fusedopt triton and cuda beside torch's paths")
-    rows = run(family_cases(), FAMILY_WORKLOADS, torch.float32, backends=("triton", "cuda"))
+    rows = run(
+        family_cases(),
+        FAMILY_WORKLOADS,
+        torch.float32,
+        backends=("triton", "cuda"),
+        repeats=FAMILY_REPEATS,
+    )
     if not rows:
         print("bench_triton: no workload could be measured (see above)")
         return 1

@@ -27,8 +27,8 @@ PY=${FUSEDOPT_PYTHON:-python3}
 # suite without the interpreter's rows is CPU-light).
 BUILD_LIMIT=180
 TEST_LIMIT=220
-BENCH_CUDA_LIMIT=100
-BENCH_TRITON_LIMIT=70
+BENCH_CUDA_LIMIT=90
+BENCH_TRITON_LIMIT=80
 # pytest-xdist processes, each with OMP_NUM_THREADS=2 (the CPU backend's
 # threads): 16 threads on the GPU machines' 16 cores, no oversubscription.
 PYTEST_WORKERS=8
