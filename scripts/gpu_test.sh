@@ -44,7 +44,7 @@ if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
 fi
 
 export PYTHONUNBUFFERED=1
-slug=$("$PY" bench/gpu_report.py --slug)
+slug=$("$PY" bench/gpu_report.py --slug) || slug=gpu
 results=bench/results
 report="$results/gpu-$slug.md"
 csv_cuda="$results/gpu-$slug.csv"
