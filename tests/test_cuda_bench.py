@@ -273,3 +273,31 @@ def test_require_gpu_turns_gpu_skips_into_failures(tmp_path):
         "the backend was not built": 1,
         "timm is not installed": 1,
     }
+
+
+def test_table_rows(capsys):
+    """GB/s from the bytes model and the kernel time's median, the speed
+    against torch fused, launches from the profiler or the launcher."""
+    impls = gpu_harness.implementations(bench_cuda.CASES["AdamW"], torch.float32)
+    shapes = workloads.gpt2_small_shapes()
+    ms = {"torch for-loop": 4.0, "torch foreach": 2.0, "torch fused": 1.5}
+    samples = {
+        i.name: gpu_harness.Samples(
+            host_s=[1e-4, 3e-4, 2e-4],
+            kernel_s=[ms.get(i.name, 1.0) / 1e3] * 3,
+            launches=None if i.name == "fusedopt triton" else (3, 1),
+            counted_launches=2 if i.name == "fusedopt triton" else None,
+        )
+        for i in impls
+    }
+    rows = gpu_harness.report("AdamW", "GPT-2", shapes, torch.float32, impls, samples, 3000.0)
+    by_name = {row["implementation"]: row for row in rows}
+    cuda = by_name["fusedopt cuda"]
+    assert cuda["gb_per_s"] == f"{28 * 124_439_808 / 1e-3 / 1e9:.1f}"  # 3484.3
+    assert cuda["fraction_of_copy"] == f"{28 * 124_439_808 / 1e-3 / 1e9 / 3000:.4f}"
+    assert cuda["speedup_vs_torch"] == "1.500"
+    assert (cuda["launches"], cuda["copies"], cuda["host_ms"]) == ("3", "1", "0.2000")
+    triton = by_name["fusedopt triton"]
+    assert (triton["launches"], triton["copies"]) == ("2 (counted)", "?")
+    assert by_name["torch for-loop"]["speedup_vs_torch"] == "0.375"
+    assert "fusedopt triton" in capsys.readouterr().out
