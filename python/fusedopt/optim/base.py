@@ -223,7 +223,11 @@ class FusedOptimizer(Optimizer):
         # unscaling grads itself; every backend applies them in its one pass.
         self._step_supports_amp_scaling = True
         self._plans: dict[int, _GroupPlan] = {}
-        self._state_seen: tuple = ()  # (self.state, its length) when the plans were last used
+        # (self.state, its length) when the plans were last used. The step
+        # mutates this list and _plans in place, never rebinds them: torch
+        # 2.11's dynamo refuses a setattr on the optimizer inside a compiled
+        # step (tests/test_semantics.py, test_step_under_torch_compile_equals_eager).
+        self._state_seen: list = []
         _extension.warn_once_if_missing()
 
     def hyper(self, group: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,7 +247,7 @@ class FusedOptimizer(Optimizer):
                     group.setdefault(key, value)
         self.__dict__.setdefault("backend", "auto")
         self._plans = {}
-        self._state_seen = ()
+        self._state_seen = []
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -451,15 +455,15 @@ class FusedOptimizer(Optimizer):
             self._check_capture()
         seen = self._state_seen
         if not seen or seen[0] is not self.state or seen[1] != len(self.state):
-            self._plans = {}
+            self._plans.clear()
         try:
             work = self._step(grad_scale, found_inf)
         except _StalePlan:
             # Note [cached step plans]: nothing was written; new plans check everything.
             work = self._step(grad_scale, found_inf)
         if any(call.fresh for call, *_ in work):
-            self._plans = {}  # fresh states are old from now on
-        self._state_seen = (self.state, len(self.state))
+            self._plans.clear()  # fresh states are old from now on
+        self._state_seen[:] = (self.state, len(self.state))
         return loss
 
     def _step(self, grad_scale: Tensor | None, found_inf: Tensor | None) -> list:
@@ -523,7 +527,7 @@ class FusedOptimizer(Optimizer):
         except Exception as error:
             for p in created:
                 self.state.pop(p, None)
-            self._plans = {}
+            self._plans.clear()
             if not rebuilt and started <= 1:
                 raise _StalePlan from error
             raise
