@@ -2,7 +2,7 @@
 # (scripts/setup.sh: venv, torch, build), so each works on a fresh clone.
 PY := .venv/bin/python
 
-.PHONY: setup test bench bench-quick bench-family lint format
+.PHONY: setup test bench bench-quick bench-family gpu-test test-old-torch lint format
 
 setup:
 	bash scripts/setup.sh
@@ -21,6 +21,18 @@ bench-quick: setup
 # Every optimizer's CPU step beside torch's fastest path for it (~5 min).
 bench-family: setup
 	$(PY) bench/bench_family.py
+
+# On a machine with a GPU (the GPU machines this project is lent: no package
+# registry there): build into that machine's python3, the whole suite with GPU
+# skips as failures, both GPU benchmarks, a report in bench/results/ (and $OUT).
+# Under 10 minutes; fails at once without a GPU. See scripts/gpu_test.sh.
+gpu-test:
+	bash scripts/gpu_test.sh
+
+# The suite against the GPU machines' older torch 2.11 + triton 3.6, on the
+# CPU, in a venv of its own (build/venv-torch2.11). See scripts/test_old_torch.sh.
+test-old-torch:
+	bash scripts/test_old_torch.sh
 
 lint:
 	$(PY) -m ruff check python kernels tests bench setup.py

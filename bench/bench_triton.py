@@ -1,9 +1,12 @@
 """Benchmark of the Triton backend.
 
-On a CUDA GPU: one AdamW step of the Triton backend beside torch's fused
-AdamW (`torch._fused_adamw_`), timed with CUDA events (warm-up, then the median
-of repeats), in ms and GB/s at 28 bytes per fp32 param (read p, g, m, v; write
-p, m, v; no GradScaler), and launches per step.
+On a CUDA GPU: correctness of every rule against fusedopt.reference on CUDA
+tensors, the launcher's launches per step, and every optimizer of the family
+through bench/gpu_harness.py (the harness of bench_cuda.py): fusedopt's triton
+and cuda backends beside torch's foreach and fused paths (bench_family.py's
+configurations), interleaved, on GPT-2 small and 2000 x 4096, with launches,
+host ms, kernel ms and GB/s of the bytes model (CSV: bench/results/gpu-<gpu
+name>-family.csv).
 
 Without a GPU, what the interpreter can honestly say: correctness of every
 rule against fusedopt.reference, launches per step, and the launcher's host
@@ -13,7 +16,7 @@ scalars, count handling) beside the host time of torch's fused AdamW on
 1-element CPU tensors (its Python and dispatch cost; the arithmetic is
 negligible at 1 element).
 
-    python bench/bench_triton.py [--tensors 2000] [--repeats 50]
+    python bench/bench_triton.py [--tensors 2000] [--repeats 50] [--csv out.csv]
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -37,37 +42,34 @@ import triton  # noqa: E402
 from fusedopt import backends  # noqa: E402
 from fusedopt.kernels import mta, rules  # noqa: E402
 from fusedopt.registry import RULES  # noqa: E402
-from workloads import bytes_per_element  # noqa: E402
+from workloads import gpt2_small_shapes  # noqa: E402
 
-# Bytes per fp32 param of one AdamW step: read p, g, m, v; write p, m, v.
-BYTES_PER_PARAM_FP32 = bytes_per_element(torch.float32)  # 28
-ADAMW = dict(
-    beta1=0.9,
-    beta2=0.999,
-    eps=1e-8,
-    weight_decay=0.01,
-    weight_decay_mode=1,
-    lr_max=1.0,
-    amsgrad=False,
-    maximize=False,
-)
-SGD = dict(
-    momentum=0.9,
-    dampening=0.0,
-    weight_decay=0.0,
-    weight_decay_mode=0,
-    lr_max=1.0,
-    nesterov=False,
-    maximize=False,
-    first_step=False,
-)
-ADAGRAD = dict(
-    lr_decay=0.0, eps=1e-10, weight_decay=0.0, weight_decay_mode=0, lr_max=1.0, maximize=False
-)
-ADADELTA = dict(
-    rho=0.9, eps=1e-6, weight_decay=0.0, weight_decay_mode=0, lr_max=1.0, maximize=False
-)
-HYPER = {"adam": ADAMW, "sgd": SGD, "adagrad": ADAGRAD, "adadelta": ADADELTA}
+# Rounds per family workload: 14 optimizers x 2 workloads must fit make
+# gpu-test's 80 s for this script, Triton's compilations included.
+FAMILY_REPEATS = 10
+# The family's GPU workloads: bench_family.py's, on the GPU.
+FAMILY_WORKLOADS = {
+    "GPT-2 small (124M)": gpt2_small_shapes,
+    "2000 x 4096": lambda: [(4096,)] * 2000,
+}
+
+
+def rule_hyper() -> dict[str, dict]:
+    """Each rule's hyperparameters as fusedopt's class for it passes them to
+    the backends, in bench_family.py's configurations (the states most runs
+    keep); the first class of a rule gives it (AdamW for adam)."""
+    from bench_family import ENTRIES
+
+    hyper: dict[str, dict] = {}
+    for entry in ENTRIES:
+        cls = getattr(fusedopt, entry.name)
+        opt = cls([torch.zeros(1, requires_grad=True)], **entry.kwargs)
+        hyper.setdefault(cls.rule.name, opt.hyper(opt.param_groups[0]))
+    return hyper
+
+
+HYPER = rule_hyper()
+ADAMW = HYPER["adam"]
 # The same AdamW as torch's fused op takes it.
 TORCH_ADAMW = dict(
     lr=1e-3, beta1=0.9, beta2=0.999, weight_decay=0.01, eps=1e-8, amsgrad=False, maximize=False
@@ -143,7 +145,9 @@ def launches_per_step(n_tensors: int) -> list[tuple]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sizes = [1 + i % 7 for i in range(n_tensors)]
     for name in RULES:
-        for on_device in (False, True) if RULES[name].has_step else (False,):
+        # Scalar states stay on the host (Note [scalar states]): no device counts.
+        device_counts = RULES[name].has_step and not RULES[name].scalars
+        for on_device in (False, True) if device_counts else (False,):
             lists = make_lists(name, sizes, device)
             launcher = mta.Launcher()
             launcher.step(
@@ -152,7 +156,9 @@ def launches_per_step(n_tensors: int) -> list[tuple]:
                 lr=1e-3,
                 hyper=HYPER[name],
                 counts_on_device=on_device,
-                block=mta.INTERPRETER_BLOCK_SIZE,
+                block=mta.INTERPRETER_BLOCK_SIZE
+                if backends.triton_interpreter_on()
+                else mta.BLOCK_SIZE,
             )
             where = " (counts on the device)" if on_device else ""
             rows.append((f"{name}, {n_tensors} tensors{where}", launcher.launches))
@@ -224,72 +230,74 @@ def host_time(n_tensors: int, repeats: int) -> list[tuple]:
     return [(name, f"{ms:.3f}") for name, ms in medians.items()]
 
 
-def gpu_time(sizes, repeats: int) -> list[tuple]:
-    rows = []
-    lists = make_lists("adam", sizes, "cuda", counts_device="cuda")  # torch's fused layout
-    n = len(sizes)
-    numel = sum(sizes)
-    backend = backends.get("triton")
+def family_cases() -> list:
+    """bench_family.py's optimizers as the GPU harness takes them: torch's
+    foreach and fused paths where torch has them, and the states each
+    configuration's step uses (the bytes model)."""
+    from bench_family import ENTRIES
+    from gpu_harness import OptimizerCase
 
-    def ours():
-        backend.step(RULES["adam"], *lists, lr=1e-3, hyper=ADAMW)
-
-    def theirs():
-        torch._foreach_add_(lists[3], 1)
-        torch._fused_adamw_(
-            lists[0],
-            lists[1],
-            lists[2][:n],
-            lists[2][n:],
-            [],
-            lists[3],
-            **TORCH_ADAMW,
+    cases = []
+    for entry in ENTRIES:
+        cls = getattr(fusedopt, entry.name)
+        opt = cls([torch.zeros(1, requires_grad=True)], **entry.kwargs)
+        states = len(cls.rule.used_states(opt.hyper(opt.param_groups[0])))
+        paths = () if entry.torch_cls is None else ("torch foreach",)
+        paths += ("torch fused",) if entry.torch_has_fused else ()
+        cases.append(
+            OptimizerCase(
+                entry.name,
+                entry.name,
+                entry.kwargs,
+                states,
+                entry.torch_cls,
+                torch_paths=paths,
+                torch_kwargs=entry.torch_kwargs,
+            )
         )
-
-    for name, fn in (("triton", ours), ("torch fused", theirs)):
-        for _ in range(5):
-            fn()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(repeats):
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        ms = statistics.median(times)
-        gbs = f"{numel * BYTES_PER_PARAM_FP32 / ms / 1e6:.0f}"
-        rows.append((f"{n} x {sizes[0]}", name, f"{ms:.3f}", gbs))
-    before = backend.launcher.launches
-    ours()
-    rows.append(
-        (f"{n} x {sizes[0]}", "triton launches per step", backend.launcher.launches - before, "")
-    )
-    return rows
+    return cases
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tensors", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--csv", type=Path, help="default: bench/results/gpu-<gpu name>-family.csv")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print(
+            "bench_triton: no CUDA GPU is present on this machine; what the Triton interpreter "
+            "can say instead: correctness, launches per step, host time with launches stubbed out."
+        )
     print(provenance())
     print(correctness())
     print()
     print(table(launches_per_step(args.tensors), ("case", "kernel launches per step")))
     print()
-    if torch.cuda.is_available():
-        rows = []
-        for sizes in ([4096] * args.tensors, [1 << 22] * 16, [1] * args.tensors):
-            rows += gpu_time(sizes, args.repeats)
-        print(table(rows, ("tensors", "backend", "ms (median, CUDA events)", "GB/s")))
-    else:
+    if not torch.cuda.is_available():
         print(
             f"host-side time per step, {args.tensors} tensors of 1 element, kernel launches "
             f"stubbed out (median of {args.repeats}, interleaved, ms):"
         )
         print(table(host_time(args.tensors, args.repeats), ("what", "ms")))
+        return 0
+    from gpu_harness import gpu_slug, run, write_csv
+
+    print("Every optimizer on the GPU: fusedopt triton and cuda beside torch's paths")
+    rows = run(
+        family_cases(),
+        FAMILY_WORKLOADS,
+        torch.float32,
+        backends=("triton", "cuda"),
+        repeats=FAMILY_REPEATS,
+    )
+    if not rows:
+        print("bench_triton: no workload could be measured (see above)")
+        return 1
+    slug = gpu_slug(torch.cuda.get_device_name())
+    write_csv(rows, args.csv or Path(__file__).parent / "results" / f"gpu-{slug}-family.csv")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

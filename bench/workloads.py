@@ -34,6 +34,28 @@ def gpt2_small_shapes() -> list[tuple[int, ...]]:
     return shapes + [(d,), (d,)]
 
 
+def llama_3_2_1b_shapes() -> list[tuple[int, ...]]:
+    """The 146 parameter tensors of Llama-3.2-1B (1,235,814,400 params), in
+    transformers' order, from meta-llama/Llama-3.2-1B's config.json: hidden
+    2048, 16 layers, MLP 8192, vocab 128256, 32 query heads and 8 KV heads of
+    64 (grouped-query attention), tied input and output embeddings."""
+    d, vocab, layers, mlp, kv = 2048, 128256, 16, 8192, 8 * 64
+    shapes: list[tuple[int, ...]] = [(vocab, d)]
+    for _ in range(layers):
+        shapes += [
+            (d, d),  # q_proj
+            (kv, d),  # k_proj
+            (kv, d),  # v_proj
+            (d, d),  # o_proj
+            (mlp, d),  # gate_proj
+            (mlp, d),  # up_proj
+            (d, mlp),  # down_proj
+            (d,),  # input_layernorm
+            (d,),  # post_attention_layernorm
+        ]
+    return shapes + [(d,)]  # the final norm
+
+
 def bytes_per_element(
     dtype: torch.dtype, amsgrad: bool = False, state_bytes: int = FP32_STATE_BYTES
 ) -> int:
@@ -53,9 +75,12 @@ def sgd_bytes_per_element(dtype: torch.dtype, momentum: bool = True) -> int:
     return 3 * param + 2 * FP32_STATE_BYTES * momentum
 
 
-def state_bytes_per_element(dtype: torch.dtype, states: int) -> int:
-    """Bytes one step of a rule with `states` fp32 states moves per element:
-    read p, g and each state, write p and each state. Adagrad (sum): 20 for
-    fp32; Adadelta (square_avg, acc_delta): 28."""
+def state_bytes_per_element(
+    dtype: torch.dtype, states: int, state_bytes: int = FP32_STATE_BYTES
+) -> int:
+    """Bytes one step of a rule with `states` states of `state_bytes` each moves
+    per element: read p, g and each state, write p and each state. Adagrad
+    (sum): 20 for fp32; Adadelta (square_avg, acc_delta): 28; AdamW with bf16
+    params and torch's bf16 states: 14."""
     param = torch.finfo(dtype).bits // 8
-    return 3 * param + 2 * FP32_STATE_BYTES * states
+    return 3 * param + 2 * state_bytes * states

@@ -478,6 +478,20 @@ def _replaced(key, value):
     return value + 5 if key == "step" else value * 0.5 + 0.01
 
 
+def _torch_steps_after_a_cleared_state(case) -> bool:
+    """torch 2.11's Adagrad makes its state in __init__ alone and raises
+    KeyError('sum') in a step after opt.state.clear(); 2.14's makes it again."""
+    param = torch.zeros(1, requires_grad=True)
+    param.grad = torch.ones(1)
+    opt = case.make_torch([param], case.stateful)
+    opt.state.clear()
+    try:
+        opt.step()
+    except KeyError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("how", ["tensor", "cleared", "reset"])
 @pytest.mark.parametrize("backend", backend_params())
 @pytest.mark.parametrize("case", case_params())
@@ -485,6 +499,10 @@ def test_state_replaced_between_steps_takes_effect(case, backend, how):
     """State edited from outside between steps acts as in torch: a state tensor
     replaced in opt.state[p], opt.state.clear(), or every state dropped
     (opt.state = defaultdict(dict): a common way to reset an optimizer)."""
+    if how != "tensor" and not _torch_steps_after_a_cleared_state(case):
+        pytest.skip(
+            f"torch {torch.__version__}'s {case.name} cannot step after its state is cleared"
+        )
     kwargs = case.stateful
     start = make_params([100, 37])
     ours, theirs = clone_params(start, device=backend.device), clone_params(start)

@@ -25,6 +25,14 @@ from fusedopt.kernels import mta, rules  # noqa: E402
 from fusedopt.reference import WeightDecayMode  # noqa: E402
 from fusedopt.registry import RULES  # noqa: E402
 
+# The kernels run here on CPU tensors, which only the interpreter takes; with
+# it off (make gpu-test), the shared harness's CUDA rows and tests/test_gpu.py
+# run them on the GPU.
+pytestmark = pytest.mark.skipif(
+    not backends.triton_interpreter_on(),
+    reason="runs the Triton kernels on CPU tensors: needs TRITON_INTERPRET=1",
+)
+
 BLOCK = 1024
 SIZES = [0, 1, 3, 4, 17, 1031, 4097, 2053, 0]  # primes, one block + 7, zero-size first and last
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

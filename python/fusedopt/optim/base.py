@@ -232,7 +232,11 @@ class FusedOptimizer(Optimizer):
         # unscaling grads itself; every backend applies them in its one pass.
         self._step_supports_amp_scaling = True
         self._plans: dict[int, _GroupPlan] = {}
-        self._state_seen: tuple = ()  # (self.state, its length) when the plans were last used
+        # (self.state, its length) when the plans were last used. The step
+        # mutates this list, _plans and _last_step in place, never rebinds
+        # them: torch 2.11's dynamo refuses a setattr on the optimizer inside a
+        # compiled step (tests/test_semantics.py, test_step_under_torch_compile_equals_eager).
+        self._state_seen: list = []
         # What the last step() stepped, as plan() lists it: report() shows it
         # once the grads are gone (zero_grad).
         self._last_step: list[tuple[int, backends.Bucket, int, backends.Choice]] = []
@@ -266,7 +270,7 @@ class FusedOptimizer(Optimizer):
                     param_state[key] = torch.tensor(float(value), dtype=torch.float32)
         self.__dict__.setdefault("backend", "auto")
         self._plans = {}
-        self._state_seen = ()
+        self._state_seen = []
         self._last_step = []
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -495,16 +499,16 @@ class FusedOptimizer(Optimizer):
             self._check_capture()
         seen = self._state_seen
         if not seen or seen[0] is not self.state or seen[1] != len(self.state):
-            self._plans = {}
+            self._plans.clear()
         try:
             work = self._step(grad_scale, found_inf)
         except _StalePlan:
             # Note [cached step plans]: nothing was written; new plans check everything.
             work = self._step(grad_scale, found_inf)
         if any(call.fresh for _, call, *_ in work):
-            self._plans = {}  # fresh states are old from now on
-        self._state_seen = (self.state, len(self.state))
-        self._last_step = [
+            self._plans.clear()  # fresh states are old from now on
+        self._state_seen[:] = (self.state, len(self.state))
+        self._last_step[:] = [
             (index, call.bucket, len(call.params), call.choice) for index, call, *_ in work
         ]
         return loss
@@ -581,7 +585,7 @@ class FusedOptimizer(Optimizer):
         except Exception as error:
             for p in created:
                 self.state.pop(p, None)
-            self._plans = {}
+            self._plans.clear()
             if not rebuilt and started <= 1:
                 raise _StalePlan from error
             raise
