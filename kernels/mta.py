@@ -30,7 +30,15 @@ no FP64 instruction (tests/test_triton_static.py).
   - lr a device tensor, or counts on the device (the GPU backends' layout,
     Note [counts on the device] in fusedopt/optim/base.py): the prologue
     kernel fills that table on the device in float64, one program per
-    TABLE_BLOCK tensors, reading lr and counts in memory: no host sync.
+    TABLE_BLOCK tensors, reading lr and counts in memory: no host sync. A rule
+    with scalar states (Note [scalar states] in csrc/include/fusedopt/core/
+    rule.h) takes this path whenever its counts are on the device: the
+    prologue reads the values before this step through the COL_SCALAR_STATE
+    columns and drops the values after it, which the count kernel stores.
+  - A rule with scalar states and its counts on the CPU: the host computes its
+    table and the values after this step (_scalar_state_table), and stores
+    them after the launch. The new values need lr, so a CUDA-tensor lr is
+    refused there (reading it would sync).
 Triton passes Python floats as fp32, so the prologue gets the rule's Config as
 two fp32 tuples, hi and lo, whose sum carries 48 significant bits: beta2
 rounded to fp32 instead would put ~2e-5 relative error into 1 - beta2^t at
@@ -88,7 +96,12 @@ Note [step counts]: fusedopt/registry.py's Note [step-count protocol]. The
 scalars come from count + 1; counts advance after the element launch: CPU
 counts by torch._foreach_add_ once the launches returned, device counts by
 _advance_counts_kernel, the last launch, which a nonzero found_inf makes a
-no-op. Zero-size tensors' counts advance too.
+no-op. Zero-size tensors' counts advance too. For a rule with scalar states
+the same kernel first stores the values after this step, computed by the
+rule's per_tensor_device from the count, lr and the values before it exactly
+as the prologue computed them; for every other rule it is the plain count
+increment, one compiled kernel shared by all of them (its rule arguments are
+None).
 
 Note [plan validity]: a plan's tables are a function of the dereferenced
 tensors' addresses and sizes, nothing else (the full-block flags come from
@@ -126,7 +139,15 @@ COL_STATE = tl.constexpr(2)  # state k's address at COL_STATE + k; 0 where the s
 MAX_STATES = tl.constexpr(4)  # kMaxStates in csrc/include/fusedopt/core/rule.h
 COL_NUMEL = tl.constexpr(6)
 COL_COUNT = tl.constexpr(7)  # address of the float32 count the prologue reads; 0 without
-TENSOR_COLS = tl.constexpr(8)
+# Scalar state j's address at COL_SCALAR_STATE + j, with the counts on the
+# device (Note [scalar states]); 0 otherwise.
+COL_SCALAR_STATE = tl.constexpr(8)
+MAX_SCALAR_STATES = tl.constexpr(2)  # ASGD's eta and mu: the most any rule keeps
+# 8 columns held everything but the scalar states; 10 hold those too. Rows of
+# 80 B keep every row, and so every int64 entry, 8-byte aligned (the table's
+# base is 512-byte aligned by torch's allocator), which is all a scalar
+# 64-bit load needs; nothing reads a row with a wider access.
+TENSOR_COLS = tl.constexpr(COL_SCALAR_STATE.value + MAX_SCALAR_STATES.value)
 # Columns of the block table, one int64 row per program.
 COL_CODE = tl.constexpr(0)  # tensor index << 1 | 1 for a full, aligned block
 COL_START = tl.constexpr(1)  # the block's first element in its tensor (int64: 2^31+ is real)
@@ -235,6 +256,19 @@ def _element_kernel(
 
 
 @triton.jit
+def _scalar_state_addresses(tensor_table, index, mask, N_SCALARS: tl.constexpr):
+    """The float32 addresses of the first N_SCALARS scalar states of a block of
+    tensors (Note [scalar states]); 0 under the mask."""
+    addresses = ()
+    for j in tl.static_range(N_SCALARS):
+        column = tl.load(
+            tensor_table + index * TENSOR_COLS + COL_SCALAR_STATE + j, mask=mask, other=0
+        )
+        addresses = addresses + (column.to(tl.pointer_type(tl.float32)),)
+    return addresses
+
+
+@triton.jit
 def _per_tensor_kernel(
     tensor_table,
     per_tensor_table,
@@ -249,13 +283,15 @@ def _per_tensor_kernel(
     CONFIG: tl.constexpr,
     LR_IN_MEMORY: tl.constexpr,
     COUNTS_IN_MEMORY: tl.constexpr,
+    N_SCALARS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """The prologue of Note [per-tensor scalars]: the rule's PerTensor of BLOCK
     tensors per program, in float64, into the per-tensor table. `step` is every
     tensor's count + 1 unless COUNTS_IN_MEMORY (then each tensor's count + 1
-    is read through the COL_COUNT column). Reads 4 B and writes
-    4 * PER_TENSOR_COLS B per tensor."""
+    is read through the COL_COUNT column). A rule with N_SCALARS scalar states
+    (counts in memory) reads their values before this step too. Reads 4 B per
+    tensor (+ 4 B per scalar state) and writes 4 * PER_TENSOR_COLS B."""
     index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = index < n_tensors
     if LR_IN_MEMORY:
@@ -271,7 +307,15 @@ def _per_tensor_kernel(
     fields = ()
     for j in tl.static_range(len(config_hi)):
         fields = fields + (_f64(config_hi[j], config_lo[j]),)
-    scalars = PER_TENSOR_DEVICE(CONFIG(*fields), lr, step)
+    if N_SCALARS > 0:
+        addresses = _scalar_state_addresses(tensor_table, index, mask, N_SCALARS)
+        values = ()
+        for j in tl.static_range(N_SCALARS):
+            values = values + (tl.load(addresses[j], mask=mask, other=0.0),)
+        # The values after this step are dropped: _advance_counts_kernel stores them.
+        scalars = PER_TENSOR_DEVICE(CONFIG(*fields), lr, step, values)[0]
+    else:
+        scalars = PER_TENSOR_DEVICE(CONFIG(*fields), lr, step)
     zeros = tl.zeros([BLOCK], tl.float32)
     for j in tl.static_range(len(scalars)):
         tl.store(per_tensor_table + index * PER_TENSOR_COLS + j, scalars[j] + zeros, mask=mask)
@@ -279,10 +323,27 @@ def _per_tensor_kernel(
 
 @triton.jit
 def _advance_counts_kernel(
-    tensor_table, n_tensors, found_inf_ptr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr
+    tensor_table,
+    n_tensors,
+    found_inf_ptr,
+    lr_ptr,
+    lr_hi,
+    lr_lo,
+    config_hi,
+    config_lo,
+    PER_TENSOR_DEVICE: tl.constexpr,
+    CONFIG: tl.constexpr,
+    LR_IN_MEMORY: tl.constexpr,
+    N_SCALARS: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Note [step counts]: adds 1 to every tensor's device-held count, unless
-    GradScaler found an inf. Reads and writes 4 B per tensor."""
+    GradScaler found an inf; a rule with N_SCALARS scalar states first stores
+    their values after this step (PER_TENSOR_DEVICE at count + 1 from the
+    values before it, in float64 as the prologue does). Without scalar states
+    the rule arguments are None. Reads and writes 4 B per tensor, + 4 B per
+    scalar state."""
     index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     live = n_tensors
     if HAS_FOUND_INF:
@@ -290,7 +351,24 @@ def _advance_counts_kernel(
     mask = index < live
     counts = tl.load(tensor_table + index * TENSOR_COLS + COL_COUNT, mask=mask, other=0)
     counts = counts.to(tl.pointer_type(tl.float32))
-    tl.store(counts, tl.load(counts, mask=mask) + 1.0, mask=mask)
+    count = tl.load(counts, mask=mask)
+    if N_SCALARS > 0:
+        if LR_IN_MEMORY:
+            lr = tl.load(lr_ptr).to(tl.float64)
+        else:
+            lr = _f64(lr_hi, lr_lo)
+        fields = ()
+        for j in tl.static_range(len(config_hi)):
+            fields = fields + (_f64(config_hi[j], config_lo[j]),)
+        addresses = _scalar_state_addresses(tensor_table, index, mask, N_SCALARS)
+        values = ()
+        for j in tl.static_range(N_SCALARS):
+            values = values + (tl.load(addresses[j], mask=mask, other=0.0),)
+        step = count.to(tl.float64) + 1.0
+        after = PER_TENSOR_DEVICE(CONFIG(*fields), lr, step, values)[1]
+        for j in tl.static_range(N_SCALARS):
+            tl.store(addresses[j], after[j], mask=mask)
+    tl.store(counts, count + 1.0, mask=mask)
 
 
 # Elements per program on a GPU, and its warps: 4 elements per thread, one
@@ -384,7 +462,10 @@ class _Plan:
         host[:, used_columns] = columns[1 : 1 + n_states].T
         host[:, COL_NUMEL.value] = torch.tensor(numels, dtype=torch.int64)
         if not host_counts and len(columns) > 1 + n_states:
+            # Device counts: state_steps are the counts, then each scalar state.
             host[:, COL_COUNT.value] = columns[1 + n_states]
+            for j, column in enumerate(columns[2 + n_states :]):
+                host[:, COL_SCALAR_STATE.value + j] = column
         self.host = host
         # Host counts that differ reach the prologue through count_values.
         self.host_counts = host_counts
@@ -523,21 +604,23 @@ class Launcher:
                 f"fusedopt: {len(states)} states for {len(params)} params and state mask {used:b}"
             )
         host_counts = rule.HAS_STEP and not counts_on_device
+        n = len(params)
+        # Note [scalar states]: advanced by the host with the counts on the CPU.
+        host_scalar_states = getattr(rule, "SCALAR_NAMES", ()) if host_counts else ()
+        if host_scalar_states and isinstance(lr, Tensor):
+            if lr.device.type != "cpu":
+                raise RuntimeError(
+                    f"fusedopt: with step counts and {host_scalar_states[0]} on the CPU, the "
+                    "host advances them and needs lr's value: pass lr as a float or a CPU "
+                    "tensor, or keep state_steps on the params' device (Note [scalar states] "
+                    "in csrc/include/fusedopt/core/rule.h)"
+                )
+            lr = lr.item()  # the interpreter's lr: a host value, read without a sync
         if host_counts and found_inf is not None:
             if found_inf.item() != 0:
                 return
             found_inf = None
         counts_on_device = counts_on_device and rule.HAS_STEP
-        n = len(params)
-        scalar_states = getattr(rule, "SCALAR_NAMES", ())
-        if scalar_states and isinstance(lr, Tensor) and lr.device.type == "cpu":
-            lr = lr.item()  # the interpreter's lr: a host value, read without a sync
-        if scalar_states and (counts_on_device or isinstance(lr, Tensor)):
-            raise RuntimeError(
-                f"fusedopt: {scalar_states[0]} is kept on the host (Note [scalar states] in "
-                "csrc/include/fusedopt/core/rule.h): this rule takes neither step counts on the "
-                "GPU (capturable=True) nor a CUDA-tensor lr yet"
-            )
         device_counts = state_steps if counts_on_device else ()
         plan = self._plan(params, states, device_counts, used, host_counts, block, plans)
         counts = list(map(Tensor.item, state_steps[:n])) if host_counts else None
@@ -547,14 +630,14 @@ class Launcher:
             if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
                 self._graph_plans[id(plan)] = plan
             plan.refresh(grads, block)
-            if scalar_states:
+            if host_scalar_states:
                 scalars_after = self._scalar_state_table(
                     rule, plan, config, lr, counts, state_steps
                 )
             if plan.n_blocks:
                 per_tensor = (
                     None
-                    if scalar_states
+                    if host_scalar_states
                     else self._per_tensor(rule, plan, config, lr, counts, counts_on_device)
                 )
                 _element_kernel[(plan.n_blocks,)](
@@ -578,19 +661,42 @@ class Launcher:
                 )
                 self.launches += 1
             if counts_on_device:
-                _advance_counts_kernel[(triton.cdiv(len(params), TABLE_BLOCK),)](
-                    plan.tensor_table,
-                    len(params),
-                    found_inf,
-                    HAS_FOUND_INF=found_inf is not None,
-                    BLOCK=TABLE_BLOCK,
-                    enable_fp_fusion=FP_FUSION,
-                )
-                self.launches += 1
+                self._advance_counts(rule, plan, config, lr, found_inf)
         if host_counts:
             torch._foreach_add_(list(state_steps[:n]), 1.0)
             for j, values in enumerate(scalars_after, start=1):
                 torch._foreach_copy_(list(state_steps[j * n : (j + 1) * n]), list(values.unbind()))
+
+    def _advance_counts(self, rule, plan, config, lr, found_inf) -> None:
+        """Note [step counts]: the last launch, for device-held counts (and
+        the scalar states of a rule that keeps some)."""
+        n = plan.host.shape[0]
+        n_scalars = len(getattr(rule, "SCALAR_NAMES", ()))
+        lr_in_memory = isinstance(lr, Tensor)
+        if n_scalars:
+            lr_hi, lr_lo = (0.0, 0.0) if lr_in_memory else _split(float(lr))
+            config_hi, config_lo = _split_config(config)
+        else:
+            # The plain count increment: one compiled kernel for every such rule.
+            lr, lr_in_memory, lr_hi, lr_lo, config_hi, config_lo = None, False, 0.0, 0.0, None, None
+        _advance_counts_kernel[(triton.cdiv(n, TABLE_BLOCK),)](
+            plan.tensor_table,
+            n,
+            found_inf,
+            lr if lr_in_memory else None,
+            lr_hi,
+            lr_lo,
+            config_hi,
+            config_lo,
+            PER_TENSOR_DEVICE=rule.per_tensor_device if n_scalars else None,
+            CONFIG=type(config) if n_scalars else None,
+            LR_IN_MEMORY=lr_in_memory,
+            N_SCALARS=n_scalars,
+            HAS_FOUND_INF=found_inf is not None,
+            BLOCK=TABLE_BLOCK,
+            enable_fp_fusion=FP_FUSION,
+        )
+        self.launches += 1
 
     def _scalar_state_table(self, rule, plan, config, lr, counts, state_steps) -> tuple:
         """Note [scalar states] (csrc/include/fusedopt/core/rule.h): the
@@ -640,6 +746,7 @@ class Launcher:
             CONFIG=type(config),
             LR_IN_MEMORY=lr_in_memory,
             COUNTS_IN_MEMORY=counts_on_device or not uniform,
+            N_SCALARS=len(getattr(rule, "SCALAR_NAMES", ())),
             BLOCK=TABLE_BLOCK,
             enable_fp_fusion=FP_FUSION,
         )

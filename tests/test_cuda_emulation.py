@@ -3,7 +3,7 @@
 fusedopt_testing::<rule>_emulate_step_ (csrc/testing/emulation.cpp) fills the
 kernel arguments exactly as the CUDA op does (csrc/binding/cuda_work.h,
 prepare_cuda) and runs the kernels' body (csrc/include/fusedopt/mta/
-traversal.h: element_thread, then increment_step_thread) for every (block,
+traversal.h: element_thread, then advance_thread) for every (block,
 thread) of the grid, one after another: one block per chunk, or a smaller
 persistent grid whose blocks loop over the launch's chunks (max_grid_blocks;
 the CUDA op caps it at 2 blocks per SM). The traversal has no shared memory
@@ -18,10 +18,11 @@ between the 16-byte vector path and the scalar path (the alignment of every
 stream, states included), the scalar path's 4 strided elements per thread and
 their masks, the state-major state lists, the GradScaler unscale and skip, the
 per-tensor scalars computed on the host and in the kernel (capturable: step
-counts and lr in device memory), the step-count protocol
-(Note [step-count protocol] in fusedopt/registry.py) across several
-step-increment launches, and the fp32 / bf16 / fp16 conversions as the host
-compiler builds them.
+counts and lr in device memory), the scalar states of NAdam and ASGD read by
+the element kernels and advanced by their own advance launch (Note [scalar
+states] in core/rule.h), the step-count protocol (Note [step-count protocol]
+in fusedopt/registry.py) across several advance launches, and the fp32 /
+bf16 / fp16 conversions as the host compiler builds them.
 What it does not cover: the device compiler's code (FMA contraction, the
 device conversion intrinsics, the fp64 pow of the capturable path, 64-bit
 address arithmetic in SASS), the launch itself and the stream, concurrency
@@ -65,12 +66,22 @@ STATS = (
     "out_of_range",
     "never",
     "more_than_once",
+    "advances",
 )
-# Rules whose per-tensor scalars the kernels can compute on the device (every
-# rule without scalar states: Note [scalar states] in core/rule.h).
-DEVICE_SCALARS = [name for name in RULES if not RULES[name].scalars]
+# Rules with scalar states (Note [scalar states] in core/rule.h).
+SCALAR_STATE_RULES = [name for name in RULES if RULES[name].scalars]
 # (rule, steps_in_kernel): where a call's counts can live.
-COUNT_PLACES = [(name, False) for name in RULES] + [(name, True) for name in DEVICE_SCALARS]
+COUNT_PLACES = [(name, False) for name in RULES] + [(name, True) for name in RULES]
+# (steps_in_kernel, lr_in_kernel) of the device-side scalars. Host counts with
+# a device lr are refused for a rule with scalar states: the host would need
+# lr's value to advance them (test_host_scalar_states_refuse_a_device_lr).
+IN_KERNEL = [(True, False), (False, True), (True, True)]
+DEVICE_SCALAR_CASES = [
+    (name, counts, lr)
+    for name in RULES
+    for counts, lr in IN_KERNEL
+    if counts or not RULES[name].scalars
+]
 
 # Step counts one step-increment launch advances (mta::kStepsPerLaunch: the
 # kernel-parameter space less found_inf and n_steps, 8 bytes per pointer).
@@ -523,17 +534,21 @@ def test_unaligned_view_takes_the_scalar_path(name, stream, dtype):
 
 @pytest.mark.parametrize("grid", [None, 1])
 @pytest.mark.parametrize(
-    "steps_in_kernel,lr_in_kernel", [(True, False), (False, True), (True, True)]
+    "name,steps_in_kernel,lr_in_kernel",
+    DEVICE_SCALAR_CASES,
+    ids=[f"{n}-counts{int(c)}-lr{int(lr)}" for n, c, lr in DEVICE_SCALAR_CASES],
 )
-@pytest.mark.parametrize("name", DEVICE_SCALARS)
 def test_scalars_computed_in_kernel_match_host(name, steps_in_kernel, lr_in_kernel, grid):
-    """grid=1: one block computes each tensor's scalars in turn."""
-    numels = [3, 4097, CHUNK + 1]
-    steps = [0, 7, 1000]  # per-tensor counts, as after a partial state load
+    """grid=1: one block computes each tensor's scalars in turn. Counts,
+    scalar states (NAdam's, ASGD's: read by every block, advanced by the last
+    launch) and params equal the host path's bit for bit."""
+    numels = [3, 4097, CHUNK + 1, 0]
+    steps = [0, 7, 1000, 5]  # per-tensor counts, as after a partial state load
     case = make_case(name, numels, torch.float32, full_hyper(name), steps=steps)
     host = case.clone()
     stats = emulate(case, steps_in_kernel=steps_in_kernel, lr_in_kernel=lr_in_kernel, grid=grid)
     assert_clean(stats, numels)
+    assert stats["advances"] == int(steps_in_kernel and RULES[name].has_step)
     emulate(host)
     assert_same(case, host)
     if RULES[name].has_step:
@@ -543,34 +558,54 @@ def test_scalars_computed_in_kernel_match_host(name, steps_in_kernel, lr_in_kern
 HAS_STEP = [name for name in RULES if RULES[name].has_step]
 
 
-@pytest.mark.parametrize("lr_in_kernel", [False, True])
-@pytest.mark.parametrize("name", [name for name in RULES if RULES[name].scalars])
-def test_scalar_states_refuse_device_side_scalars(name, lr_in_kernel):
-    """Note [scalar states]: no kernel advances them on the device, so the
-    device-side path (counts in device memory, or a device lr) is refused
-    before anything is written."""
+@pytest.mark.parametrize("name", SCALAR_STATE_RULES)
+def test_host_scalar_states_refuse_a_device_lr(name):
+    """Note [scalar states]: with counts on the host, the host advances the
+    scalar states and would have to read a device lr: refused before anything
+    is written."""
     case = make_case(name, [5, 4097], torch.float32, full_hyper(name))
     before = case.clone()
-    with pytest.raises(RuntimeError, match=f"{RULES[name].scalars[0]} is kept on the host"):
-        emulate(case, steps_in_kernel=not lr_in_kernel, lr_in_kernel=lr_in_kernel)
+    with pytest.raises(RuntimeError, match=f"{RULES[name].scalars[0]} on the CPU"):
+        emulate(case, lr_in_kernel=True)
     assert_same(case, before)
 
 
-@pytest.mark.parametrize("name", [name for name in RULES if RULES[name].scalars])
-def test_scalar_states_advance_with_the_counts(name):
-    """The scalar states after a step are the reference's, and a call that
-    GradScaler skips leaves them as they were."""
-    numels = [3, 4097]
-    case = make_case(name, numels, torch.float32, full_hyper(name), steps=[0, 9])
+@pytest.mark.parametrize("steps_in_kernel", [False, True], ids=["host", "device"])
+@pytest.mark.parametrize("name", SCALAR_STATE_RULES)
+def test_scalar_states_advance_with_the_counts(name, steps_in_kernel):
+    """The scalar states after a step are the reference's, whether the host
+    or the advance launch stores them, and a call that GradScaler skips
+    leaves them as they were (found_inf read by the host, or by the kernels)."""
+    numels = [3, 4097, 0]
+    case = make_case(name, numels, torch.float32, full_hyper(name), steps=[0, 9, 2])
     ref, skipped = case.clone(), case.clone()
-    emulate(case)
+    emulate(case, steps_in_kernel=steps_in_kernel)
     reference_step(ref)
     n = len(numels)
     assert [s.item() for s in case.steps[n:]] == [s.item() for s in ref.steps[n:]]
     assert [s.item() for s in case.steps[n:]] != [s.item() for s in skipped.steps[n:]]
+    assert case.counts == [1.0, 10.0, 3.0]
     before = skipped.clone()
-    emulate(skipped, found_inf=torch.tensor(1.0))
+    emulate(skipped, found_inf=torch.tensor(1.0), steps_in_kernel=steps_in_kernel)
     assert_same(skipped, before)
+
+
+@pytest.mark.parametrize("name", SCALAR_STATE_RULES)
+def test_scalar_states_over_several_steps_on_the_device(name):
+    """Five steps with the counts and scalar states in device memory, the lr
+    changing between steps (a scheduler), equal five host-path steps bit for
+    bit: each step's element launches read the values the previous advance
+    launch stored."""
+    numels = [5, 4097]
+    case = make_case(name, numels, torch.float32, full_hyper(name), steps=[0, 3])
+    host = case.clone()
+    op = getattr(torch.ops.fusedopt_testing, f"{name}_emulate_step_")
+    for k in range(5):
+        lr = torch.tensor(LR * (1 + k) / 4)
+        for c, device in ((case, True), (host, False)):
+            op(*c.op_lists(), lr=lr, **c.hyper, steps_in_kernel=device, lr_in_kernel=device)
+    assert_same(case, host)
+    assert case.counts == [5.0, 8.0]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -650,12 +685,17 @@ def test_more_tensors_than_one_launch_and_one_step_launch_hold(name, grid):
     steps = [i % 1000 for i in range(n)]
     case = make_case(name, numels, torch.float32, full_hyper(name), steps=steps)
     on_cpu = case.clone()
-    stats = emulate(case, steps_in_kernel=name in DEVICE_SCALARS, grid=grid)
+    stats = emulate(case, steps_in_kernel=True, grid=grid)
     non_empty = sum(1 for k in numels if k)
     assert stats["launches"] == math.ceil(non_empty / slots) > 1
     if grid is not None:
         assert stats["blocks"] == grid * stats["launches"]
     assert_clean(stats, numels)
+    if RULES[name].has_step and not RULES[name].scalars:
+        assert stats["advances"] == math.ceil(n / STEPS_PER_LAUNCH) == 2
+    elif RULES[name].scalars:
+        # Wider entries (the scalar states' addresses): fewer tensors a launch.
+        assert stats["advances"] >= 2
     cpu_op(on_cpu)
     assert_same(case, on_cpu)
     if RULES[name].has_step:

@@ -3,15 +3,17 @@ architecture of the build is in the library, and for every rule of
 fusedopt.registry.RULES its three kernels (fusedopt_<rule>_{fp32,bf16,fp16})
 use 128-bit global loads and stores for fp32 data (64-bit for 16-bit params
 and grads), nothing spills to local memory, and the register count keeps two
-512-thread blocks resident per SM; fusedopt_step_increment too.
+512-thread blocks resident per SM; the advance kernels too
+(fusedopt_step_increment, and fusedopt_<rule>_advance of the rules with
+scalar states).
 
 And what Note [bit-identical backends] (kernels/mta.py) asks of the code
 nvcc made, in the SASS of every arch and in the PTX the library embeds: no
 multiply-add contraction in the element loops (every FFMA there is one of an
 IEEE division, reciprocal or square root), IEEE division and square root,
-no FP64 in the element loops (the per-tensor scalars of capturable mode are
-computed in double once per thread and chunk, before them), and 16-bit
-stores that round to nearest even."""
+no FP64 in the element loops (the per-tensor scalars computed from device
+counts are computed in double once per thread and chunk, before them), and
+16-bit stores that round to nearest even."""
 
 import re
 from functools import cache
@@ -41,6 +43,11 @@ ARCHS = [int(a.split("-")[0]) for a in cuda_archs.split(",") if a]
 PTX_ARCHS = [int(a) for a in cuda_archs.split(",") if a and not a.endswith("-real")]
 DTYPES = ("fp32", "bf16", "fp16")
 KERNELS = [f"fusedopt_{rule}_{dtype}" for rule in RULES for dtype in DTYPES]
+# Note [the advance launch] in mta/args.h: one kernel shared by the rules
+# without scalar states, one per rule with them.
+ADVANCE_KERNELS = ["fusedopt_step_increment"] + [
+    f"fusedopt_{rule}_advance" for rule in RULES if RULES[rule].scalars
+]
 # 64K registers per SM / (2 blocks x 512 threads) = 64: at most this many keeps
 # two blocks per SM resident (50% occupancy, enough to saturate HBM with 5-8
 # outstanding 16-byte loads per thread).
@@ -127,7 +134,7 @@ def test_no_spills_and_bounded_registers():
     usage = _resource_usage()
     failures = []
     for arch in ARCHS:
-        for kernel in KERNELS + ["fusedopt_step_increment"]:
+        for kernel in KERNELS + ADVANCE_KERNELS:
             res = usage.get((f"sm_{arch}", kernel))
             assert res is not None, f"no resource usage for {kernel} on sm_{arch}"
             if res["STACK"] != 0 or res["LOCAL"] != 0:

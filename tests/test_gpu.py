@@ -34,7 +34,13 @@ DEVICE_COUNT_OPTIMIZERS = {
     "Adamax": lambda p, **kw: fusedopt.Adamax(p, lr=1e-3, **kw),
     "Rprop": lambda p, **kw: fusedopt.Rprop(p, lr=1e-3, **kw),
     "Lion": lambda p, **kw: fusedopt.Lion(p, lr=1e-4, weight_decay=0.1, **kw),
+    # Scalar states on the device too (Note [scalar states] in core/rule.h);
+    # ASGD with t0 = 1 so that its averaging (mu < 1) starts within the test.
+    "NAdam": lambda p, **kw: fusedopt.NAdam(p, lr=1e-3, weight_decay=0.1, **kw),
+    "ASGD": lambda p, **kw: fusedopt.ASGD(p, lr=1e-2, t0=1.0, **kw),
 }
+# torch's twins with scalar states: fusedopt keeps their capturable layout.
+SCALAR_STATE_OPTIMIZERS = {"NAdam": torch.optim.NAdam, "ASGD": torch.optim.ASGD}
 SIZES = (0, 1, 3, 4097, 65536 * 2 + 5, (64, 33))
 # fp32 after a few steps, a GPU backend against the CPU backend: the same
 # operations in the same order with no contraction, so the params agree but
@@ -133,10 +139,43 @@ def _model(seed):
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_whole_training_step_in_one_cuda_graph(backend):
+@pytest.mark.parametrize("name", list(SCALAR_STATE_OPTIMIZERS))
+def test_scalar_states_in_torchs_capturable_layout(backend, name):
+    """NAdam's mu_product, ASGD's eta and mu: float32 0-dim tensors on the
+    param's device beside `step`, the keys and dtypes of torch's
+    capturable=True state; a CPU checkpoint's move there on the first step."""
+    params = _params("cuda")
+    opt = _run(DEVICE_COUNT_OPTIMIZERS[name], params, 2, backend)
+    twin_params = [p.detach().clone().requires_grad_() for p in params]
+    twin = SCALAR_STATE_OPTIMIZERS[name](twin_params, capturable=True)
+    for p in twin_params:
+        p.grad = torch.ones_like(p)
+    twin.step()
+    for p, q in zip(params, twin_params):
+        ours, theirs = opt.state[p], twin.state[q]
+        assert set(ours) == set(theirs)
+        for key, value in theirs.items():
+            assert (ours[key].dtype, ours[key].device) == (value.dtype, value.device), key
+    cpu = {k: v for k, v in opt.state_dict().items()}
+    cpu["state"] = {
+        i: {k: v.cpu() if v.dim() == 0 else v for k, v in s.items()}
+        for i, s in cpu["state"].items()
+    }
+    again = DEVICE_COUNT_OPTIMIZERS[name](params, backend=backend)
+    again.load_state_dict(cpu)
+    for p, g in zip(params, _grads(params, 7)):
+        p.grad = g
+    again.step()
+    assert all(t.is_cuda for s in again.state.values() for t in s.values())
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("name", ["AdamW", *SCALAR_STATE_OPTIMIZERS])
+def test_whole_training_step_in_one_cuda_graph(backend, name):
     """torch's "whole network capture" recipe (torch.cuda.graphs docs): forward,
     backward and step() captured once, replayed with new data and a new lr
-    (a device tensor), equal to the same steps run eagerly. The grads are
+    (a device tensor), equal to the same steps run eagerly; NAdam's and
+    ASGD's scalar states advance inside the graph. The grads are
     allocated in the graph's pool during capture, so the Triton tables are
     built inside the capture (Note [table uploads])."""
     data = [
@@ -148,8 +187,8 @@ def test_whole_training_step_in_one_cuda_graph(backend):
 
     def make(model):
         lr = torch.tensor(lrs[0], device="cuda")
-        opt = fusedopt.AdamW(model.parameters(), lr=lr, capturable=True, backend=backend)
-        return opt, lr
+        cls = getattr(fusedopt, name)
+        return cls(model.parameters(), lr=lr, capturable=True, backend=backend), lr
 
     captured = _model(0)
     opt, lr = make(captured)

@@ -7,12 +7,14 @@ the same behaviour on a GPU."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 import torch
-from fusedopt import SGD, Adam, AdamW, NAdam, backends
+from fusedopt import ASGD, SGD, Adam, AdamW, NAdam, backends
 from fusedopt.kernels import mta, rules
 from fusedopt.registry import RULES
-from test_triton_frame import BLOCK, adam_hyper, make_lists
+from test_triton_frame import BLOCK, adam_hyper, full_hyper, make_lists
 
 META = torch.device("meta")
 
@@ -28,7 +30,10 @@ def _group(opt):
         (AdamW, {}, "triton", META),
         (AdamW, {}, "reference", torch.device("cpu")),  # reads values on the host anyway
         (AdamW, {"capturable": True}, "reference", META),  # capturable: torch's rule
-        (NAdam, {}, "cuda", torch.device("cpu")),  # scalar states stay on the host
+        # Scalar states (Note [scalar states]) live and advance beside the counts.
+        (NAdam, {}, "cuda", META),
+        (ASGD, {}, "triton", META),
+        (NAdam, {}, "cpu", torch.device("cpu")),
     ],
 )
 def test_counts_live_where_the_backend_reads_them(cls, kwargs, backend, expected):
@@ -46,6 +51,30 @@ def test_counts_from_a_checkpoint_move_once_to_the_backend_device():
     assert opt.state[p]["exp_avg"].device == META
 
 
+@pytest.mark.parametrize("cls", [NAdam, ASGD], ids=lambda c: c.__name__)
+def test_scalar_states_from_a_torch_checkpoint_move_with_the_counts(cls):
+    """torch's NAdam keeps step and mu_product on the CPU unless capturable
+    (its ASGD keeps step, eta and mu on the param's device): after
+    load_state_dict they are float32 beside the count, and move with it, in
+    torch's capturable layout (every key on the param's device, float32)."""
+    twin = getattr(torch.optim, cls.__name__)
+    p = torch.nn.Parameter(torch.randn(4))
+    p.grad = torch.randn(4)
+    torch_opt = twin([p], lr=1e-2)
+    torch_opt.step()
+    saved = torch_opt.state_dict()
+    opt = cls([torch.nn.Parameter(torch.zeros(4, device=META))], lr=1e-2)
+    opt.load_state_dict(saved)
+    (q,) = opt.param_groups[0]["params"]
+    keys = RULES[cls.__name__.lower()].scalar_keys
+    assert set(opt.state[q]) == set(saved["state"][0])
+    assert all(opt.state[q][k].dtype == torch.float32 for k in keys)
+    used = RULES[cls.__name__.lower()].states
+    opt._new_state(_group(opt), q, used, META)
+    for key in keys:
+        assert opt.state[q][key].device == META and opt.state[q][key].dtype == torch.float32, key
+
+
 @pytest.fixture
 def capturing(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
@@ -58,8 +87,11 @@ def test_capture_of_a_non_capturable_step_is_refused(capturing):
     Adam([p], capturable=True)._check_capture()
     # torch's SGD has no capturable flag and no count: its capture is the user's call.
     SGD([p], lr=0.1, momentum=0.9)._check_capture()
-    with pytest.raises(RuntimeError, match="mu_product is kept on the host"):
-        NAdam([p], capturable=True)._check_capture()
+    # Scalar states advance on the device (Note [scalar states]): capturable like the rest.
+    NAdam([p], capturable=True)._check_capture()
+    ASGD([p], capturable=True)._check_capture()
+    with pytest.raises(RuntimeError, match="param_groups' capturable is False"):
+        NAdam([p])._check_capture()
 
 
 def test_a_refused_capture_writes_nothing(capturing, monkeypatch):
@@ -97,6 +129,8 @@ def test_each_optimizer_call_keeps_its_own_tables(monkeypatch):
     """More groups than the launcher's LRU holds (layer-wise lr decay) still
     build their tables once: the optimizer keeps them per call."""
     monkeypatch.setattr(mta, "MAX_PLANS", 1)
+    # An empty LRU: other tests' direct backend calls leave plans in the shared launcher.
+    monkeypatch.setattr(backends.get("triton").launcher, "_plans", OrderedDict())
     built = []
     init = mta._Plan.__init__
 
@@ -158,17 +192,19 @@ class _FailingLaunch:
 
 @pytest.mark.skipif(not backends.triton_interpreter_on(), reason="needs the Triton interpreter")
 @pytest.mark.parametrize("counts_on_device", [False, True], ids=["host-counts", "device-counts"])
-def test_a_failed_launch_leaves_every_count(monkeypatch, counts_on_device):
-    """Note [step-count protocol]: counts advance after the element launch."""
-    hyper = adam_hyper()
-    lists = make_lists(RULES["adam"], [5, 40], torch.float32, hyper)
+@pytest.mark.parametrize("name", ["adam", "nadam", "asgd"])
+def test_a_failed_launch_leaves_every_count(monkeypatch, name, counts_on_device):
+    """Note [step-count protocol]: counts, and NAdam's and ASGD's scalar
+    states (Note [scalar states]), advance after the element launch."""
+    hyper = full_hyper(name)
+    lists = make_lists(RULES[name], [5, 40], torch.float32, hyper)
     before = [[t.clone() for t in ts] for ts in lists]
     monkeypatch.setattr(mta, "_element_kernel", _FailingLaunch())
     with pytest.raises(RuntimeError, match="launch failed"):
         mta.Launcher().step(
-            rules.get("adam"),
+            rules.get(name),
             *lists,
-            lr=1e-3,
+            lr=torch.tensor(1e-3) if counts_on_device else 1e-3,
             hyper=hyper,
             block=BLOCK,
             counts_on_device=counts_on_device,

@@ -41,9 +41,12 @@ ADAGRAD, ADADELTA = RULES["adagrad"], RULES["adadelta"]
 RADAM, ADAMAX = RULES["radam"], RULES["adamax"]
 RPROP, LION = RULES["rprop"], RULES["lion"]
 HEADERS = Path(__file__).resolve().parents[1] / "csrc" / "include" / "fusedopt" / "rules"
-# Rules whose per-tensor scalars the prologue computes on the device (not
-# those with scalar states: Note [scalar states] in core/rule.h).
-DEVICE_SCALAR_RULES = [rule for rule in RULES.values() if not rule.scalars]
+# Rules whose per-tensor scalars the prologue computes on the device: every
+# rule, those with scalar states (NAdam, ASGD) included, which read theirs in
+# the prologue and advance them in the count kernel (Note [scalar states] in
+# core/rule.h).
+DEVICE_SCALAR_RULES = list(RULES.values())
+SCALAR_STATE_RULES = [rule for rule in RULES.values() if rule.scalars]
 
 # Tolerances, per param dtype, against the reference (which runs in fp32 too):
 #  - fp32: the per-tensor scalars come from fp64 exp2/log2 on the device, and
@@ -458,7 +461,9 @@ def test_lion_matches_reference(dtype, weight_decay_mode, maximize):
 @pytest.mark.parametrize("rule", DEVICE_SCALAR_RULES, ids=lambda r: r.name)
 def test_lr_as_a_tensor(rule, counts_on_device):
     """A device lr: the prologue kernel computes the per-tensor table (RAdam's
-    at a count where rho_t passed 5)."""
+    at a count where rho_t passed 5). A rule with scalar states and its counts
+    on the host computes it on the host (the interpreter's lr is a CPU
+    tensor, read without a sync)."""
     # RMSprop with its lr inside the buffer: the prologue's other branch of both scales.
     hyper = rule_hyper(rule.name, **({"lr_in_momentum": True} if rule is RMSPROP else {}))
     lists = make_lists(rule, [3, 1100], torch.float32, hyper, count=9.0)
@@ -468,7 +473,8 @@ def test_lr_as_a_tensor(rule, counts_on_device):
     )
     reference_step(rule, expected, lr=3e-3, hyper=hyper)
     assert_lists_close(lists, expected)
-    assert launcher.launches == 2 + (counts_on_device and rule.has_step)
+    prologue = counts_on_device or not rule.scalars
+    assert launcher.launches == 1 + prologue + (counts_on_device and rule.has_step)
 
 
 @pytest.mark.parametrize(
@@ -506,6 +512,108 @@ def test_prologue_matches_host_scalars(name):
         expected = torch.tensor(rule.per_tensor(config, 3e-3, count + 1.0), dtype=torch.float32)
         actual = plan.per_tensor_table[i, : len(expected)]
         torch.testing.assert_close(actual, expected, rtol=1.2e-7, atol=0.0)
+
+
+def _scalar_values(lists, n_params: int, n_scalars: int) -> list[list[float]]:
+    """Each scalar state's values, per tensor, from a call's state_steps."""
+    steps = lists[3]
+    return [
+        [t.item() for t in steps[(1 + j) * n_params : (2 + j) * n_params]] for j in range(n_scalars)
+    ]
+
+
+@pytest.mark.parametrize("lr_kind", ["float", "tensor"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule", SCALAR_STATE_RULES, ids=lambda r: r.name)
+def test_scalar_states_on_the_device_match_the_host_path_and_reference(rule, dtype, lr_kind):
+    """Note [scalar states]: counts and scalar states in memory (the prologue
+    reads them, the count kernel advances them) against the host path and the
+    reference, over four steps of a changing lr (one for 16-bit params: the
+    interpreter truncates each store, so their distance to the reference grows
+    by up to an ulp a step), with counts that differ per tensor (ASGD passes
+    t0 = 1: mu leaves 1, ax starts averaging). The scalar
+    states are float32 recurrences on both paths: equal to 1 fp32 ulp (the
+    device's pow is exp2(log2) in float64, the host's torch.pow: ~1e-16 apart,
+    which flips a float32 rounding only near a tie)."""
+    hyper = full_hyper(rule.name)
+    sizes = [3, 1500, 0]
+    device = make_lists(rule, sizes, dtype, hyper)
+    device[3][: len(sizes)] = [torch.tensor(c) for c in (0.0, 1.0, 6.0)]
+    host, expected = clone_lists(device), clone_lists(device)
+    launcher = mta.Launcher()
+    steps = 4 if dtype == torch.float32 else 1
+    for k in range(steps):
+        lr = 2e-3 * (1 + k)
+        launch(
+            rule,
+            device,
+            lr=torch.tensor(lr) if lr_kind == "tensor" else lr,
+            hyper=hyper,
+            counts_on_device=True,
+            launcher=launcher,
+        )
+        launch(rule, host, lr=lr, hyper=hyper)
+        reference_step(rule, expected, lr=lr, hyper=hyper)
+    assert launcher.launches == 3 * steps, "a prologue, an element and a count launch per step"
+    for actual in (device, expected):
+        assert [c.item() for c in actual[3][: len(sizes)]] == [steps, 1.0 + steps, 6.0 + steps]
+    n_scalars = len(rule.scalars)
+    for values in (host, expected):
+        for got, want in zip(
+            _scalar_values(device, len(sizes), n_scalars),
+            _scalar_values(values, len(sizes), n_scalars),
+            strict=True,
+        ):
+            torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1.2e-7, atol=0)
+    assert_lists_close(device[:3], host[:3])
+    assert_lists_close(device[:3], expected[:3])
+
+
+@pytest.mark.parametrize("rule", SCALAR_STATE_RULES, ids=lambda r: r.name)
+def test_scalar_state_prologue_and_advance_match_host_scalars(rule):
+    """The device mirror of a rule's per_tensor with scalar states, against
+    the host's, for counts from 1 to 10^6 and scalar states away from their
+    start: the prologue's table within 1 fp32 ulp, the count kernel's new
+    values within 1 ulp and all but a rare tie bit for bit."""
+    module = rules.get(rule.name)
+    hyper = {**OP_HYPER[rule.name], "weight_decay_mode": 2}
+    config = module.config(hyper)
+    counts = [0.0, 1.0, 9.0, 99.0, 12345.0, 999999.0]
+    n = len(counts)
+    lists = make_lists(rule, [1] * n, torch.float32, hyper)
+    gen = torch.Generator().manual_seed(3)
+    starts = [0.2 + 0.7 * torch.rand(n, generator=gen) for _ in rule.scalars]
+    lists[3] = [torch.tensor(c) for c in counts] + [
+        torch.tensor(v.item()) for values in starts for v in values
+    ]
+    launcher = launch(rule, lists, lr=torch.tensor(3e-3), hyper=hyper, counts_on_device=True)
+    (plan,) = launcher._plans.values()
+    steps = torch.tensor(counts, dtype=torch.float64) + 1.0
+    scalars, after = module.per_tensor(config, float(torch.tensor(3e-3)), steps, tuple(starts))
+    expected = torch.zeros(n, len(scalars))
+    for j, field in enumerate(scalars):
+        expected[:, j] = torch.as_tensor(field, dtype=torch.float64)
+    torch.testing.assert_close(
+        plan.per_tensor_table[:, : len(scalars)], expected, rtol=1.2e-7, atol=0.0
+    )
+    for j, values in enumerate(after):
+        got = torch.stack(lists[3][(1 + j) * n : (2 + j) * n])
+        torch.testing.assert_close(got, values, rtol=1.2e-7, atol=0.0)
+        assert (got == values).sum() >= n - 1
+    assert [c.item() for c in lists[3][:n]] == [c + 1.0 for c in counts]
+
+
+@pytest.mark.parametrize("rule", SCALAR_STATE_RULES, ids=lambda r: r.name)
+def test_host_scalar_states_refuse_a_device_lr(rule):
+    """With counts on the host, the host advances the scalar states and would
+    have to read a device lr: refused before anything is written (a meta
+    tensor stands for a CUDA one)."""
+    hyper = full_hyper(rule.name)
+    lists = make_lists(rule, [3, 40], torch.float32, hyper)
+    before = clone_lists(lists)
+    with pytest.raises(RuntimeError, match=f"{rule.scalars[0]} on the CPU"):
+        launch(rule, lists, lr=torch.tensor(1e-3, device="meta"), hyper=hyper)
+    assert_lists_equal(lists, before)
 
 
 # --- edges of the traversal ----------------------------------------------------------
@@ -550,13 +658,20 @@ def test_many_tiny_tensors_one_launch():
     assert_lists_close(lists, expected)
 
 
-def test_only_empty_tensors_still_count():
-    hyper = adam_hyper()
+@pytest.mark.parametrize("rule", [ADAM, *SCALAR_STATE_RULES], ids=lambda r: r.name)
+def test_only_empty_tensors_still_count(rule):
+    """Zero-size tensors' counts advance, and their scalar states with them."""
+    hyper = full_hyper(rule.name)
+    results = []
     for counts_on_device in (False, True):
-        lists = make_lists(ADAM, [0, 0], torch.float32, hyper)
-        launcher = launch(ADAM, lists, lr=1e-2, hyper=hyper, counts_on_device=counts_on_device)
-        assert [c.item() for c in lists[3]] == [4.0, 4.0]
+        lists = make_lists(rule, [0, 0], torch.float32, hyper)
+        launcher = launch(rule, lists, lr=1e-2, hyper=hyper, counts_on_device=counts_on_device)
+        assert [c.item() for c in lists[3][:2]] == [4.0, 4.0]
         assert launcher.launches == int(counts_on_device), "only the count launch"
+        results.append(lists[3])
+    assert_lists_close([results[1]], [results[0]])
+    if rule.scalars:
+        assert not torch.equal(results[1][2], make_lists(rule, [0], torch.float32, hyper)[3][1])
 
 
 @pytest.mark.parametrize("counts_on_device", [False, True])
@@ -655,11 +770,14 @@ def test_a_param_shrunk_in_place_rebuilds_the_blocks():
 # --- host reads and the launch count -------------------------------------------------
 
 
-def test_device_counts_path_never_syncs(monkeypatch):
-    """With counts, lr, grad_scale and found_inf in memory, the launcher reads
-    no tensor's value on the host (what capturable needs): every host read raises."""
-    hyper = adam_hyper()
-    lists = make_lists(ADAM, [3, 1100], torch.float32, hyper)
+@pytest.mark.parametrize("rule", [ADAM, *SCALAR_STATE_RULES], ids=lambda r: r.name)
+def test_device_counts_path_never_syncs(monkeypatch, rule):
+    """With counts (and scalar states), lr, grad_scale and found_inf in
+    memory, the launcher reads no tensor's value on the host (what capturable
+    needs): every host read raises."""
+    hyper = full_hyper(rule.name)
+    lists = make_lists(rule, [3, 1100], torch.float32, hyper)
+    expected = clone_lists(lists)
     scalars = [torch.tensor(2e-3), torch.tensor(8.0), torch.tensor(0.0)]
     launcher = mta.Launcher()
 
@@ -672,7 +790,7 @@ def test_device_counts_path_never_syncs(monkeypatch):
         bool(torch.tensor(1.0))
     # The interpreter itself reads memory through numpy, not these methods.
     launcher.step(
-        rules.get("adam"),
+        rules.get(rule.name),
         *lists,
         lr=scalars[0],
         hyper=hyper,
@@ -682,7 +800,10 @@ def test_device_counts_path_never_syncs(monkeypatch):
         block=BLOCK,
     )
     monkeypatch.undo()
-    assert [c.item() for c in lists[3]] == [4.0, 4.0]
+    assert launcher.launches == 3
+    reference_step(rule, expected, lr=2e-3, hyper=hyper, grad_scale=scalars[1])
+    assert [c.item() for c in lists[3][:2]] == [4.0, 4.0]
+    assert_lists_close(lists, expected)
 
 
 def test_fp32_result_moves_and_tolerance_is_tight():
@@ -779,6 +900,7 @@ def test_rule_module_mirrors_its_header_and_registry_entry(name):
     assert getattr(rule, "SCALAR_NAMES", ()) == entry.scalars
     assert entry.scalars == (tuple(re.findall(r'"(\w+)"', scalars.group(1))) if scalars else ())
     assert len(rule.STATE_NAMES) <= mta.MAX_STATES.value
+    assert len(entry.scalars) <= mta.MAX_SCALAR_STATES.value
     assert set(rule_hyper(name)) == set(entry.hyper)
     for overrides in STATE_SET_OVERRIDES.get(name, ({},)):
         h = rule_hyper(name, **overrides)

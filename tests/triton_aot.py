@@ -109,15 +109,45 @@ def prologue_source(rule) -> ASTSource:
         "CONFIG": rule.Config,
         "LR_IN_MEMORY": True,
         "COUNTS_IN_MEMORY": rule.HAS_STEP,
+        "N_SCALARS": len(getattr(rule, "SCALAR_NAMES", ())),
         "BLOCK": mta.TABLE_BLOCK,
     }
     aligned = ("tensor_table", "per_tensor_table")
     return _source(mta._per_tensor_kernel, signature, constexprs, aligned)
 
 
-def count_source() -> ASTSource:
+def count_source(rule=None) -> ASTSource:
+    """The count kernel: the plain increment that every rule without scalar
+    states shares (rule None), or a rule's advance of its scalar states, with
+    lr in memory (capturable)."""
     signature = {"tensor_table": "*i64", "n_tensors": "i32", "found_inf_ptr": "*fp32"}
     constexprs = {"HAS_FOUND_INF": True, "BLOCK": mta.TABLE_BLOCK}
+    if rule is None:
+        constexprs.update(
+            lr_ptr=None,
+            lr_hi=0.0,
+            lr_lo=0.0,
+            config_hi=None,
+            config_lo=None,
+            PER_TENSOR_DEVICE=None,
+            CONFIG=None,
+            LR_IN_MEMORY=False,
+            N_SCALARS=0,
+        )
+    else:
+        signature.update(
+            lr_ptr="*fp32",
+            lr_hi="fp32",
+            lr_lo="fp32",
+            config_hi=_fp32_tuple(rule.Config),
+            config_lo=_fp32_tuple(rule.Config),
+        )
+        constexprs.update(
+            PER_TENSOR_DEVICE=rule.per_tensor_device,
+            CONFIG=rule.Config,
+            LR_IN_MEMORY=True,
+            N_SCALARS=len(rule.SCALAR_NAMES),
+        )
     return _source(mta._advance_counts_kernel, signature, constexprs, ("tensor_table",))
 
 
@@ -176,10 +206,11 @@ def main() -> None:
                         variant = f"{name}_element_{dtype}_used{used:b}_table{int(in_table)}"
                         source = element_source(rule, dtype, used, in_table)
                         out[f"{target_name}/{variant}"] = facts(source, target, mta.NUM_WARPS)
-            # Rules with scalar states have no device-side per-tensor scalars
-            # (Note [scalar states] in csrc/include/fusedopt/core/rule.h).
-            if not RULES[name].scalars:
-                out[f"{target_name}/{name}_prologue"] = facts(prologue_source(rule), target, 4)
+            out[f"{target_name}/{name}_prologue"] = facts(prologue_source(rule), target, 4)
+            # Rules with scalar states advance them in a count kernel of their
+            # own (Note [scalar states] in csrc/include/fusedopt/core/rule.h).
+            if RULES[name].scalars:
+                out[f"{target_name}/{name}_advance"] = facts(count_source(rule), target, 4)
         out[f"{target_name}/count_steps"] = facts(count_source(), target, 4)
     json.dump(out, sys.stdout, indent=1)
 

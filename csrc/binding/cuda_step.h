@@ -82,8 +82,8 @@ void step_cuda(const char* rule, const StepArgs& a) {
     const int32_t n_blocks = mta::grid_blocks(launch.args.header.n_chunks, max_blocks);
     C10_CUDA_CHECK(cuda::launch_elements<R>(launch.args, n_blocks, dtype, stream));
   }
-  for (const mta::StepIncrementArgs& args : work.step_increments) {
-    C10_CUDA_CHECK(cuda::launch_step_increment(args, stream));
+  for (const mta::AdvanceArgs<R>& args : work.advances) {
+    C10_CUDA_CHECK(cuda::launch_advance<R>(args, stream));
   }
   work.advance_host_scalars();
 }

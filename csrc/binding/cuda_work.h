@@ -14,9 +14,10 @@ namespace fusedopt::binding {
 
 // Where the kernels read a call's step counts, lr and GradScaler's tensors.
 struct CudaScalarSources {
-  // Step counts in the kernels' memory: the kernels compute the scalars and a
-  // last launch advances the counts (capturable). Else the host computes the
-  // scalars and advances the counts after the launches.
+  // Step counts (and a rule's scalar states) in the kernels' memory: the
+  // kernels compute the scalars and a last launch advances the counts and the
+  // scalar states (capturable). Else the host computes the scalars and
+  // advances them after the launches.
   bool steps_in_kernel;
   const float* lr;  // lr in the kernels' memory, or null for the host value
   double lr_value;
@@ -27,7 +28,7 @@ struct CudaScalarSources {
 template <class R>
 struct CudaWork {
   std::vector<mta::Launch<R>> launches;
-  std::vector<mta::StepIncrementArgs> step_increments;  // empty unless steps_in_kernel
+  std::vector<mta::AdvanceArgs<R>> advances;  // empty unless steps_in_kernel
   std::vector<float*> host_steps;  // advanced by the host after the launches
   // Note [scalar states] (core/rule.h): (where, value after this step),
   // stored by the host after the launches.
@@ -48,10 +49,12 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
   const size_t n = a.params.size();
   constexpr int kS = kScalarStates<R>;
   if constexpr (kS > 0) {
-    TORCH_CHECK(!sources.steps_in_kernel && sources.lr == nullptr, "fusedopt: ",
-                R::kScalarNames[0],
-                " is kept on the host (Note [scalar states]): this rule takes neither step "
-                "counts on the GPU (capturable=True) nor a CUDA-tensor lr yet");
+    // The host advances host-held scalar states, and their next values need
+    // lr: reading a device lr on the host would sync.
+    TORCH_CHECK(sources.steps_in_kernel || sources.lr == nullptr, "fusedopt: with step counts ",
+                "and ", R::kScalarNames[0],
+                " on the CPU, the host advances them and needs lr's value: pass lr as a float or "
+                "a CPU tensor, or keep state_steps on the params' device (Note [scalar states])");
   }
   for (size_t i = 0; i < n; ++i) {
     TORCH_CHECK(a.params[i].numel() < mta::kMaxNumel, "fusedopt: param ", i, " has ",
@@ -70,6 +73,7 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
   CudaWork<R> work;
   std::vector<mta::Slot<R>> slots(n);
   std::vector<float*> device_steps;
+  std::vector<float*> device_scalar_states;  // tensor-major: mta::build_advances
   for (size_t i = 0; i < n; ++i) {
     mta::Slot<R>& slot = slots[i];
     slot.param = a.params[i].data_ptr();
@@ -85,6 +89,11 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
     if (sources.steps_in_kernel) {
       slot.step = step;
       if (step != nullptr) device_steps.push_back(step);
+      for (int j = 0; j < kS; ++j) {
+        float* value = a.steps[(1 + j) * n + i].data_ptr<float>();
+        if constexpr (kS > 0) slot.scalar_state[j] = value;
+        device_scalar_states.push_back(value);
+      }
       continue;
     }
     float values[kS > 0 ? kS : 1];
@@ -98,7 +107,7 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
   }
   work.launches = mta::build_launches<R>(slots, header);
   if (sources.steps_in_kernel) {
-    work.step_increments = mta::build_step_increments(device_steps, sources.found_inf);
+    work.advances = mta::build_advances<R>(device_steps, device_scalar_states, header);
   }
   return work;
 }

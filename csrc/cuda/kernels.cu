@@ -34,6 +34,34 @@ __device__ void element_kernel_body(const mta::LaunchArgs<R>& args) {
 
 }  // namespace
 
+// The advance kernels (Note [the advance launch] in mta/args.h): one for all
+// rules without scalar states, and one per rule with scalar states, listed
+// here by hand. `advance` is their overload set: a rule with scalar states
+// missing below fails to compile at its launch_advance, "no matching function".
+extern "C" __global__ void __launch_bounds__(mta::kBlockSize)
+    fusedopt_step_increment(const mta::StepIncrementArgs args) {
+  mta::advance_thread(args, static_cast<int32_t>(blockIdx.x), static_cast<int32_t>(threadIdx.x));
+}
+
+static cudaError_t advance(const mta::StepIncrementArgs& args, cudaStream_t stream) {
+  fusedopt_step_increment<<<mta::advance_blocks(args), mta::kBlockSize, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
+#define FUSEDOPT_SCALAR_ADVANCE_KERNEL(Type, name)                                              \
+  extern "C" __global__ void __launch_bounds__(mta::kBlockSize)                                 \
+      fusedopt_##name##_advance(const mta::ScalarAdvanceArgs<Type> args) {                      \
+    mta::advance_thread<Type>(args, static_cast<int32_t>(blockIdx.x),                           \
+                              static_cast<int32_t>(threadIdx.x));                               \
+  }                                                                                             \
+  static cudaError_t advance(const mta::ScalarAdvanceArgs<Type>& args, cudaStream_t stream) {   \
+    fusedopt_##name##_advance<<<mta::advance_blocks(args), mta::kBlockSize, 0, stream>>>(args); \
+    return cudaGetLastError();                                                                  \
+  }
+FUSEDOPT_SCALAR_ADVANCE_KERNEL(Asgd, asgd)
+FUSEDOPT_SCALAR_ADVANCE_KERNEL(NAdam, nadam)
+#undef FUSEDOPT_SCALAR_ADVANCE_KERNEL
+
 // extern "C": plain symbol names (fusedopt_<rule>_<dtype>), so that the SASS
 // checks (tests/test_cuda_sass.py) find each kernel by name. __launch_bounds__:
 // see mta::kMinBlocksPerSm.
@@ -42,40 +70,33 @@ __device__ void element_kernel_body(const mta::LaunchArgs<R>& args) {
       fusedopt_##name##_##suffix(const mta::LaunchArgs<Type> args) {                  \
     element_kernel_body<Type, P>(args);                                               \
   }
-#define FUSEDOPT_RULE_KERNELS(Type, name)                                                \
-  static_assert(mta::check_launch_args<Type>());                                         \
-  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp32, float)                                       \
-  FUSEDOPT_ELEMENT_KERNEL(Type, name, bf16, Bf16)                                        \
-  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp16, Fp16)                                        \
-  template <>                                                                            \
-  cudaError_t launch_elements<Type>(const mta::LaunchArgs<Type>& args, int32_t n_blocks, \
-                                    ParamDtype dtype, cudaStream_t stream) {             \
-    switch (dtype) {                                                                     \
-      case ParamDtype::kFloat32:                                                         \
-        fusedopt_##name##_fp32<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);          \
-        break;                                                                           \
-      case ParamDtype::kBFloat16:                                                        \
-        fusedopt_##name##_bf16<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);          \
-        break;                                                                           \
-      case ParamDtype::kFloat16:                                                         \
-        fusedopt_##name##_fp16<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);          \
-        break;                                                                           \
-    }                                                                                    \
-    return cudaGetLastError();                                                           \
+#define FUSEDOPT_RULE_KERNELS(Type, name)                                                     \
+  static_assert(mta::check_launch_args<Type>());                                              \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp32, float)                                            \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, bf16, Bf16)                                             \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp16, Fp16)                                             \
+  template <>                                                                                 \
+  cudaError_t launch_elements<Type>(const mta::LaunchArgs<Type>& args, int32_t n_blocks,      \
+                                    ParamDtype dtype, cudaStream_t stream) {                  \
+    switch (dtype) {                                                                          \
+      case ParamDtype::kFloat32:                                                              \
+        fusedopt_##name##_fp32<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);               \
+        break;                                                                                \
+      case ParamDtype::kBFloat16:                                                             \
+        fusedopt_##name##_bf16<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);               \
+        break;                                                                                \
+      case ParamDtype::kFloat16:                                                              \
+        fusedopt_##name##_fp16<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);               \
+        break;                                                                                \
+    }                                                                                         \
+    return cudaGetLastError();                                                                \
+  }                                                                                           \
+  template <>                                                                                 \
+  cudaError_t launch_advance<Type>(const mta::AdvanceArgs<Type>& args, cudaStream_t stream) { \
+    return advance(args, stream);                                                             \
   }
 FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_KERNELS)
 #undef FUSEDOPT_RULE_KERNELS
 #undef FUSEDOPT_ELEMENT_KERNEL
-
-extern "C" __global__ void __launch_bounds__(mta::kBlockSize)
-    fusedopt_step_increment(const mta::StepIncrementArgs args) {
-  mta::increment_step_thread(args, static_cast<int32_t>(blockIdx.x),
-                             static_cast<int32_t>(threadIdx.x));
-}
-
-cudaError_t launch_step_increment(const mta::StepIncrementArgs& args, cudaStream_t stream) {
-  fusedopt_step_increment<<<mta::step_increment_blocks(args), mta::kBlockSize, 0, stream>>>(args);
-  return cudaGetLastError();
-}
 
 }  // namespace fusedopt::cuda

@@ -18,7 +18,10 @@ template <class R>
 cudaError_t launch_elements(const mta::LaunchArgs<R>& args, int32_t n_blocks, ParamDtype dtype,
                             cudaStream_t stream);
 
-// One launch that advances args.n_steps step counts (unless *found_inf).
-cudaError_t launch_step_increment(const mta::StepIncrementArgs& args, cudaStream_t stream);
+// One advance launch of rule R (Note [the advance launch] in mta/args.h): its
+// step counts, and its scalar states where it keeps any, unless *found_inf.
+// Instantiated for every rule in kernels.cu.
+template <class R>
+cudaError_t launch_advance(const mta::AdvanceArgs<R>& args, cudaStream_t stream);
 
 }  // namespace fusedopt::cuda

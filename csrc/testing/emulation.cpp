@@ -17,7 +17,8 @@
 //       (mta/launches.h; the CUDA op's cap is kMinBlocksPerSm x the SMs, None
 //       here: one block per chunk); returns [launches, chunks, grid blocks,
 //       vector accesses, scalar accesses, misaligned accesses, out-of-range
-//       updates, elements never updated, elements updated more than once]
+//       updates, elements never updated, elements updated more than once,
+//       advance launches (Note [the advance launch] in mta/args.h)]
 #include <Python.h>
 #include <torch/library.h>
 
@@ -112,10 +113,10 @@ int64_t emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_b
     }
     blocks_run += n_blocks;
   }
-  for (const mta::StepIncrementArgs& args : work.step_increments) {
-    for (int32_t block = 0; block < mta::step_increment_blocks(args); ++block) {
+  for (const mta::AdvanceArgs<R>& args : work.advances) {
+    for (int32_t block = 0; block < mta::advance_blocks(args); ++block) {
       for (int32_t thread = 0; thread < mta::kBlockSize; ++thread) {
-        mta::increment_step_thread(args, block, thread);
+        mta::advance_thread(args, block, thread);
       }
     }
   }
@@ -201,7 +202,8 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
                                       observer.misaligned_accesses,
                                       observer.out_of_range_updates,
                                       never,
-                                      more};
+                                      more,
+                                      static_cast<int64_t>(work.advances.size())};
   torch::jit::drop(*stack, binding::step_arg_count<R>() + kEmulationExtraArgs);
   torch::jit::push(*stack, c10::IValue(stats));
 }

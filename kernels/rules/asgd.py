@@ -1,7 +1,9 @@
 """Averaged SGD in torch.optim.ASGD's form, for the Triton kernels:
 csrc/include/fusedopt/rules/asgd.h mirrored name for name. eta and mu are
 scalar states (Note [scalar states] in csrc/include/fusedopt/core/rule.h):
-per_tensor runs on the host only and returns their new values.
+per_tensor (host, counts on the CPU) and per_tensor_device (the prologue and
+the advance kernel of kernels/mta.py, counts on the device) take the values
+this step uses and return the next step's.
 
 Bytes per element (fp32 params): read p, g, ax, write p, ax: 20 B.
 """
@@ -14,12 +16,20 @@ from typing import Any, NamedTuple
 import torch
 import triton
 import triton.language as tl
-from fusedopt.kernels.rules.common import l2_coefficient, param_decay
+from fusedopt.kernels.rules.common import (
+    l2_coefficient,
+    param_decay,
+    param_decay_device,
+    pow_device,
+)
 
 AX = tl.constexpr(0)
 STATE_NAMES = ("ax",)
 HAS_STEP = True
 SCALAR_NAMES = ("eta", "mu")
+# Scalar states: indices into the scalars tuple, in kScalarNames' order.
+ETA = tl.constexpr(0)
+MU = tl.constexpr(1)
 STATE_SETS = (0b1,)
 
 
@@ -70,7 +80,7 @@ def per_tensor(c: Config, lr: float, step, scalars):
     """On the host: `step` a float64 tensor of the counts after this step,
     `scalars` (eta, mu) float32 tensors of the values this step uses.
     Returns (PerTensor of float64 tensors, the scalars for the next step)."""
-    eta, mu = scalars
+    eta, mu = scalars[ETA.value], scalars[MU.value]
     eta64 = eta.double()
     next_eta = (lr / (1.0 + c.lambd * lr * step) ** c.alpha).to(torch.float32)
     next_mu = (1.0 / torch.clamp(step - c.t0, min=1.0)).to(torch.float32)
@@ -84,6 +94,29 @@ def per_tensor(c: Config, lr: float, step, scalars):
         ),
         (next_eta, next_mu),
     )
+
+
+@triton.jit
+def per_tensor_device(c, lr, step, scalars):
+    """per_tensor in float64 on the device: `c` the Config in float64, lr a
+    scalar, step a block of counts after this step, `scalars` (eta, mu) blocks
+    of the float32 values this step uses. Returns (PerTensor, (eta, mu) for the
+    next step). pow_device's base here is 1 + lambd lr t, above 1: exp2(alpha *
+    log2(base)) is within about |alpha log2(base)| fp64 ulps all the same
+    (common.py), under 1e-13 relative for alpha <= 1 and a base below 2^100,
+    far below the fp32 ulp that eta is rounded to."""
+    eta = scalars[ETA].to(tl.float64)
+    mu = scalars[MU]
+    next_eta = (lr / pow_device(1.0 + c.lambd * lr * step, c.alpha)).to(tl.float32)
+    next_mu = (1.0 / tl.maximum(step - c.t0, 1.0)).to(tl.float32)
+    per_tensor = PerTensor(
+        param_decay_device(c.wd_mode, c.weight_decay, lr, c.lr_max).to(tl.float32),
+        (1.0 - c.lambd * eta).to(tl.float32),
+        (-eta).to(tl.float32),
+        mu,
+        tl.where(mu == 1.0, 1.0, 0.0),
+    )
+    return per_tensor, (next_eta, next_mu)
 
 
 @triton.jit

@@ -1,7 +1,9 @@
 """NAdam (Dozat 2016) in torch.optim.NAdam's form, for the Triton kernels:
 csrc/include/fusedopt/rules/nadam.h mirrored name for name. mu_product is a
 scalar state (Note [scalar states] in csrc/include/fusedopt/core/rule.h):
-per_tensor runs on the host only and returns its new values.
+per_tensor (host, counts on the CPU) and per_tensor_device (the prologue and
+the advance kernel of kernels/mta.py, counts on the device) take its values
+before this step and return those after it.
 
 Bytes per element (fp32 params): read p, g, m, v, write p, m, v: 28 B.
 """
@@ -14,13 +16,21 @@ from typing import Any, NamedTuple
 import torch
 import triton
 import triton.language as tl
-from fusedopt.kernels.rules.common import l2_coefficient, lerp_like_torch, param_decay
+from fusedopt.kernels.rules.common import (
+    l2_coefficient,
+    lerp_like_torch,
+    param_decay,
+    param_decay_device,
+    pow_device,
+)
 
 EXP_AVG = tl.constexpr(0)
 EXP_AVG_SQ = tl.constexpr(1)
 STATE_NAMES = ("exp_avg", "exp_avg_sq")
 HAS_STEP = True
 SCALAR_NAMES = ("mu_product",)
+# Scalar state: indices into the scalars tuple, in kScalarNames' order.
+MU_PRODUCT = tl.constexpr(0)
 STATE_SETS = (0b11,)
 
 
@@ -90,8 +100,7 @@ def per_tensor(c: Config, lr: float, step, scalars):
     Returns (PerTensor of float64 tensors, the scalars after this step)."""
     mu = momentum(c, step)
     mu_next = momentum(c, step + 1.0)
-    (mu_product,) = scalars
-    mu_product = mu_product * mu.to(torch.float32)  # float32, as torch's `mu_product *= mu`
+    mu_product = scalars[MU_PRODUCT.value] * mu.to(torch.float32)  # as torch's `mu_product *= mu`
     mu_product_next = mu_product.double() * mu_next
     return (
         PerTensor(
@@ -102,6 +111,33 @@ def per_tensor(c: Config, lr: float, step, scalars):
         ),
         (mu_product,),
     )
+
+
+@triton.jit
+def momentum_device(c, step):
+    """momentum in float64 on the device. 0.96 through tl.full: a float literal
+    is fp32 in Triton, and tl.cast(0.96, tl.float64) gives 0.9599999785 (seen
+    in the PTX and the interpreter), which moved mu_product by an fp32 ulp."""
+    base = tl.full([], 0.96, tl.float64)
+    return c.beta1 * (1.0 - 0.5 * pow_device(base, step * c.momentum_decay))
+
+
+@triton.jit
+def per_tensor_device(c, lr, step, scalars):
+    """per_tensor in float64 on the device: `c` the Config in float64, lr a
+    scalar, step a block of counts after this step, `scalars` (mu_product,) a
+    block of float32 products before it. Returns (PerTensor, (mu_product after,))."""
+    mu = momentum_device(c, step)
+    mu_next = momentum_device(c, step + 1.0)
+    mu_product = scalars[MU_PRODUCT] * mu.to(tl.float32)  # a float32 multiply, as on the host
+    mu_product_next = mu_product.to(tl.float64) * mu_next
+    per_tensor = PerTensor(
+        (1.0 - pow_device(c.beta2, step)).to(tl.float32),
+        (-lr * (1.0 - mu) / (1.0 - mu_product.to(tl.float64))).to(tl.float32),
+        (-lr * mu_next / (1.0 - mu_product_next)).to(tl.float32),
+        param_decay_device(c.wd_mode, c.weight_decay, lr, c.lr_max).to(tl.float32),
+    )
+    return per_tensor, (mu_product,)
 
 
 @triton.jit

@@ -2,10 +2,11 @@
 
 torch's signature (every argument positional, as torch has it), defaults,
 ValueErrors and state (`step`, `eta`, `mu`, `ax`). `eta` and `mu` are
-per-tensor scalar states that the host advances (Note [scalar states] in
-csrc/include/fusedopt/core/rule.h): fusedopt keeps them, and `step`, on the
-CPU unless capturable (torch keeps them on the param's device and reads them
-back every step), and the GPU backends refuse capturable=True for ASGD for now.
+per-tensor scalar states that advance with the count (Note [scalar states] in
+csrc/include/fusedopt/core/rule.h). On the cuda and triton backends fusedopt
+keeps them, and `step`, on the param's device, as torch does, and the kernels
+read and advance them there (no read back: capturable=True and CUDA graphs
+work); on the cpu and reference backends, on the CPU unless capturable.
 """
 
 from __future__ import annotations

@@ -336,7 +336,7 @@ class FusedOptimizer(Optimizer):
         """Where a param's step count and scalar states live: Note [counts on the device]."""
         if group.get("capturable", False):
             return p.device
-        if backend.counts_on_device and not self.rule.scalars:
+        if backend.counts_on_device:
             return p.device
         return torch.device("cpu")
 
@@ -597,12 +597,6 @@ class FusedOptimizer(Optimizer):
         whether its graphs can be captured."""
         if torch.compiler.is_compiling() or not torch.cuda.is_current_stream_capturing():
             return
-        if self.rule.scalars:
-            raise RuntimeError(
-                f"Attempting CUDA graph capture of step() for an instance of "
-                f"{type(self).__name__}, whose {self.rule.scalars[0]} is kept on the host "
-                "(Note [scalar states] in csrc/include/fusedopt/core/rule.h): it cannot be captured"
-            )
         if not all(group.get("capturable", True) for group in self.param_groups):
             raise RuntimeError(
                 f"Attempting CUDA graph capture of step() for an instance of "

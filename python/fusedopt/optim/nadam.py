@@ -2,9 +2,11 @@
 
 torch's signature, defaults, ValueErrors and state (`step`, `mu_product`,
 `exp_avg`, `exp_avg_sq`; `step` and `mu_product` float32 0-dim tensors on the
-CPU unless capturable). `mu_product` is a per-tensor scalar state that the
-host advances (Note [scalar states] in csrc/include/fusedopt/core/rule.h), so
-the GPU backends refuse capturable=True for NAdam for now.
+CPU unless capturable; on the params' device on the cuda and triton backends,
+as torch's capturable layout). `mu_product` is a per-tensor scalar state that
+advances with the count (Note [scalar states] in
+csrc/include/fusedopt/core/rule.h): on the GPU backends the kernels read and
+advance it in device memory, so capturable=True and CUDA graphs work.
 """
 
 from __future__ import annotations

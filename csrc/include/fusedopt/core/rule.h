@@ -13,7 +13,7 @@
 //   Launch, launch(Config)      the fp32 per-launch constants of the element loop
 //   PerTensor, per_tensor(Config, lr, step)
 //                               the per-tensor scalars, computed once per tensor
-//                               and step (host, or device in capturable mode)
+//                               and step (host, or device with device counts)
 //                               from fp64 lr and step (the count after this step)
 //   update<Used>(p, g, s, used, Launch, PerTensor)
 //                               one element, all fp32 in registers
@@ -95,10 +95,24 @@ constexpr int kMaxStates = 4;
 // the values before this step from `scalars` and writes the values after it
 // back (in float32, as torch rounds them). The op takes them in `state_steps`
 // after the counts, scalar-major: [step of every param, then kScalarNames[0] of
-// every param, ...]. Like the counts, the host stores the new values only once
-// the element pass succeeded. They are host-held only: the device-side
-// scalars of capturable mode would need them advanced on the device, which no
-// kernel does yet, so the ops refuse device-held counts for such a rule.
+// every param, ...], all on one device, the counts'. They advance with the
+// counts (Note [step-count protocol] in fusedopt/registry.py), never before
+// the element pass has succeeded:
+//   - counts on the CPU: the host computes each tensor's PerTensor and new
+//     values once, and stores the values after the launches (the CPU op,
+//     CudaWork::advance_host_scalars in binding/cuda_work.h, the Triton
+//     launcher). The new values need lr, so a device lr is refused there:
+//     reading it would sync.
+//   - counts on the device (the GPU backends' layout, capturable): the values
+//     live beside the counts. The element kernels read the old values and
+//     compute the PerTensor from them (scalars_in_kernel in mta/traversal.h;
+//     the Triton prologue's per_tensor_device), dropping the new values; the
+//     last launch computes per_tensor at the same count, lr and old values
+//     once more and stores the new values and the count, unless found_inf
+//     (Note [the advance launch] in mta/args.h; _advance_counts_kernel in
+//     kernels/mta.py). Both paths evaluate the same double expressions and
+//     round to float32 the same way, so the values agree bit for bit on one
+//     compiler (tests/test_cuda_emulation.py).
 template <class R, class = void>
 struct ScalarStateCount {
   static constexpr int value = 0;

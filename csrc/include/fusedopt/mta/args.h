@@ -7,6 +7,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
+
+#include "fusedopt/core/rule.h"
 
 namespace fusedopt::mta {
 
@@ -35,10 +38,25 @@ constexpr size_t kMaxKernelArgBytes = 4096;
 constexpr size_t kMaxKernelArgBytes = 32764;
 #endif
 
+// The device addresses of a tensor's scalar states (Note [scalar states] in
+// core/rule.h), for a rule that keeps kS of them: the element kernels read the
+// values before this step there when the counts live in device memory. Empty
+// for every other rule (an empty base takes no space), so their slots, and the
+// slots per launch derived from them, do not grow. At 32 KB, NAdam's slot
+// grows from 72 to 80 B (254 slots and 2,460 chunks a launch, from 256 and
+// 2,837: GPT-2 small still takes one launch), ASGD's from 64 to 80 B (255 and
+// 2,448, from 256 and 3,252).
+template <int kS>
+struct SlotScalarStates {
+  const float* scalar_state[kS];  // null when the host owns the counts
+};
+template <>
+struct SlotScalarStates<0> {};
+
 // One tensor of a launch. Every buffer is dense with the param's strides, so
 // element i of one is element i of the others.
 template <class R>
-struct Slot {
+struct Slot : SlotScalarStates<kScalarStates<R>> {
   void* param;             // fp32, bf16 or fp16 (the launch's dtype)
   void* grad;              // the param's dtype; written back only when unscaling
   float* state[R::kStates > 0 ? R::kStates : 1];  // null where the step uses no such state
@@ -108,18 +126,20 @@ struct LaunchArgs {
   uint8_t chunk_slot[kChunks];
 };
 
-template <class R>
-constexpr bool check_launch_args() {
-  static_assert(LaunchArgs<R>::kSlots >= 1 && LaunchArgs<R>::kSlots <= 256,
-                "chunk_slot is a uint8");
-  static_assert(sizeof(LaunchArgs<R>) <= kMaxKernelArgBytes,
-                "a launch's metadata must fit the kernel-parameter space");
-  return true;
-}
-
-// Step counts in device memory are advanced after all of a call's element
-// launches have read them (Note [step-count protocol], fusedopt/registry.py),
-// by one more launch per kStepsPerLaunch counts, one thread each.
+// Note [the advance launch]: step counts in device memory are advanced after
+// all of a call's element launches have read them (Note [step-count protocol],
+// fusedopt/registry.py), by one more launch per batch of tensors, one thread
+// per tensor, which a nonzero *found_inf turns into a no-op. What a rule gets:
+//   - without scalar states (every rule but NAdam and ASGD): the one shared
+//     kernel fusedopt_step_increment, count += 1, StepIncrementArgs below;
+//   - with scalar states (NAdam's mu_product, ASGD's eta and mu): a kernel of
+//     its own, fusedopt_<rule>_advance, ScalarAdvanceArgs<R>, which also
+//     writes the values after this step, per_tensor_of(config, lr, count + 1,
+//     values) from the values before it, exactly as the host path does, then
+//     count += 1. The element launches read the old values (scalars_in_kernel
+//     in mta/traversal.h) and nothing writes them before this launch.
+// kStepsPerLaunch: the kernel-parameter space less found_inf and n_steps, 8
+// bytes per count's address (4,093 at 32 KB, 510 at 4 KB).
 constexpr int32_t kStepsPerLaunch =
     static_cast<int32_t>((kMaxKernelArgBytes - 2 * sizeof(void*)) / sizeof(float*));
 
@@ -130,5 +150,55 @@ struct StepIncrementArgs {
 };
 static_assert(sizeof(StepIncrementArgs) <= kMaxKernelArgBytes,
               "the step list must fit the kernel-parameter space");
+
+// The launch-wide fields of ScalarAdvanceArgs: what per_tensor_of needs
+// besides the count and the values.
+template <class R>
+struct ScalarAdvanceHeader {
+  typename R::Config config;
+  const float* lr;  // lr in device memory (a tensor lr), or null for lr_value
+  double lr_value;
+  const float* found_inf;  // nonzero: counts and scalar states stay unchanged
+  int32_t n_steps;
+};
+
+// One tensor: its count and its kScalarStates<R> scalar states.
+template <class R>
+struct ScalarAdvanceEntry {
+  float* step;
+  float* scalar_state[kScalarStates<R>];
+};
+
+// Tensors per advance launch of a rule with scalar states: what the kernel-
+// parameter space holds after the header, 8 bytes per address (NAdam: 16 B a
+// tensor, 2,042 per launch at 32 KB; ASGD: 24 B, 1,361).
+template <class R>
+constexpr int32_t scalar_advances_per_launch() {
+  return static_cast<int32_t>((kMaxKernelArgBytes - sizeof(ScalarAdvanceHeader<R>)) /
+                              sizeof(ScalarAdvanceEntry<R>));
+}
+
+template <class R>
+struct ScalarAdvanceArgs {
+  static constexpr int32_t kSteps = scalar_advances_per_launch<R>();
+  ScalarAdvanceHeader<R> header;
+  ScalarAdvanceEntry<R> entries[kSteps];
+};
+
+// The advance launch's arguments of rule R (Note [the advance launch]).
+template <class R>
+using AdvanceArgs =
+    std::conditional_t<kScalarStates<R> == 0, StepIncrementArgs, ScalarAdvanceArgs<R>>;
+
+template <class R>
+constexpr bool check_launch_args() {
+  static_assert(LaunchArgs<R>::kSlots >= 1 && LaunchArgs<R>::kSlots <= 256,
+                "chunk_slot is a uint8");
+  static_assert(sizeof(LaunchArgs<R>) <= kMaxKernelArgBytes,
+                "a launch's metadata must fit the kernel-parameter space");
+  static_assert(sizeof(AdvanceArgs<R>) <= kMaxKernelArgBytes,
+                "an advance launch's tensors must fit the kernel-parameter space");
+  return true;
+}
 
 }  // namespace fusedopt::mta

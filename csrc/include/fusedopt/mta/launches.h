@@ -77,25 +77,52 @@ std::vector<Launch<R>> build_launches(const std::vector<Slot<R>>& slots,
   return launches;
 }
 
-// The step-increment launches for step counts in device memory, every tensor
-// included (zero-size ones too: their count advances like the others').
-inline std::vector<StepIncrementArgs> build_step_increments(const std::vector<float*>& steps,
-                                                            const float* found_inf) {
-  std::vector<StepIncrementArgs> launches;
-  for (size_t first = 0; first < steps.size(); first += kStepsPerLaunch) {
-    StepIncrementArgs& args = launches.emplace_back();
-    args.found_inf = found_inf;
-    args.n_steps = 0;
-    for (size_t i = first; i < steps.size() && args.n_steps < kStepsPerLaunch; ++i) {
-      args.steps[args.n_steps++] = steps[i];
+// The advance launches (Note [the advance launch] in mta/args.h) for step
+// counts in device memory, every tensor included (zero-size ones too: their
+// count and scalar states advance like the others'). `steps[i]` is tensor i's
+// count; `scalar_states[i * kScalarStates<R> + j]` its j-th scalar state (none
+// for a rule without). `header` gives config, lr and found_inf.
+template <class R>
+std::vector<AdvanceArgs<R>> build_advances(const std::vector<float*>& steps,
+                                           const std::vector<float*>& scalar_states,
+                                           const LaunchHeader<R>& header) {
+  std::vector<AdvanceArgs<R>> launches;
+  constexpr int kS = kScalarStates<R>;
+  constexpr int32_t kPerLaunch = [] {
+    if constexpr (kS == 0) {
+      return kStepsPerLaunch;
+    } else {
+      return ScalarAdvanceArgs<R>::kSteps;
+    }
+  }();
+  for (size_t first = 0; first < steps.size(); first += kPerLaunch) {
+    AdvanceArgs<R>& args = launches.emplace_back();
+    const size_t end = first + kPerLaunch < steps.size() ? first + kPerLaunch : steps.size();
+    const int32_t n_steps = static_cast<int32_t>(end - first);
+    if constexpr (kS == 0) {
+      args.found_inf = header.found_inf;
+      args.n_steps = n_steps;
+      for (size_t i = first; i < end; ++i) args.steps[i - first] = steps[i];
+    } else {
+      args.header = {header.config, header.lr, header.lr_value, header.found_inf, n_steps};
+      for (size_t i = first; i < end; ++i) {
+        ScalarAdvanceEntry<R>& entry = args.entries[i - first];
+        entry.step = steps[i];
+        for (int j = 0; j < kS; ++j) entry.scalar_state[j] = scalar_states[i * kS + j];
+      }
     }
   }
   return launches;
 }
 
-// Blocks of kBlockSize threads that one step-increment launch needs.
-inline int32_t step_increment_blocks(const StepIncrementArgs& args) {
-  return (args.n_steps + kBlockSize - 1) / kBlockSize;
+// Blocks of kBlockSize threads that one advance launch needs: a thread per tensor.
+inline int32_t advance_blocks(int32_t n_steps) { return (n_steps + kBlockSize - 1) / kBlockSize; }
+inline int32_t advance_blocks(const StepIncrementArgs& args) {
+  return advance_blocks(args.n_steps);
+}
+template <class R>
+int32_t advance_blocks(const ScalarAdvanceArgs<R>& args) {
+  return advance_blocks(args.header.n_steps);
 }
 
 }  // namespace fusedopt::mta

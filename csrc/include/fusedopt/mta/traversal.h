@@ -195,10 +195,17 @@ FUSEDOPT_HD typename R::PerTensor scalars_in_kernel(const LaunchHeader<R>& h, co
   // The count after this step's increment, which a later launch stores (Note
   // [step-count protocol]): every block of the tensor reads the old count.
   const float step = slot.step != nullptr ? *slot.step + 1.0f : slot.host_step;
-  // Rules with scalar states never get here: the ops refuse device-side
-  // scalars for them (Note [scalar states]).
-  float no_scalar_states[kScalarStates<R> > 0 ? kScalarStates<R> : 1] = {};
-  return per_tensor_of<R>(h.config, lr, static_cast<double>(step), no_scalar_states);
+  // Note [scalar states]: the values before this step, in device memory
+  // beside the count (prepare_cuda refuses a device lr with host counts for
+  // such a rule). per_tensor_of writes the values after it into this copy,
+  // which is dropped: the advance launch stores them (Note [the advance
+  // launch] in mta/args.h), so every block reads the same old values.
+  constexpr int kS = kScalarStates<R>;
+  float values[kS > 0 ? kS : 1] = {};
+  if constexpr (kS > 0) {
+    for (int j = 0; j < kS; ++j) values[j] = *slot.scalar_state[j];
+  }
+  return per_tensor_of<R>(h.config, lr, static_cast<double>(step), values);
 }
 
 // Elements per vector group: one 16-byte pack of each fp32 stream; 8 bytes of
@@ -271,13 +278,32 @@ FUSEDOPT_HD void element_thread(const LaunchArgs<R>& args, int32_t block, int32_
   }
 }
 
-// Thread `thread` of block `block` of the step-increment launch.
-FUSEDOPT_HD void increment_step_thread(const StepIncrementArgs& args, int32_t block,
-                                       int32_t thread) {
+// Thread `thread` of block `block` of the advance launch of a rule without
+// scalar states (Note [the advance launch] in mta/args.h): one count.
+FUSEDOPT_HD void advance_thread(const StepIncrementArgs& args, int32_t block, int32_t thread) {
   const int32_t i = block * kBlockSize + thread;
   if (i >= args.n_steps) return;
   if (args.found_inf != nullptr && *args.found_inf != 0.0f) return;
   *args.steps[i] += 1.0f;
+}
+
+// The same for a rule with scalar states: one tensor's scalar states after
+// this step, computed as the host path computes them (per_tensor_of at the
+// count after this step, in double, rounded to float32 by the rule), then its count.
+template <class R>
+FUSEDOPT_HD void advance_thread(const ScalarAdvanceArgs<R>& args, int32_t block, int32_t thread) {
+  const ScalarAdvanceHeader<R>& h = args.header;
+  const int32_t i = block * kBlockSize + thread;
+  if (i >= h.n_steps) return;
+  if (h.found_inf != nullptr && *h.found_inf != 0.0f) return;
+  const ScalarAdvanceEntry<R>& entry = args.entries[i];
+  const double lr = h.lr != nullptr ? static_cast<double>(*h.lr) : h.lr_value;
+  const float step = *entry.step + 1.0f;
+  float values[kScalarStates<R>];
+  for (int j = 0; j < kScalarStates<R>; ++j) values[j] = *entry.scalar_state[j];
+  per_tensor_of<R>(h.config, lr, static_cast<double>(step), values);
+  for (int j = 0; j < kScalarStates<R>; ++j) *entry.scalar_state[j] = values[j];
+  *entry.step = step;
 }
 
 }  // namespace fusedopt::mta
