@@ -78,14 +78,27 @@ def sass_functions(sass: str) -> dict[str, list[Instruction]]:
     return functions
 
 
+def _innermost(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The spans that hold no other span: the element loops, not the
+    persistent grid's loop over chunks around them (mta/launches.h), whose
+    body computes a chunk's per-tensor scalars (in double, from device
+    counts) once per chunk, before the element loops."""
+    return [
+        (a, b)
+        for a, b in spans
+        if not any((a, b) != (c, d) and a <= c and d <= b for c, d in spans)
+    ]
+
+
 def sass_loops(code: list[Instruction]) -> list[list[Instruction]]:
-    """The body of every loop: from a backward branch's target to the branch."""
-    loops = []
+    """The body of every innermost loop: from a backward branch's target to
+    the branch."""
+    spans = []
     for branch in code:
         start = branch.target()
         if branch.opcode.startswith("BRA") and start is not None and start <= branch.address:
-            loops.append([i for i in code if start <= i.address <= branch.address])
-    return loops
+            spans.append((start, branch.address))
+    return [[i for i in code if a <= i.address <= b] for a, b in _innermost(spans)]
 
 
 def _subroutine(code: list[Instruction], start: int) -> list[Instruction]:
@@ -171,17 +184,17 @@ def ptx_entries(ptx: str) -> dict[str, str]:
 
 
 def ptx_loops(body: str) -> list[str]:
-    """The text of every loop of a PTX function: from a label to a later
-    branch back to it."""
+    """The text of every innermost loop of a PTX function: from a label to a
+    later branch back to it."""
     lines = body.splitlines()
     labels = {}
-    loops = []
+    spans = []
     for n, line in enumerate(lines):
         if found := re.match(r"\s*(\$\w+):", line):
             labels[found.group(1)] = n
         elif (found := re.search(r"\bbra(?:\.uni)?\s+(\$\w+);", line)) and found.group(1) in labels:
-            loops.append("\n".join(lines[labels[found.group(1)] : n + 1]))
-    return loops
+            spans.append((labels[found.group(1)], n))
+    return ["\n".join(lines[a : b + 1]) for a, b in _innermost(spans)]
 
 
 def ptx_facts(body: str) -> dict[str, int]:
