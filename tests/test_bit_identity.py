@@ -355,6 +355,7 @@ def _prologue(rule, config, lr: float, counts: torch.Tensor, split: bool = True)
         CONFIG=type(config),
         LR_IN_MEMORY=False,
         COUNTS_IN_MEMORY=True,
+        N_SCALARS=0,  # the sweep's rules keep no scalar states
         BLOCK=mta.TABLE_BLOCK,
         enable_fp_fusion=mta.FP_FUSION,
     )
@@ -407,6 +408,8 @@ def test_device_scalar_check_can_fail():
 
 def test_sweep_covers_every_device_scalar_rule():
     """Every rule whose scalars the prologue computes is swept (Rprop's
-    PerTensor is empty: nothing to compare)."""
+    PerTensor is empty: nothing to compare). NAdam's and ASGD's device path
+    (scalar states) is compared with their host path bit for bit in
+    tests/test_triton_frame.py and tests/test_cuda_emulation.py."""
     want = {n for n in RULES if not RULES[n].scalars and rules.get(n).PerTensor._fields}
     assert {name for name, _ in SWEEP} == want
