@@ -28,19 +28,17 @@ Note [counts on the device]: on a GPU backend (cuda, triton) each param's
 kernels compute the per-step scalars from it and advance it after the element
 pass, so a step reads nothing back, not even GradScaler's found_inf, and
 launches nothing that depends on a host value but lr. Counts loaded on the
-CPU (a checkpoint) move there once, when the plan is built. Exceptions: the
-reference backend (it reads every value on the host anyway), and rules with
-scalar states (NAdam's mu_product: Note [scalar states] in
-csrc/include/fusedopt/core/rule.h), whose counts stay on the CPU as torch
-keeps them unless capturable; their GPU step reads found_inf on the host,
-as torch's GradScaler does for every optimizer without a fused path.
+CPU (a checkpoint) move there once, when the plan is built. Exception: the
+reference backend (it reads every value on the host anyway). Rules with
+scalar states (NAdam's mu_product, ASGD's eta and mu: Note [scalar states] in
+csrc/include/fusedopt/core/rule.h) keep them beside the counts, and the
+kernels read and advance them there too.
 
 Note [CUDA graphs]: a captured step() replays its kernels with the arguments
 of the step that was captured. With counts on the device the scalars follow
 the counts, but a float lr and a host-held count are baked in, so, as torch
 does, step() refuses to be captured unless every group is capturable (lr a
-tensor or constant, counts on the device); rules with host-held scalar states
-refuse capture outright.
+tensor or constant, counts on the device).
 
 Note [state layouts]: a state tensor has its param's layout (created with
 memory_format=torch.preserve_format), which the kernels' flat loop needs. When
