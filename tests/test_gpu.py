@@ -269,3 +269,23 @@ def test_a_model_split_over_two_gpus(backend):
     _run(make, expected, 3, "cpu", scaler_device="cpu")
     for p, e in zip(params, expected):
         torch.testing.assert_close(p.cpu(), e, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_a_tensor_over_2_31_elements(backend):
+    """64-bit offsets end to end: a bf16 param of 2^31 + 5 elements (26 GB
+    with its grad and fp32 states: an H100 holds it). The rule is elementwise,
+    so its head and tail step like the same slices stepped alone on the CPU."""
+    n = 2**31 + 5
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    param = torch.randn(n, device="cuda", generator=gen).to(torch.bfloat16)
+    param.grad = torch.randn(n, device="cuda", generator=gen).to(torch.bfloat16)
+    ends = [slice(0, 4096), slice(n - 4099, n)]
+    expected = [param[s].detach().cpu().clone() for s in ends]
+    for e, s in zip(expected, ends):
+        e.grad = param.grad[s].cpu()
+    fusedopt.AdamW([param], lr=1e-3, backend=backend).step()
+    fusedopt.AdamW(expected, lr=1e-3, backend="cpu").step()
+    for e, s in zip(expected, ends):
+        # bf16: the same fp32 math and one rounding (Note [bit-identical backends]).
+        torch.testing.assert_close(param[s].cpu(), e, rtol=0, atol=0)
