@@ -54,10 +54,10 @@ bf16/fp16 params. By construction:
     --fmad=false); the host's per-tensor scalars are Python floats or C++
     built for baseline x86-64. A product and a sum cost two instructions
     instead of one FMA, in loops bound by memory: the CUDA kernels' SASS
-    moved by -14% to +9% (Adam fp32 sm_90: 1440 -> 1464), their registers by
+    moved by -14% to +9% (the three-state fp32 kernel on sm_90: 1440 -> 1464), their registers by
     -2 to +2; these kernels' SASS by -1% to +9%, registers by -6 to +8 (61 at
-    most); no spills, once Adadelta's two square roots were ordered to avoid
-    an sm_120 stack frame (compiled, not timed);
+    most); no spills, once one rule's two square roots were ordered to avoid
+    an sm_120 stack frame (in one rule's mirror; compiled, not timed);
   - IEEE division and square root everywhere (tl.div_rn, tl.sqrt_rn; nvcc's
     -prec-div, -prec-sqrt, no ftz), the same operations in the same order as
     the C++ header (each rule mirrors it);
@@ -79,18 +79,18 @@ halves (48 bits) here, CUDA's double pow (within 2 ulp) in the CUDA kernels'
 scalars_in_kernel. Rounded to fp32 they can land on the other neighbour of the
 host's value, one ulp away. Measured (the prologue under the interpreter
 against the host, every count from 1 to 10^5 of every rule with device
-scalars, Adam in each eps mode, four betas pairs, at lr 1e-3, 2^-10 and 3e-4:
-6.3 * 10^6 rows): one field of one row differs, by one ulp (RAdam's
-rectification at beta2 = 0.9999, t = 18, at each lr); a pow off by 1 or 2 ulps
-(as CUDA's may be) changed none of Adam's fp32 scalars over those counts and
-six betas pairs (2.4 * 10^6 rows). A scalar one ulp off moves each element's
+scalars, each eps mode, four betas pairs, at lr 1e-3, 2^-10 and 3e-4: 6.3 *
+10^6 rows): one field of one row differs, by one ulp (a rectification term at
+beta2 = 0.9999, t = 18, at each lr); a pow off by 1 or 2 ulps (as CUDA's may
+be) changed none of the bias corrections in fp32 over those counts and six
+betas pairs (2.4 * 10^6 rows). A scalar one ulp off moves each element's
 update by one ulp of the update, not of p. tests/test_bit_identity.py holds
 the prologue to one ulp, in at most 10 rows of its sweep. Close to identical,
 not by construction: the host scalars of counts that differ per tensor, and
-always those of NAdam and ASGD (Note [scalar states]), are float64 tensors
-here, and torch.pow differs from libm's pow in ~1% of doubles; rounded to
-fp32, none differed over counts 1 to 10^5 (2 * 10^6 rows of every rule, 7 *
-10^5 of NAdam's and ASGD's).
+always those of rules with scalar states (Note [scalar states]), are float64
+tensors here, and torch.pow differs from libm's pow in ~1% of doubles; rounded
+to fp32, none differed over counts 1 to 10^5 (2 * 10^6 rows of every rule, 7 *
+10^5 of the rules with scalar states).
 
 Note [step counts]: fusedopt/registry.py's Note [step-count protocol]. The
 scalars come from count + 1; counts advance after the element launch: CPU
@@ -142,7 +142,7 @@ COL_COUNT = tl.constexpr(7)  # address of the float32 count the prologue reads; 
 # Scalar state j's address at COL_SCALAR_STATE + j, with the counts on the
 # device (Note [scalar states]); 0 otherwise.
 COL_SCALAR_STATE = tl.constexpr(8)
-MAX_SCALAR_STATES = tl.constexpr(2)  # ASGD's eta and mu: the most any rule keeps
+MAX_SCALAR_STATES = tl.constexpr(2)  # the most any rule keeps (kScalarNames in its header)
 # 8 columns held everything but the scalar states; 10 hold those too. Rows of
 # 80 B keep every row, and so every int64 entry, 8-byte aligned (the table's
 # base is 512-byte aligned by torch's allocator), which is all a scalar

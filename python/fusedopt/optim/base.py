@@ -30,7 +30,7 @@ pass, so a step reads nothing back, not even GradScaler's found_inf, and
 launches nothing that depends on a host value but lr. Counts loaded on the
 CPU (a checkpoint) move there once, when the plan is built. Exception: the
 reference backend (it reads every value on the host anyway). Rules with
-scalar states (NAdam's mu_product, ASGD's eta and mu: Note [scalar states] in
+scalar states (a running product, a decaying rate: Note [scalar states] in
 csrc/include/fusedopt/core/rule.h) keep them beside the counts, and the
 kernels read and advance them there too.
 
