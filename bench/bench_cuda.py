@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
-from gpu_harness import WORKLOADS, OptimizerCase, gpu_slug, run, write_csv
+from gpu_harness import WORKLOADS, OptimizerCase, run, save_rows
 
 CASES = {
     "AdamW": OptimizerCase(
@@ -66,12 +66,7 @@ def main() -> int:
     workloads = {name: WORKLOADS[name] for name in args.workloads}
     extra = {"repeats": args.repeats} if args.repeats else {}
     rows = run(cases(args.optimizers, args.amsgrad), workloads, getattr(torch, args.dtype), **extra)
-    if not rows:
-        print("bench_cuda: no workload could be measured (see above)")
-        return 1
-    slug = gpu_slug(torch.cuda.get_device_name())
-    write_csv(rows, args.csv or Path(__file__).parent / "results" / f"gpu-{slug}.csv")
-    return 0
+    return save_rows(rows, "bench_cuda", args.csv)
 
 
 if __name__ == "__main__":

@@ -281,7 +281,7 @@ def main() -> int:
         )
         print(table(host_time(args.tensors, args.repeats), ("what", "ms")))
         return 0
-    from gpu_harness import gpu_slug, run, write_csv
+    from gpu_harness import run, save_rows
 
     print("Every optimizer on the GPU: fusedopt triton and cuda beside torch's paths")
     rows = run(
@@ -291,12 +291,7 @@ def main() -> int:
         backends=("triton", "cuda"),
         repeats=FAMILY_REPEATS,
     )
-    if not rows:
-        print("bench_triton: no workload could be measured (see above)")
-        return 1
-    slug = gpu_slug(torch.cuda.get_device_name())
-    write_csv(rows, args.csv or Path(__file__).parent / "results" / f"gpu-{slug}-family.csv")
-    return 0
+    return save_rows(rows, "bench_triton", args.csv, suffix="-family")
 
 
 if __name__ == "__main__":

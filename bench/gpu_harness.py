@@ -473,6 +473,18 @@ def run(
     return [{**row, **info, "copy_gb_per_s_after": f"{after:.1f}"} for row in rows]
 
 
+def save_rows(rows: list[dict], script: str, csv_path: Path | None, suffix: str = "") -> int:
+    """A GPU benchmark's last step, its exit status: 1 when no workload was
+    measured, else the rows written to `csv_path`, or by default to
+    bench/results/gpu-<gpu name><suffix>.csv, and 0."""
+    if not rows:
+        print(f"{script}: no workload could be measured (see above)")
+        return 1
+    slug = gpu_slug(torch.cuda.get_device_name())
+    write_csv(rows, csv_path or Path(__file__).parent / "results" / f"gpu-{slug}{suffix}.csv")
+    return 0
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(k for row in rows for k in row))

@@ -48,6 +48,19 @@ def assert_close_to_torch(opt, ref, ours, theirs) -> None:
                 assert_normwise_close(opt.state[p][key], value)
 
 
+def resume_beside_torch(case, kwargs, backend, checkpoint, ours, theirs):
+    """fusedopt's optimizer of `case` on `ours` and torch's on `theirs`, both
+    loaded from `checkpoint`, stepped STEPS more in lockstep and compared;
+    returns fusedopt's."""
+    opt = case.make(ours, kwargs, backend.name)
+    ref = case.make_torch(theirs, kwargs)
+    opt.load_state_dict(copy.deepcopy(checkpoint))
+    ref.load_state_dict(copy.deepcopy(checkpoint))
+    run_lockstep([opt, ref], [ours, theirs], STEPS, first=STEPS)
+    assert_close_to_torch(opt, ref, ours, theirs)
+    return opt
+
+
 def conv_model(device: str) -> torch.nn.Module:
     """A conv layer: a 4-d weight (which channels_last lays out anew) and a bias."""
     torch.manual_seed(0)
@@ -99,12 +112,7 @@ def test_checkpoint_of_a_contiguous_model_loads_into_a_channels_last_one(case, k
     model = copy.deepcopy(trained).to(backend.device, memory_format=torch.channels_last)
     twin = copy.deepcopy(trained).to(memory_format=torch.channels_last)
     ours, theirs = list(model.parameters()), list(twin.parameters())
-    opt = case.make(ours, kwargs, backend.name)
-    ref = case.make_torch(theirs, kwargs)
-    opt.load_state_dict(copy.deepcopy(checkpoint))
-    ref.load_state_dict(copy.deepcopy(checkpoint))
-    run_lockstep([opt, ref], [ours, theirs], STEPS, first=STEPS)
-    assert_close_to_torch(opt, ref, ours, theirs)
+    opt = resume_beside_torch(case, kwargs, backend, checkpoint, ours, theirs)
     assert_states_in_param_layout(opt, ours, backend)
 
 
@@ -132,12 +140,7 @@ def test_step_stored_as_a_python_number_loads_as_in_torch(case, kwargs, backend)
             param_state[key] = int(value) if key == "step" else value
     ours = clone_params(source_params, device=backend.device)
     theirs = clone_params(source_params)
-    opt = case.make(ours, kwargs, backend.name)
-    ref = case.make_torch(theirs, kwargs)
-    opt.load_state_dict(copy.deepcopy(old))
-    ref.load_state_dict(copy.deepcopy(old))
-    run_lockstep([opt, ref], [ours, theirs], STEPS, first=STEPS)
-    assert_close_to_torch(opt, ref, ours, theirs)
+    opt = resume_beside_torch(case, kwargs, backend, old, ours, theirs)
     assert opt.state[ours[0]]["step"].item() == 2 * STEPS
 
 
