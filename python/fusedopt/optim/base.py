@@ -49,6 +49,34 @@ fusedopt re-lays each such state out in its param's layout, values kept, once,
 when the plan is built (a cached plan's call is refused before any write, and
 the step runs again on a new plan: Note [cached step plans]).
 
+Note [sharded params]: FSDP2 (`fully_shard`) and tensor parallelism make
+params, grads and states DTensors, which torch's optimizers step through
+DTensor's sharding rules; fusedopt's ops have none. Every rule's update is
+elementwise (an element reads only its own param, grad and states, the
+group's hyperparameters and its tensor's counts), so each shard steps alone:
+a call of DTensor params passes their local shards to the same op, and the
+result is the unsharded step's. The states stay DTensors of their param's
+placements (made by full_like of the param), as torch keeps them, which is
+what torch.distributed.checkpoint's get/set_optimizer_state_dict save, load
+and reshard; counts stay plain tensors, as torch's. A class whose step is not
+elementwise (row/column statistics of a factored moment, a clip by the norm of
+every grad) says why in `whole_tensor_reason(group)`, and a group of it with
+sharded params is refused with that reason before anything is written.
+Cost: DTensors are detected when a plan is built (and only once
+torch.distributed.tensor is imported); a call of plain tensors pays one flag
+check per step, a sharded call one attribute read per tensor.
+
+Note [compiled steps]: torch.compile traces step(). The set-up a plan needs
+(states, backend choice, the checks of Note [cached step plans]) is
+`_init_group`, the name of torch's optimizers' state set-up: dynamo runs a
+method of that name eagerly instead of tracing it, and guards on the state
+and param groups (torch/_dynamo/variables/optimizer.py), so the graph holds
+the gathering of the lists and the ops, and what would drop a plan
+recompiles it. Traced in place, the set-up broke the graph at its logger call
+and made the step recompile at every call. While tracing, dynamo shows every
+group as capturable, which `_capturable` reads as False (inductor, not
+step(), decides on CUDA graphs).
+
 Note [fp32 states of low-precision params]: torch keeps an optimizer's moments
 in the param's dtype, so a bf16 model's second moment underflows and its
 updates stall (AReaL #1292). fusedopt keeps every state in float32 for bf16/fp16 params, and keeps
@@ -58,6 +86,7 @@ it float32 through load_state_dict, which torch would cast to the param's dtype.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from operator import is_
@@ -181,6 +210,7 @@ class _Call:
     params: list[Tensor]
     state_dicts: list[dict[str, Any]]
     fresh: bool  # its states were created in this step (Rule.fresh_flag)
+    sharded: bool  # its params are DTensors: it steps their local shards (Note [sharded params])
     # The backend's own per-call cache (the Triton launcher's tables): it lives
     # and dies with this plan (Note [cached step plans]).
     cache: dict[str, Any] = field(default_factory=dict)
@@ -234,10 +264,12 @@ class FusedOptimizer(Optimizer):
         # mutates this list, _plans and _last_step in place, never rebinds
         # them: torch 2.11's dynamo refuses a setattr on the optimizer inside a
         # compiled step (tests/test_semantics.py, test_step_under_torch_compile_equals_eager).
-        self._state_seen: list = []
-        # What the last step() stepped, as plan() lists it: report() shows it
-        # once the grads are gone (zero_grad).
-        self._last_step: list[tuple[int, backends.Bucket, int, backends.Choice]] = []
+        # Neither list changes length: dynamo's guards hold list lengths, and a
+        # list that grew at the first step recompiled the second (Note [compiled steps]).
+        self._state_seen: list = [None, -1]
+        # One slot: what the last step() stepped, as plan() lists it; report()
+        # shows it once the grads are gone (zero_grad).
+        self._last_step: list[list[tuple[int, backends.Bucket, int, backends.Choice]]] = [[]]
         _extension.warn_once_if_missing()
 
     def hyper(self, group: Mapping[str, Any]) -> dict[str, Any]:
@@ -268,8 +300,8 @@ class FusedOptimizer(Optimizer):
                     param_state[key] = torch.tensor(float(value), dtype=torch.float32)
         self.__dict__.setdefault("backend", "auto")
         self._plans = {}
-        self._state_seen = []
-        self._last_step = []
+        self._state_seen = [None, -1]
+        self._last_step = [[]]
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -278,6 +310,15 @@ class FusedOptimizer(Optimizer):
             # decay_defaults: the group's lr now, before any scheduler moves it.
             group["lr_max"] = float(group["lr"])
         self.__dict__["_plans"] = {}
+
+    def whole_tensor_reason(self, group: Mapping[str, Any]) -> str | None:
+        """Note [sharded params]: None when this group's step is elementwise
+        (each element's update reads only its own param, grad and states, the
+        group's hyperparameters and the tensor's counts), so that each shard of
+        a sharded param steps alone; else what in it needs whole tensors (a
+        class with row/column statistics, or a clip by the norm of every grad,
+        says so here), and step() refuses sharded params of this group."""
+        return None
 
     def initial_state_value(self, group: Mapping[str, Any], key: str) -> float:
         """The value a new state tensor `key` starts at (torch's zeros, unless
@@ -332,7 +373,7 @@ class FusedOptimizer(Optimizer):
         self, group: Mapping[str, Any], p: Tensor, backend: backends.Backend
     ) -> torch.device:
         """Where a param's step count and scalar states live: Note [counts on the device]."""
-        if group.get("capturable", False):
+        if _capturable(group):
             return p.device
         if backend.counts_on_device:
             return p.device
@@ -369,7 +410,10 @@ class FusedOptimizer(Optimizer):
 
     def _bucket_keys(self, params: list[Tensor], grads: list[Tensor]) -> list[tuple]:
         """(device, dtype, dense) of each param, after the checks that must pass
-        before any state is created or written."""
+        before any state is created or written. A DTensor's are its local
+        shard's (Note [sharded params])."""
+        if _dtensor_class() is not None:
+            params, grads = _locals(params, unwrap_any=True), _locals(grads, unwrap_any=True)
         if any(g.is_sparse for g in grads):
             raise RuntimeError(
                 f"{type(self).__name__} does not support sparse gradients{self.sparse_grad_hint}"
@@ -400,20 +444,26 @@ class FusedOptimizer(Optimizer):
         params = [source[i] for i in indices]
         keys = self._bucket_keys(params, [grads[i] for i in indices])
         fresh_flag = self.rule.fresh_flag
+        dtensor = _dtensor_class()
         split: dict[tuple, list[int]] = {}
         for position, (i, key) in enumerate(zip(indices, keys)):
             p = source[i]
             fresh = fresh_flag is not None and any(k not in self.state[p] for k in used)
-            split.setdefault((*key, fresh), []).append(position)
+            sharded = dtensor is not None and isinstance(p, dtensor)
+            split.setdefault((*key, fresh, sharded), []).append(position)
         plan = _GroupPlan(list(source), source, has_grad, used)
-        for (device, dtype, dense, fresh), positions in split.items():
+        for (device, dtype, dense, fresh, sharded), positions in split.items():
             bucket = backends.Bucket(device, dtype, dense)
-            choice = backends.resolve(self.backend, bucket, group.get("capturable", False))
+            choice = backends.resolve(self.backend, bucket, _capturable(group))
             call_params = [params[k] for k in positions]
+            if sharded:
+                self._check_sharded(group, call_params, used)
             for p in call_params:
                 if not self.state.get(p):
                     created.append(p)
                 self._new_state(group, p, used, self._counts_device(group, p, choice.backend))
+            if sharded:
+                _check_placements(call_params, [self.state[p] for p in call_params], used)
             stateful = bool(used) or self.rule.has_step
             plan.calls.append(
                 _Call(
@@ -423,9 +473,51 @@ class FusedOptimizer(Optimizer):
                     call_params,
                     [self.state[p] for p in call_params] if stateful else [],
                     fresh,
+                    sharded,
                 )
             )
         return plan
+
+    def _init_group(
+        self, index: int, group: dict[str, Any], used: tuple[str, ...], created: list[Tensor]
+    ) -> bool:
+        """Makes self._plans[index] the group's valid plan: the cached one, or
+        a new one (True), whose new states' params are appended to `created`.
+        The first group's call first drops every plan if `opt.state` was
+        replaced or resized (Note [cached step plans]). Named as torch's
+        optimizers name their state set-up, so that torch.compile runs it
+        eagerly (Note [compiled steps])."""
+        if index == 0:
+            seen = self._state_seen
+            if seen[0] is not self.state or seen[1] != len(self.state):
+                self._plans.clear()
+        grads = [p.grad for p in group["params"]]
+        if self._cached_plan(index, group, grads, used) is not None:
+            return False
+        plan = self._plans[index] = self._build_plan(group, grads, used, created)
+        for call in plan.calls:
+            self._log_choice(index, call)
+        return True
+
+    def _check_sharded(self, group: Mapping[str, Any], params: list[Tensor], used) -> None:
+        """Note [sharded params]: this group may step these DTensor params
+        shard by shard, or a RuntimeError names the constraint."""
+        reason = self.whole_tensor_reason(group)
+        if reason is not None:
+            raise RuntimeError(
+                f"fusedopt: {type(self).__name__} cannot step sharded (DTensor) params: "
+                f"fusedopt steps each local shard alone, which needs an elementwise update, "
+                f"but {reason}. Step this group's params unsharded (keep them out of "
+                f"fully_shard, or use torch.optim)"
+            )
+        for p in params:
+            placements = getattr(p.grad, "placements", "a plain tensor")
+            if placements != p.placements or p.grad.device_mesh != p.device_mesh:
+                raise RuntimeError(
+                    f"fusedopt: the grad of a DTensor param of shape {tuple(p.shape)} must have "
+                    f"its param's placements {p.placements} on its mesh (fusedopt steps each "
+                    f"local shard with its own grad); got {placements}"
+                )
 
     def _cached_plan(
         self, index: int, group: dict[str, Any], grads: list, used
@@ -456,7 +548,7 @@ class FusedOptimizer(Optimizer):
                 counts[key] = counts.get(key, 0) + 1
             for key, count in counts.items():
                 bucket = backends.Bucket(*key)
-                choice = backends.resolve(self.backend, bucket, group.get("capturable", False))
+                choice = backends.resolve(self.backend, bucket, _capturable(group))
                 out.append((index, bucket, count, choice))
         return out
 
@@ -495,9 +587,6 @@ class FusedOptimizer(Optimizer):
         # pays one flag check, and never initializes CUDA.
         if torch.cuda.is_initialized():
             self._check_capture()
-        seen = self._state_seen
-        if not seen or seen[0] is not self.state or seen[1] != len(self.state):
-            self._plans.clear()
         try:
             work = self._step(grad_scale, found_inf)
         except _StalePlan:
@@ -506,7 +595,7 @@ class FusedOptimizer(Optimizer):
         if any(call.fresh for _, call, *_ in work):
             self._plans.clear()  # fresh states are old from now on
         self._state_seen[:] = (self.state, len(self.state))
-        self._last_step[:] = [
+        self._last_step[0] = [
             (index, call.bucket, len(call.params), call.choice) for index, call, *_ in work
         ]
         return loss
@@ -514,7 +603,7 @@ class FusedOptimizer(Optimizer):
     def last_step(self) -> list[tuple[int, backends.Bucket, int, backends.Choice]]:
         """What the last step() stepped, in plan()'s form (empty before the
         first step, and after load_state_dict or unpickling)."""
-        return list(self.__dict__.get("_last_step", []))
+        return list(self.__dict__.get("_last_step", [[]])[0])
 
     def _step(self, grad_scale: Tensor | None, found_inf: Tensor | None) -> list:
         rule = self.rule
@@ -524,6 +613,7 @@ class FusedOptimizer(Optimizer):
         created: list[Tensor] = []  # params whose state this step created: dropped if it fails
         work = []
         rebuilt = False  # some plan was built in this step
+        building = False  # in _init_group: a refusal there is the caller's error
         started = 0  # backend calls made
         # Outside the try: refused hyperparameters are the caller's error, not a
         # stale plan. Every group's are checked before any group is stepped, on
@@ -535,27 +625,35 @@ class FusedOptimizer(Optimizer):
                 check_hyper(rule, group["lr"], hyper)
         try:
             for index, group in enumerate(self.param_groups):
-                grads = [p.grad for p in group["params"]]
                 hyper = hypers[index]
                 used = rule.used_states(hyper)
-                plan = self._cached_plan(index, group, grads, used)
-                if plan is None:
-                    rebuilt = True
-                    plan = self._plans[index] = self._build_plan(group, grads, used, created)
+                # A new (empty) list per call: dynamo runs _init_group eagerly
+                # only when its list arguments are empty (Note [compiled steps]).
+                group_created: list[Tensor] = []
+                building = True
+                rebuilt |= self._init_group(index, group, used, group_created)
+                building = False
+                created += group_created
+                plan = self._plans[index]
+                grads = [p.grad for p in group["params"]]
                 for call in plan.calls:
-                    self._log_choice(index, call)
                     whole = len(call.indices) == len(grads)
                     call_grads = grads if whole else [grads[i] for i in call.indices]
                     states = [sd[name] for name in used for sd in call.state_dicts]
                     steps = [sd[key] for key in rule.scalar_keys for sd in call.state_dicts]
+                    params = call.params
+                    if call.sharded:  # Note [sharded params]
+                        params, call_grads, states = map(_locals, (params, call_grads, states))
                     if rule.fresh_flag is not None:
                         hyper = {**hyper, rule.fresh_flag: call.fresh}
-                    work.append((index, call, group["lr"], hyper, call_grads, states, steps))
+                    work.append(
+                        (index, call, params, group["lr"], hyper, call_grads, states, steps)
+                    )
             if len(work) > 1:
-                for _, call, _, hyper, call_grads, states, steps in work:
+                for _, call, params, _, hyper, call_grads, states, steps in work:
                     backend = call.choice.backend
                     check_lists(
-                        call.params,
+                        params,
                         call_grads,
                         states,
                         steps,
@@ -565,12 +663,12 @@ class FusedOptimizer(Optimizer):
                         require_dense=backend.requires_dense,
                     )
             copies: dict[tuple[int, torch.device], Tensor] = {}
-            for _, call, lr, hyper, call_grads, states, steps in work:
+            for _, call, params, lr, hyper, call_grads, states, steps in work:
                 started += 1
                 device = call.bucket.device
                 call.choice.backend.step(
                     rule,
-                    call.params,
+                    params,
                     call_grads,
                     states,
                     steps,
@@ -584,7 +682,7 @@ class FusedOptimizer(Optimizer):
             for p in created:
                 self.state.pop(p, None)
             self._plans.clear()
-            if not rebuilt and started <= 1:
+            if not (rebuilt or building) and started <= 1:
                 raise _StalePlan from error
             raise
         return work
@@ -600,6 +698,51 @@ class FusedOptimizer(Optimizer):
                 f"Attempting CUDA graph capture of step() for an instance of "
                 f"{type(self).__name__} but param_groups' capturable is False."
             )
+
+
+def _dtensor_class() -> type | None:
+    """DTensor, once torch.distributed.tensor is imported; None before: no
+    param can be a DTensor then, and a model without one imports nothing."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return None if module is None else module.DTensor
+
+
+def _locals(tensors: list, unwrap_any: bool = False) -> list:
+    """The local shards of DTensors (Note [sharded params]): the attribute, not
+    to_local(), which returns a new view of a Parameter(DTensor) at every call
+    (torch 2.14). With `unwrap_any`, lists that may mix DTensors with plain
+    tensors (or None grads) are unwrapped too."""
+    if not unwrap_any:
+        return [t._local_tensor for t in tensors]
+    dtensor = _dtensor_class()
+    return [t._local_tensor if isinstance(t, dtensor) else t for t in tensors]
+
+
+def _check_placements(params: list[Tensor], state_dicts: list[dict], used) -> None:
+    """Note [sharded params]: a sharded param's states are DTensors of its
+    placements (as its new states are, and as torch.distributed.checkpoint
+    loads them), so that each local shard steps with its own states."""
+    for p, state in zip(params, state_dicts):
+        for key in used:
+            value = state[key]
+            if getattr(value, "placements", None) != p.placements:
+                got = getattr(value, "placements", "a plain tensor")
+                raise RuntimeError(
+                    f"fusedopt: state {key!r} of a DTensor param of shape {tuple(p.shape)} must "
+                    f"be a DTensor with its param's placements {p.placements}, got {got}; load "
+                    f"a sharded model's optimizer state with torch.distributed.checkpoint."
+                    f"state_dict.set_optimizer_state_dict"
+                )
+
+
+def _capturable(group: Mapping[str, Any]) -> bool:
+    """The group's `capturable` (Note [CUDA graphs]), or False while
+    torch.compile traces: dynamo shows every group as capturable then (its
+    OptimizerVariable sets the key while tracing, for torch's own classes, on
+    CPU params too), and inductor, not step(), decides whether its graphs are
+    captured. Read as given, the key made a compiled first step on CPU params
+    refuse every backend and fall back to eager."""
+    return bool(group.get("capturable", False)) and not torch.compiler.is_compiling()
 
 
 def _needs_relayout(state: Tensor, p: Tensor) -> bool:
