@@ -145,3 +145,35 @@ def assert_unchanged(params: Sequence[torch.Tensor], opt: torch.optim.Optimizer,
         assert state[i].keys() == saved.keys()
         for key, value in saved.items():
             assert torch.equal(state[i][key], value), f"state {i} {key} changed"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a process group's rendezvous."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _gloo_entry(rank: int, worker: Callable, world_size: int, port: int, args: tuple) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        worker(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_gloo(worker: Callable, world_size: int, *args) -> None:
+    """Runs worker(rank, world_size, *args) in `world_size` new processes
+    joined in a gloo process group; an exception in any of them fails the
+    caller with its traceback. `worker` must be a module-level function."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gloo_entry, args=(worker, world_size, free_port(), args), nprocs=world_size)
