@@ -479,19 +479,26 @@ class FusedOptimizer(Optimizer):
         return plan
 
     def _init_group(
-        self, index: int, group: dict[str, Any], used: tuple[str, ...], created: list[Tensor]
+        self,
+        index: int,
+        group: dict[str, Any],
+        used: tuple[str, ...],
+        created: list[Tensor],
+        grads: list | None = None,
     ) -> bool:
         """Makes self._plans[index] the group's valid plan: the cached one, or
         a new one (True), whose new states' params are appended to `created`.
         The first group's call first drops every plan if `opt.state` was
         replaced or resized (Note [cached step plans]). Named as torch's
         optimizers name their state set-up, so that torch.compile runs it
-        eagerly (Note [compiled steps])."""
+        eagerly (Note [compiled steps]); `grads`, the group's, are gathered
+        here when not given."""
         if index == 0:
             seen = self._state_seen
             if seen[0] is not self.state or seen[1] != len(self.state):
                 self._plans.clear()
-        grads = [p.grad for p in group["params"]]
+        if grads is None:
+            grads = [p.grad for p in group["params"]]
         if self._cached_plan(index, group, grads, used) is not None:
             return False
         plan = self._plans[index] = self._build_plan(group, grads, used, created)
@@ -627,15 +634,19 @@ class FusedOptimizer(Optimizer):
             for index, group in enumerate(self.param_groups):
                 hyper = hypers[index]
                 used = rule.used_states(hyper)
-                # A new (empty) list per call: dynamo runs _init_group eagerly
-                # only when its list arguments are empty (Note [compiled steps]).
+                grads = [p.grad for p in group["params"]]
+                # Dynamo runs _init_group eagerly only when it can map each
+                # argument back to a Python value (Note [compiled steps]): an
+                # empty list, not the grads, which eager steps gather once.
                 group_created: list[Tensor] = []
                 building = True
-                rebuilt |= self._init_group(index, group, used, group_created)
+                if torch.compiler.is_compiling():
+                    rebuilt |= self._init_group(index, group, used, group_created)
+                else:
+                    rebuilt |= self._init_group(index, group, used, group_created, grads)
                 building = False
                 created += group_created
                 plan = self._plans[index]
-                grads = [p.grad for p in group["params"]]
                 for call in plan.calls:
                     whole = len(call.indices) == len(grads)
                     call_grads = grads if whole else [grads[i] for i in call.indices]
