@@ -118,6 +118,19 @@ def _fsdp2_worker(rank: int, world_size: int) -> None:
     assert not opt.state
     assert all(torch.equal(p.full_tensor(), b) for p, b in zip(model.parameters(), before))
 
+    # An unsharded optimizer's state_dict loaded as it is: plain states for
+    # DTensor params, refused by name (torch.distributed.checkpoint loads them).
+    plain = _model()
+    plain_opt = fusedopt.AdamW(plain.parameters(), **ADAMW)
+    _train(plain, plain_opt, 0, 1)
+    opt = fusedopt.AdamW(model.parameters(), **ADAMW)
+    opt.load_state_dict(plain_opt.state_dict())
+    with pytest.raises(RuntimeError, match="must be a DTensor with its param's placements"):
+        opt.step()
+    assert all(torch.equal(p.full_tensor(), b) for p, b in zip(model.parameters(), before))
+    # report() sees the local shards' buckets.
+    assert "group 0: 6 torch.float32 params on cpu -> cpu" in fusedopt.report(opt)
+
 
 def test_fsdp2_steps_each_shard_as_the_unsharded_model():
     """Every class under fully_shard: bit for bit the same class on the
