@@ -457,7 +457,7 @@ class FusedOptimizer(Optimizer):
             choice = backends.resolve(self.backend, bucket, _capturable(group))
             call_params = [params[k] for k in positions]
             if sharded:
-                self._check_sharded(group, call_params, used)
+                self._check_sharded(group, call_params)
             for p in call_params:
                 if not self.state.get(p):
                     created.append(p)
@@ -506,7 +506,7 @@ class FusedOptimizer(Optimizer):
             self._log_choice(index, call)
         return True
 
-    def _check_sharded(self, group: Mapping[str, Any], params: list[Tensor], used) -> None:
+    def _check_sharded(self, group: Mapping[str, Any], params: list[Tensor]) -> None:
         """Note [sharded params]: this group may step these DTensor params
         shard by shard, or a RuntimeError names the constraint."""
         reason = self.whole_tensor_reason(group)
@@ -748,11 +748,10 @@ def _check_placements(params: list[Tensor], state_dicts: list[dict], used) -> No
 
 def _capturable(group: Mapping[str, Any]) -> bool:
     """The group's `capturable` (Note [CUDA graphs]), or False while
-    torch.compile traces: dynamo shows every group as capturable then (its
-    OptimizerVariable sets the key while tracing, for torch's own classes, on
-    CPU params too), and inductor, not step(), decides whether its graphs are
-    captured. Read as given, the key made a compiled first step on CPU params
-    refuse every backend and fall back to eager."""
+    torch.compile traces: inductor, not step(), decides whether its graphs are
+    captured, and dynamo's traced view of a group says capturable=True (its
+    OptimizerVariable sets the key, on CPU params too), which made a plan
+    built in the trace refuse every CPU backend (Note [compiled steps])."""
     return bool(group.get("capturable", False)) and not torch.compiler.is_compiling()
 
 
