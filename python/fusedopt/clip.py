@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from fusedopt import _extension, backends
+from fusedopt import backends
 from fusedopt._checks import KERNEL_PARAM_DTYPES, is_dense
 from fusedopt.reference import compute_dtype
 
@@ -43,9 +43,13 @@ CLIP_EPS = 1e-6
 def reference_grad_norm(tensors: Sequence[Tensor], norm_type: float = 2.0) -> Tensor:
     """The reference: torch's formula (the p-norm of the per-tensor p-norms),
     each tensor's norm in float32 (float64 for fp64 tensors), on the first
-    tensor's device."""
-    norms = [torch.linalg.vector_norm(t, norm_type, dtype=compute_dtype(t.dtype)) for t in tensors]
+    tensor's device. Zero-size tensors take no part (torch's inf norm raises
+    on one: a max over nothing has no identity)."""
     device = tensors[0].device
+    tensors = [t for t in tensors if t.numel() > 0]
+    if not tensors:
+        return torch.zeros((), dtype=torch.float32, device=device)
+    norms = [torch.linalg.vector_norm(t, norm_type, dtype=compute_dtype(t.dtype)) for t in tensors]
     dtype = functools.reduce(torch.promote_types, [n.dtype for n in norms])
     return torch.linalg.vector_norm(
         torch.stack([n.to(device=device, dtype=dtype) for n in norms]), norm_type
@@ -71,7 +75,7 @@ def _norm_backend(requested: str, device: torch.device, tensors: Sequence[Tensor
 
 def _device_norm(backend: str, tensors: Sequence[Tensor], norm_type: float) -> Tensor:
     if backend == "reference" or norm_type not in FUSED_NORM_TYPES:
-        return reference_grad_norm(tensors, norm_type).to(torch.float32)
+        return reference_grad_norm(tensors, norm_type)
     if backend == "triton":
         from fusedopt.kernels.norm import grad_norm as triton_grad_norm
 
@@ -79,7 +83,9 @@ def _device_norm(backend: str, tensors: Sequence[Tensor], norm_type: float) -> T
     return torch.ops.fusedopt.grad_norm(list(tensors), norm_type)
 
 
-def grad_norm(tensors: Iterable[Tensor], norm_type: float = 2.0, *, backend: str = "auto") -> Tensor:
+def grad_norm(
+    tensors: Iterable[Tensor], norm_type: float = 2.0, *, backend: str = "auto"
+) -> Tensor:
     """The p-norm of all the tensors' elements as one vector, a float32 0-dim
     tensor on the first tensor's device (one per device, then their norm, as
     torch combines devices). No host sync. `backend` as the optimizers'
