@@ -79,13 +79,18 @@ struct Norm {
     return combine(combine(lanes[0], lanes[1]), combine(lanes[2], lanes[3]));
   }
   // One level of the pairwise tree over `values` (kThreads of them): value t
-  // takes in value t + half when t is a multiple of 2 half. Each level reads
-  // only what earlier levels wrote, so running the threads of a level in any
-  // order, or one after another, gives the same result; on a GPU a barrier
-  // separates the levels. After half = 1, 2, ..., kThreads / 2, values[0] is
-  // the total.
+  // takes in value t + half when t is a multiple of 2 half (half a power of
+  // two: a mask, not a division). Each level reads only what earlier levels
+  // wrote, so running the threads of a level in any order, or one after
+  // another, gives the same result; on a GPU a barrier separates the levels.
+  // After half = 1, 2, ..., kThreads / 2, values[0] is the total. Steps 2-3
+  // together are the adjacent pairwise tree over the kLanes lanes: level k
+  // combines the pairs (2i, 2i + 1) of level k - 1, which is how the CPU
+  // loops compute it (pairwise_total in csrc/cpu/norm.cpp).
   FUSEDOPT_HD_MEMBER static void tree_step(float* values, int32_t thread, int32_t half) {
-    if (thread % (2 * half) == 0) values[thread] = combine(values[thread], values[thread + half]);
+    if ((thread & (2 * half - 1)) == 0) {
+      values[thread] = combine(values[thread], values[thread + half]);
+    }
   }
 };
 
