@@ -104,8 +104,8 @@ inline mta::NormWork prepare_cuda_norm(at::TensorList tensors, float* partials) 
   std::vector<mta::NormSlot> slots(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
     TORCH_CHECK(tensors[i].numel() < mta::kMaxNumel, "fusedopt: tensor ", i, " has ",
-                tensors[i].numel(), " elements; the CUDA kernels take fewer than ",
-                mta::kMaxNumel, " (2^31 chunks of ", mta::kChunkSize, ")");
+                tensors[i].numel(), " elements; the CUDA kernels take fewer than ", mta::kMaxNumel,
+                " (2^31 chunks of ", mta::kChunkSize, ")");
     slots[i] = {tensors[i].data_ptr(), tensors[i].numel(), param_dtype(tensors[i].scalar_type())};
   }
   return mta::build_norm_launches(slots, partials);

@@ -7,8 +7,9 @@
 // vectorizes the fold as written (16 lanes per AVX-512 add, 8 per AVX2, 4 per
 // SSE: the same additions in every build), and the result depends on the
 // data alone. Bytes: one read of every element (4 B fp32, 2 B bf16/fp16).
-#include "fusedopt/mta/traversal.h"
 #include "norm.h"
+
+#include "fusedopt/core/storage.h"
 
 #ifndef FUSEDOPT_ISA
 #error "FUSEDOPT_ISA must name the instruction set this translation unit is built for"
@@ -42,7 +43,9 @@ template <norm::NormKind K>
 float pairwise_total(float* values, float* scratch, int32_t width) {
   using N = norm::Norm<K>;
   for (; width > 1; width /= 2) {
-    for (int32_t i = 0; i < width / 2; ++i) scratch[i] = N::combine(values[2 * i], values[2 * i + 1]);
+    for (int32_t i = 0; i < width / 2; ++i) {
+      scratch[i] = N::combine(values[2 * i], values[2 * i + 1]);
+    }
     for (int32_t i = 0; i < width / 2; ++i) values[i] = scratch[i];
   }
   return values[0];

@@ -28,10 +28,10 @@ float chunk_partial(const NormChunk& chunk);
 template <norm::NormKind K>
 float fold_partials(const float* partials, int64_t n_partials);
 
-#define FUSEDOPT_DECLARE_NORM_ISA(isa)            \
-  namespace isa {                                 \
-  template <norm::NormKind K>                     \
-  float chunk_partial(const NormChunk& chunk);    \
+#define FUSEDOPT_DECLARE_NORM_ISA(isa)         \
+  namespace isa {                              \
+  template <norm::NormKind K>                  \
+  float chunk_partial(const NormChunk& chunk); \
   }
 FUSEDOPT_DECLARE_NORM_ISA(avx512)
 FUSEDOPT_DECLARE_NORM_ISA(avx2)

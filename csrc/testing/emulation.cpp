@@ -263,12 +263,11 @@ std::tuple<at::Tensor, std::vector<int64_t>> grad_norm_emulate(
   EmulationObserver observer;
   int64_t blocks_run = 0;
   const int32_t grid_cap = static_cast<int32_t>(max_grid_blocks.value_or(INT32_MAX));
-  const float value =
-      kind == norm::NormKind::kTwo
-          ? emulate_norm<norm::NormKind::kTwo>(work, partials.data_ptr<float>(), grid_cap,
-                                               observer, blocks_run)
-          : emulate_norm<norm::NormKind::kInf>(work, partials.data_ptr<float>(), grid_cap,
-                                               observer, blocks_run);
+  const float value = kind == norm::NormKind::kTwo
+                          ? emulate_norm<norm::NormKind::kTwo>(work, partials.data_ptr<float>(),
+                                                               grid_cap, observer, blocks_run)
+                          : emulate_norm<norm::NormKind::kInf>(work, partials.data_ptr<float>(),
+                                                               grid_cap, observer, blocks_run);
   at::Tensor out = at::empty({}, at::kFloat);
   *out.data_ptr<float>() = value;
   return {out,
@@ -284,8 +283,9 @@ FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_NAME)
 
 TORCH_LIBRARY(fusedopt_testing, m) {
   m.def("launch_plan(str rule, int[] numels) -> int[]");
-  m.def("grad_norm_emulate(Tensor[] tensors, float norm_type, int? max_grid_blocks=None) -> "
-        "(Tensor, int[])");
+  m.def(
+      "grad_norm_emulate(Tensor[] tensors, float norm_type, int? max_grid_blocks=None) -> "
+      "(Tensor, int[])");
 #define FUSEDOPT_DEF(Type, name)                                                             \
   m.def(binding::step_schema<Type>(#name "_emulate_step_", "Tensor",                         \
                                    ", bool steps_in_kernel=False, bool lr_in_kernel=False, " \

@@ -52,9 +52,9 @@ constexpr int32_t norm_slots_per_launch() {
   return static_cast<int32_t>(share < kMaxSlotsPerLaunch ? share : kMaxSlotsPerLaunch);
 }
 constexpr int32_t norm_chunks_per_launch() {
-  return static_cast<int32_t>((kMaxKernelArgBytes - sizeof(NormHeader) -
-                               norm_slots_per_launch() * sizeof(NormSlot) - 16) /
-                              kChunkEntryBytes);
+  return static_cast<int32_t>(
+      (kMaxKernelArgBytes - sizeof(NormHeader) - norm_slots_per_launch() * sizeof(NormSlot) - 16) /
+      kChunkEntryBytes);
 }
 
 struct NormLaunchArgs {
