@@ -8,7 +8,9 @@ LANES lanes per chunk folded row by row, then an adjacent pairwise tree; the
 chunk partials folded into THREADS values, then the same tree. The C++ order
 (a thread's 4 lanes as (l0 + l1) + (l2 + l3), then tree_step's halving) is
 that tree, so these kernels give the CPU backend's bits
-(tests/test_clip.py). No atomics: each chunk writes its own partial.
+(tests/test_clip.py), on a GPU too: no contraction (FP_FUSION off at every
+launch, as the element frame: Note [bit-identical backends] in mta.py) and
+IEEE square root. No atomics: each chunk writes its own partial.
 Bytes: one read of every element (4 B fp32, 2 B bf16/fp16), 8 B per chunk.
 
 Every load is masked (no vector hints): the reduction reads each grad once,
@@ -25,6 +27,7 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
+from fusedopt.kernels.mta import FP_FUSION
 from fusedopt.kernels.storage import to_float
 from torch import Tensor
 
@@ -158,8 +161,11 @@ def grad_norm(tensors: Sequence[Tensor], norm_type: float = 2.0) -> Tensor:
                 KIND=kind,
                 CHUNK_SIZE=CHUNK,
                 N_LANES=LANES,
+                enable_fp_fusion=FP_FUSION,
             )
-        _finish_kernel[(1,)](partials, n_chunks, out, KIND=kind, N_THREADS=THREADS)
+        _finish_kernel[(1,)](
+            partials, n_chunks, out, KIND=kind, N_THREADS=THREADS, enable_fp_fusion=FP_FUSION
+        )
     return out
 
 

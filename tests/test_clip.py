@@ -587,3 +587,64 @@ def test_norm_kernels_sass():
         r"Function (fusedopt_norm\w+):\s*REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage
     ):
         assert int(regs) <= 64 and int(stack) == 0 and int(local) == 0, kernel
+
+
+# Compiles the Triton norm kernels for every arch of the build's list, in a
+# process without TRITON_INTERPRET (tests/triton_aot.py's way), and prints
+# what their PTX holds.
+_TRITON_AOT = """
+import json, re, sys
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from _cuda_tools import ptx_facts
+from fusedopt.kernels import mta, norm
+
+def facts(fn, signature, constexprs, target):
+    source = ASTSource(fn=fn, signature={**signature, **dict.fromkeys(constexprs, "constexpr")},
+        constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    options = {"num_warps": 4, "enable_fp_fusion": mta.FP_FUSION}
+    ptx = triton.compile(source, target=target, options=options).asm["ptx"]
+    atomics = len(re.findall(r"\\b(?:atom|red)\\.", ptx))
+    loads = len(re.findall(r"ld\\.global", ptx))
+    return {"atomics": atomics, "loads": loads, "f64": ptx.count(".f64"), **ptx_facts(ptx)}
+
+out = {}
+for arch in (80, 90, 100, 120):
+    target = GPUTarget("cuda", arch, 32)
+    for kind in (0, 1):
+        for name, dtype in (("fp32", tl.float32), ("bf16", tl.bfloat16), ("fp16", tl.float16)):
+            out[f"sm{arch}/partials_{kind}_{name}"] = facts(norm._partials_kernel,
+                {"tensor_table": "*i64", "block_table": "*i64", "partials": "*fp32"},
+                {"DTYPE": dtype, "KIND": kind, "CHUNK_SIZE": norm.CHUNK, "N_LANES": norm.LANES},
+                target)
+        out[f"sm{arch}/finish_{kind}"] = facts(norm._finish_kernel,
+            {"partials": "*fp32", "n_partials": "i32", "out": "*fp32"},
+            {"KIND": kind, "N_THREADS": norm.THREADS}, target)
+json.dump(out, sys.stdout)
+"""
+
+
+def test_triton_norm_kernels_compile_for_every_arch():
+    """Compiled only (no GPU runs them here): for sm_80, sm_90, sm_100 and
+    sm_120, the partials and finishing kernels have global loads, no atomics,
+    no FP64, no fma.rn.f32 and no fp32 mul/add without .rn (nothing ptxas may
+    contract), no approximate division or square root."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+    result = subprocess.run(
+        [sys.executable, "-c", _TRITON_AOT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    facts = json.loads(result.stdout)
+    assert len(facts) == 4 * 2 * 4
+    for name, f in facts.items():
+        assert f["loads"] > 0 and f["atomics"] == 0 and f["f64"] == 0, (name, f)
+        assert f["fma_f32"] == f["free_f32"] == f["inexact"] == 0, (name, f)
