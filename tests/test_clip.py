@@ -648,3 +648,34 @@ def test_triton_norm_kernels_compile_for_every_arch():
     for name, f in facts.items():
         assert f["loads"] > 0 and f["atomics"] == 0 and f["f64"] == 0, (name, f)
         assert f["fma_f32"] == f["free_f32"] == f["inexact"] == 0, (name, f)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
+def test_cpu_fold_vectorizes(isa):
+    """gcc vectorizes the lane fold of csrc/cpu/norm.cpp (a full row of
+    kLanes lanes) for every norm x dtype (6 instantiations) and the tree's
+    levels, with the flags CMakeLists.txt gives the CPU loops: the order of
+    Note [norm summation order] costs no scalar loop."""
+    import shutil
+    import subprocess
+
+    from _cuda_tools import REPO
+    from test_cpu_vectorized import isa_flags, loop_flags
+
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++ to compile the CPU loops")
+    source = REPO / "csrc/cpu/norm.cpp"
+    lines = source.read_text().splitlines()
+    fold = 1 + next(i for i, line in enumerate(lines) if "lane < norm::kLanes; ++lane" in line)
+    tree = 1 + next(i for i, line in enumerate(lines) if "scratch[i] = N::combine" in line) - 1
+    result = subprocess.run(
+        ["g++", "-std=c++20", *loop_flags(), *isa_flags(isa), f"-DFUSEDOPT_ISA={isa}"]
+        + [f"-I{REPO / 'csrc/include'}", f"-I{REPO / 'csrc/cpu'}", "-fopt-info-vec-optimized"]
+        + ["-c", str(source), "-o", "/dev/null"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    vectorized = result.stderr.count(f"norm.cpp:{fold}:")
+    assert vectorized >= 6, f"{isa}: the fold loop (line {fold}) vectorized {vectorized} times"
+    assert result.stderr.count(f"norm.cpp:{tree}:") >= 2, f"{isa}: tree levels not vectorized"
