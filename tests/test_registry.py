@@ -32,7 +32,9 @@ def test_op_hyper_table_covers_every_rule():
 
 def test_one_op_per_rule_and_nothing_else():
     ops = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fusedopt::")}
-    assert ops == {f"fusedopt::{r}_step_{o}" for r in RULES for o in ("", ".tensor_lr")}
+    steps = {f"fusedopt::{r}_step_{o}" for r in RULES for o in ("", ".tensor_lr")}
+    # The one op that is not a rule's: the global gradient norm (fusedopt/clip.py).
+    assert ops == steps | {"fusedopt::grad_norm"}
 
 
 @pytest.mark.parametrize("overload", OVERLOADS)
@@ -63,13 +65,13 @@ def test_emulation_op_schema(name):
     assert str(args[4].type) == "Tensor"
 
 
-def test_testing_ops_are_one_per_rule_plus_the_launch_plan():
+def test_testing_ops_are_one_per_rule_plus_the_launch_plan_and_the_norm():
     pytest.importorskip(
         "fusedopt._testing", reason="fusedopt._testing is built only with FUSEDOPT_TESTING=1"
     )
     ops = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fusedopt_testing::")}
     want = {f"fusedopt_testing::{r}_emulate_step_" for r in RULES}
-    assert ops == want | {"fusedopt_testing::launch_plan"}
+    assert ops == want | {"fusedopt_testing::launch_plan", "fusedopt_testing::grad_norm_emulate"}
 
 
 @pytest.mark.parametrize("name", RULES)

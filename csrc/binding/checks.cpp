@@ -94,9 +94,13 @@ double cpu_scalar(const at::Tensor& t, const char* name) {
 
 double checked_grad_scale(const at::Tensor& grad_scale) {
   const double scale = cpu_scalar(grad_scale, "grad_scale");
-  TORCH_CHECK(std::isfinite(scale) && static_cast<float>(scale) != 0.0f &&
-                  std::isfinite(static_cast<float>(scale)),
-              "fusedopt: grad_scale must be a finite, nonzero float32 value, got ", scale);
+  // Nonzero, as the loops read 0 as "no scaler". An inf or NaN scale is
+  // allowed: max_grad_norm folds the clip coefficient into it (grad_scale /
+  // coef, python/fusedopt/optim/base.py), and a non-finite norm makes the
+  // coefficient 0 or NaN, so that every grad becomes 0 or NaN, as torch's
+  // clip_grad_norm_ makes them.
+  TORCH_CHECK(static_cast<float>(scale) != 0.0f,
+              "fusedopt: grad_scale must be a nonzero float32 value, got ", scale);
   return scale;
 }
 

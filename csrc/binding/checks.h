@@ -31,8 +31,8 @@ void check_lists(const char* rule, const StepArgs& a, const std::vector<const ch
 // lr (finite, >= 0) and the rule's own checks; throws naming the constraint.
 void check_hyper(const char* rule, double lr, const HyperCheck& ck);
 
-// grad_scale's value, checked: a finite, nonzero float32 (the loops use 0 for
-// "no scaler").
+// grad_scale's value, checked: a nonzero float32, inf and NaN included (the
+// loops use 0 for "no scaler").
 double checked_grad_scale(const at::Tensor& grad_scale);
 
 // A one-element CPU tensor's value as a double (grad_scale, found_inf, lr).

@@ -16,6 +16,7 @@
 #include "cpu_step.h"
 #include "fusedopt/mta/args.h"
 #include "fusedopt/rules/registry.h"
+#include "norm_op.h"
 #include "step_args.h"
 #ifdef FUSEDOPT_WITH_CUDA
 #include "cuda_step.h"
@@ -43,6 +44,8 @@ TORCH_LIBRARY(fusedopt, m) {
   m.def(step_schema<Type>(#name "_step_.tensor_lr", "Tensor").c_str());
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_DEF)
 #undef FUSEDOPT_DEF
+  // The global gradient norm (norm_op.h): fusedopt.clip_grad_norm_ and max_grad_norm.
+  m.def("grad_norm(Tensor[] tensors, float norm_type=2.0) -> Tensor");
 }
 
 #define FUSEDOPT_IMPL(Type, name, step)                                                 \
@@ -55,6 +58,7 @@ TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
 #define FUSEDOPT_IMPL_CPU(Type, name) FUSEDOPT_IMPL(Type, name, step_cpu)
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_IMPL_CPU)
 #undef FUSEDOPT_IMPL_CPU
+  m.impl("grad_norm", &grad_norm_cpu);
 }
 
 #ifdef FUSEDOPT_WITH_CUDA
@@ -62,6 +66,7 @@ TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
 #define FUSEDOPT_IMPL_CUDA(Type, name) FUSEDOPT_IMPL(Type, name, step_cuda)
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_IMPL_CUDA)
 #undef FUSEDOPT_IMPL_CUDA
+  m.impl("grad_norm", &grad_norm_cuda);
 }
 #endif
 #undef FUSEDOPT_IMPL

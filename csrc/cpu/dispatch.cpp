@@ -5,8 +5,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "fusedopt/mta/reduce.h"
 #include "fusedopt/rules/registry.h"
 #include "loop.h"
+#include "norm.h"
 
 #if defined(FUSEDOPT_X86_ISAS) && !(defined(__x86_64__) || defined(_M_X64))
 #error "CMakeLists.txt built the x86 loops (FUSEDOPT_X86_ISAS) for a compiler that is not x86-64"
@@ -65,6 +67,38 @@ void run_chunks(const Work<R>& work, int64_t chunk_begin, int64_t chunk_end) {
   template void run_chunks<Type>(const Work<Type>&, int64_t, int64_t);
 FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_INSTANTIATE)
 #undef FUSEDOPT_INSTANTIATE
+
+template <norm::NormKind K>
+float chunk_partial(const NormChunk& chunk) {
+  switch (selected()) {
+#ifdef FUSEDOPT_X86_ISAS
+    case Isa::kAvx512:
+      return avx512::chunk_partial<K>(chunk);
+    case Isa::kAvx2:
+      return avx2::chunk_partial<K>(chunk);
+#endif
+    default:
+      return baseline::chunk_partial<K>(chunk);
+  }
+}
+template float chunk_partial<norm::NormKind::kTwo>(const NormChunk&);
+template float chunk_partial<norm::NormKind::kInf>(const NormChunk&);
+
+// The finishing block's fold (mta/reduce.h), run by one thread after another.
+template <norm::NormKind K>
+float fold_partials(const float* partials, int64_t n_partials) {
+  using N = norm::Norm<K>;
+  float values[norm::kThreads];
+  for (int32_t t = 0; t < norm::kThreads; ++t) {
+    values[t] = mta::norm_finish_thread<K>(partials, static_cast<int32_t>(n_partials), t);
+  }
+  for (int32_t half = 1; half < norm::kThreads; half *= 2) {
+    for (int32_t t = 0; t < norm::kThreads; t += 2 * half) N::tree_step(values, t, half);
+  }
+  return N::finish(values[0]);
+}
+template float fold_partials<norm::NormKind::kTwo>(const float*, int64_t);
+template float fold_partials<norm::NormKind::kInf>(const float*, int64_t);
 
 const char* selected_isa() {
   switch (selected()) {

@@ -19,15 +19,25 @@
 //       vector accesses, scalar accesses, misaligned accesses, out-of-range
 //       updates, elements never updated, elements updated more than once,
 //       advance launches (Note [the advance launch] in mta/args.h)]
+//   fusedopt_testing::grad_norm_emulate(Tensor[] tensors, float norm_type,
+//       int? max_grid_blocks=None) -> (Tensor, int[])
+//       the CUDA grad_norm op's arguments (binding/norm_op.h) and its kernels'
+//       body (mta/reduce.h) on CPU tensors: each launch's blocks (one per
+//       chunk, or a persistent grid of max_grid_blocks) run their 512 threads
+//       one after another, then the shared-memory tree level by level, then
+//       the finishing block; returns the norm and [launches, chunks, grid
+//       blocks, vector accesses, scalar accesses, misaligned accesses]
 #include <Python.h>
 #include <torch/library.h>
 
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "binding/cuda_work.h"
+#include "binding/norm_op.h"
 #include "fusedopt/mta/traversal.h"
 #include "fusedopt/rules/registry.h"
 
@@ -208,6 +218,63 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   torch::jit::push(*stack, c10::IValue(stats));
 }
 
+// The tree of a block (Note [norm summation order] in core/norm.h), level by
+// level as the kernel's barriers separate them.
+template <norm::NormKind K>
+float emulate_tree(float (&values)[norm::kThreads]) {
+  for (int32_t half = 1; half < norm::kThreads; half *= 2) {
+    for (int32_t t = 0; t < norm::kThreads; ++t) norm::Norm<K>::tree_step(values, t, half);
+  }
+  return values[0];
+}
+
+template <norm::NormKind K>
+float emulate_norm(const mta::NormWork& work, const float* partials, int32_t grid_cap,
+                   EmulationObserver& observer, int64_t& blocks_run) {
+  float values[norm::kThreads];
+  for (const mta::NormLaunchArgs& args : work.launches) {
+    const int32_t n_blocks = mta::grid_blocks(args.header.n_chunks, grid_cap);
+    for (int32_t block = 0; block < n_blocks; ++block) {
+      for (int32_t entry = block; entry < args.header.n_chunks; entry += n_blocks) {
+        for (int32_t t = 0; t < norm::kThreads; ++t) {
+          values[t] = mta::norm_entry_thread<K>(args, entry, t, observer);
+        }
+        args.header.partials[entry] = emulate_tree<K>(values);
+      }
+    }
+    blocks_run += n_blocks;
+  }
+  for (int32_t t = 0; t < norm::kThreads; ++t) {
+    values[t] = mta::norm_finish_thread<K>(partials, work.n_chunks, t);
+  }
+  return norm::Norm<K>::finish(emulate_tree<K>(values));
+}
+
+std::tuple<at::Tensor, std::vector<int64_t>> grad_norm_emulate(
+    at::TensorList tensors, double norm_type, std::optional<int64_t> max_grid_blocks) {
+  const norm::NormKind kind = binding::norm_kind(norm_type);
+  binding::check_norm_tensors(tensors, c10::DeviceType::CPU);
+  TORCH_CHECK(
+      !max_grid_blocks.has_value() || (*max_grid_blocks >= 1 && *max_grid_blocks <= INT32_MAX),
+      "fusedopt: max_grid_blocks must be None or in [1, 2^31)");
+  const int64_t n_chunks = binding::norm_chunk_count(tensors);
+  at::Tensor partials = at::empty({n_chunks > 0 ? n_chunks : 1}, at::kFloat);
+  const mta::NormWork work = binding::prepare_cuda_norm(tensors, partials.data_ptr<float>());
+  EmulationObserver observer;
+  int64_t blocks_run = 0;
+  const int32_t grid_cap = static_cast<int32_t>(max_grid_blocks.value_or(INT32_MAX));
+  const float value = kind == norm::NormKind::kTwo
+                          ? emulate_norm<norm::NormKind::kTwo>(work, partials.data_ptr<float>(),
+                                                               grid_cap, observer, blocks_run)
+                          : emulate_norm<norm::NormKind::kInf>(work, partials.data_ptr<float>(),
+                                                               grid_cap, observer, blocks_run);
+  at::Tensor out = at::empty({}, at::kFloat);
+  *out.data_ptr<float>() = value;
+  return {out,
+          {static_cast<int64_t>(work.launches.size()), work.n_chunks, blocks_run,
+           observer.vector_accesses, observer.scalar_accesses, observer.misaligned_accesses}};
+}
+
 #define FUSEDOPT_RULE_NAME(Type, name) constexpr char k##Type##Name[] = #name;
 FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_NAME)
 #undef FUSEDOPT_RULE_NAME
@@ -216,6 +283,9 @@ FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_NAME)
 
 TORCH_LIBRARY(fusedopt_testing, m) {
   m.def("launch_plan(str rule, int[] numels) -> int[]");
+  m.def(
+      "grad_norm_emulate(Tensor[] tensors, float norm_type, int? max_grid_blocks=None) -> "
+      "(Tensor, int[])");
 #define FUSEDOPT_DEF(Type, name)                                                             \
   m.def(binding::step_schema<Type>(#name "_emulate_step_", "Tensor",                         \
                                    ", bool steps_in_kernel=False, bool lr_in_kernel=False, " \
@@ -237,6 +307,7 @@ TORCH_LIBRARY_IMPL(fusedopt_testing, CPU, m) {
          torch::CppFunction::makeFromBoxedFunction<&emulate_step<Type, k##Type##Name>>());
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_IMPL)
 #undef FUSEDOPT_IMPL
+  m.impl("grad_norm_emulate", &grad_norm_emulate);
 }
 
 }  // namespace fusedopt::testing

@@ -7,6 +7,7 @@ print(fusedopt.report(opt))                          # which backend steps what
 
 from fusedopt import _extension, _fake, reference  # noqa: F401  (_fake registers fake ops)
 from fusedopt.backends import BACKEND_NAMES
+from fusedopt.clip import clip_grad_norm_, grad_norm
 from fusedopt.optim.adadelta import Adadelta
 from fusedopt.optim.adagrad import Adagrad
 from fusedopt.optim.adam import Adam, AdamW, HFAdamW
@@ -39,6 +40,8 @@ __all__ = [
     "SGD",
     "BACKEND_NAMES",
     "RULES",
+    "clip_grad_norm_",
+    "grad_norm",
     "param_groups",
     "reference",
     "report",

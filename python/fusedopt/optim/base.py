@@ -81,10 +81,28 @@ Note [fp32 states of low-precision params]: torch keeps an optimizer's moments
 in the param's dtype, so a bf16 model's second moment underflows and its
 updates stall (AReaL #1292). fusedopt keeps every state in float32 for bf16/fp16 params, and keeps
 it float32 through load_state_dict, which torch would cast to the param's dtype.
+
+Note [max_grad_norm]: `max_grad_norm=` (a keyword of every class, and a group
+key) clips the grads by their global 2-norm before the update, equal to
+torch.nn.utils.clip_grad_norm_(params, max_grad_norm) then step(), with or
+without GradScaler. The norm is over the grads of ALL the groups that set
+max_grad_norm (as clip_grad_norm_(model.parameters()) and HF Trainer's
+max_grad_norm clip over the whole model), one reduction (fusedopt.clip); each
+group is clipped with its own max_grad_norm. The coefficient
+c = min(max_grad_norm / (norm + 1e-6), 1) is folded into the update pass's
+GradScaler input: grad_scale / c (1 / c without a scaler), so the update reads
+each grad once, divides it by that, and stores the clipped, unscaled grad back
+(torch's clip leaves the clipped grads too); with GradScaler the norm is the
+scaled grads' divided by the scale (exact: its scales are powers of two), and
+a found_inf skips the step as before. Everything stays on the device: no host
+sync. A non-finite norm without a scaler makes c 0 or NaN, and the grads 0 or
+NaN, as torch's clip does. The key is added to the groups only when given, so
+the groups keep torch's keys otherwise.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable, Mapping
@@ -96,7 +114,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from fusedopt import _extension, backends
+from fusedopt import _extension, backends, clip
 from fusedopt._checks import check_hyper, check_lists, is_dense, same_layout
 from fusedopt.reference import WeightDecayMode, compute_dtype
 from fusedopt.registry import Rule
@@ -187,6 +205,29 @@ def weight_decay_hyper(group: Mapping[str, Any], decoupled_default: bool = False
     }
 
 
+def check_max_grad_norm(max_grad_norm: float | None) -> None:
+    """Note [max_grad_norm]: None (no clipping) or a positive, finite float."""
+    if max_grad_norm is not None and not 0.0 < max_grad_norm < float("inf"):
+        raise ValueError(
+            f"Invalid max_grad_norm value: {max_grad_norm} (a positive, finite norm, or None "
+            "for no clipping)"
+        )
+
+
+def _with_max_grad_norm(init: Callable) -> Callable:
+    """A class's __init__ that also takes Note [max_grad_norm]'s keyword,
+    without that keyword in the class's own (torch's) signature."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, max_grad_norm: float | None = None, **kwargs) -> None:
+        if max_grad_norm is not None:
+            check_max_grad_norm(max_grad_norm)
+            self.__dict__["_max_grad_norm"] = float(max_grad_norm)
+        init(self, *args, **kwargs)
+
+    return __init__
+
+
 def check_fused_flags(foreach: bool | None, differentiable: bool, fused: bool | None) -> None:
     """torch's flags that a fused kernel cannot honour."""
     if differentiable:
@@ -248,7 +289,15 @@ class FusedOptimizer(Optimizer):
     # Appended to the error for a sparse grad (torch's wording, where it has one).
     sparse_grad_hint: ClassVar[str] = ""
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _with_max_grad_norm(cls.__dict__["__init__"])
+
     def __init__(self, params, defaults: dict[str, Any], backend: str) -> None:
+        max_grad_norm = self.__dict__.pop("_max_grad_norm", None)
+        if max_grad_norm is not None:
+            defaults = {**defaults, "max_grad_norm": max_grad_norm}
         if backend not in backends.BACKEND_NAMES:
             raise ValueError(
                 f"fusedopt: unknown backend {backend!r}; choose one of {backends.BACKEND_NAMES}"
@@ -304,6 +353,7 @@ class FusedOptimizer(Optimizer):
         self._last_step = [[]]
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        check_max_grad_norm(param_group.get("max_grad_norm"))
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         if group.get("weight_decay_mode") == "fully_decoupled" and group.get("lr_max") is None:
@@ -316,8 +366,11 @@ class FusedOptimizer(Optimizer):
         (each element's update reads only its own param, grad and states, the
         group's hyperparameters and the tensor's counts), so that each shard of
         a sharded param steps alone; else what in it needs whole tensors (a
-        class with row/column statistics, or a clip by the norm of every grad,
-        says so here), and step() refuses sharded params of this group."""
+        class with row/column statistics says so here), and step() refuses
+        sharded params of this group. A class that overrides it returns the
+        base's reason too."""
+        if group.get("max_grad_norm") is not None:
+            return "max_grad_norm clips by the norm of every grad (Note [max_grad_norm])"
         return None
 
     def initial_state_value(self, group: Mapping[str, Any], key: str) -> float:
@@ -630,6 +683,8 @@ class FusedOptimizer(Optimizer):
         if not torch.compiler.is_compiling():
             for group, hyper in zip(self.param_groups, hypers):
                 check_hyper(rule, group["lr"], hyper)
+                check_max_grad_norm(group.get("max_grad_norm"))
+        grad_scales = self._clipped_grad_scales(grad_scale)
         try:
             for index, group in enumerate(self.param_groups):
                 hyper = hypers[index]
@@ -674,7 +729,7 @@ class FusedOptimizer(Optimizer):
                         require_dense=backend.requires_dense,
                     )
             copies: dict[tuple[int, torch.device], Tensor] = {}
-            for _, call, params, lr, hyper, call_grads, states, steps in work:
+            for index, call, params, lr, hyper, call_grads, states, steps in work:
                 started += 1
                 device = call.bucket.device
                 call.choice.backend.step(
@@ -685,7 +740,7 @@ class FusedOptimizer(Optimizer):
                     steps,
                     lr=_on_device(lr, device, copies),
                     hyper=hyper,
-                    grad_scale=_on_device(grad_scale, device, copies),
+                    grad_scale=_on_device(grad_scales[index], device, copies),
                     found_inf=_on_device(found_inf, device, copies),
                     cache=call.cache,
                 )
@@ -697,6 +752,29 @@ class FusedOptimizer(Optimizer):
                 raise _StalePlan from error
             raise
         return work
+
+    def _clipped_grad_scales(self, grad_scale: Tensor | None) -> list[Tensor | None]:
+        """Each group's GradScaler input, with Note [max_grad_norm]'s clip
+        coefficient folded in where the group sets max_grad_norm."""
+        clipped = [g.get("max_grad_norm") is not None for g in self.param_groups]
+        grads = [
+            p.grad
+            for group, on in zip(self.param_groups, clipped)
+            if on
+            for p in group["params"]
+            if p.grad is not None
+        ]
+        if not grads:
+            return [grad_scale] * len(self.param_groups)
+        total = clip.grad_norm(grads, backend=self.backend).to(torch.float32)
+        scale = 1.0
+        if grad_scale is not None:
+            scale = grad_scale.to(total.device)
+            total = total / scale
+        return [
+            scale / clip.clip_coefficient(total, group["max_grad_norm"]) if on else grad_scale
+            for group, on in zip(self.param_groups, clipped)
+        ]
 
     def _check_capture(self) -> None:
         """Note [CUDA graphs]: torch's capture health check, with its message.
