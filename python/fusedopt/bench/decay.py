@@ -52,6 +52,11 @@ TEACHER_BUMP = 0.5
 # without decay (Adam + L2, lr 3e-4: test loss 0.81 without, 0.70 with).
 STEPS = 600
 QUICK_STEPS = 60
+# The study's threads: its matmuls are small (25 x 256 x 128 x 128), and on a
+# shared machine a second intra-op thread that waits for a busy core costs
+# more than it brings: at load 9 on this project's 2 cores a relu over 25 x
+# 256 x 128 took 25 ms with 2 threads, 0.8 ms with 1.
+THREADS = 1
 # A final loss above this counts as diverged; the heatmap's colour scale
 # stops here so one blow-up does not flatten it.
 LOSS_CAP = 3.0
@@ -260,17 +265,25 @@ def main(args: argparse.Namespace, argv: list[str], out: Path) -> int:
     data = make_data()
     info = provenance(argv)
     runs = sum(len(m.lrs) * len(m.wds) for m in grid)
-    print(f"fusedopt-bench --study decay: {len(grid)} modes, {runs} runs of {steps} steps")
+    print(
+        f"fusedopt-bench --study decay: {len(grid)} modes, {runs} runs of {steps} steps "
+        f"({THREADS} thread)"
+    )
     from fusedopt.bench.cli import Progress
 
     progress = Progress(len(grid), enabled=not args.no_progress)
     rows = []
     start = time.perf_counter()
-    for mode in grid:
-        progress.describe(mode.name)
-        rows += train_grid(mode, data, steps)
-        progress.tick()
-    progress.close()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        for mode in grid:
+            progress.describe(mode.name)
+            rows += train_grid(mode, data, steps)
+            progress.tick()
+    finally:
+        torch.set_num_threads(threads)
+        progress.close()
     print(f"{runs} runs in {time.perf_counter() - start:.0f} s")
     for line in summary(rows):
         print(line)

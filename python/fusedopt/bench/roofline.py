@@ -12,6 +12,7 @@ traffic.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 
 import torch
@@ -24,6 +25,8 @@ INPLACE_BYTES_PER_ELEMENT = 12
 ROOFLINE_ELEMENTS = 64 * 2**20
 QUICK_ROOFLINE_ELEMENTS = 16 * 2**20
 NAME = "roofline a += s*b"
+# The explanation's line width on stdout.
+TEXT_WIDTH = 100
 
 EXPLANATION = (
     "Roofline: an in-place a += s*b over {mib} MiB measured in the same rounds as the steps "
@@ -51,4 +54,7 @@ def inplace_step(elements: int) -> Callable[[], torch.Tensor]:
 
 
 def explanation(elements: int) -> str:
-    return EXPLANATION.format(mib=2 * 4 * elements // 2**20, bytes=INPLACE_BYTES_PER_ELEMENT)
+    return textwrap.fill(
+        EXPLANATION.format(mib=2 * 4 * elements // 2**20, bytes=INPLACE_BYTES_PER_ELEMENT),
+        width=TEXT_WIDTH,
+    )
