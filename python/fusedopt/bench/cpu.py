@@ -18,9 +18,14 @@ from fusedopt.bench.workloads import Workload
 # Share of the available RAM (MemAvailable) a workload may plan to use: the
 # allocator's rounding and each step's temporaries are not in the plan.
 MEMORY_HEADROOM = 0.9
-# Bytes per element of the largest temporary a torch path allocates: foreach
-# Adam's sqrt(v) for every tensor at once (_foreach_sqrt), in fp32.
-TRANSIENT_BYTES = 4
+# Bytes per element of the temporaries a torch path allocates during a step:
+# its for-loop and foreach Adam make up to three fp32 ones (sqrt(v), the
+# denominator, the update). With 4 the plan of AdamW on one 64M tensor said
+# 3.5 GB and the run's peak RSS was 4.8 GB; 12 and PROCESS_BYTES account for it.
+TRANSIENT_BYTES = 12
+# RSS of the process before any workload: Python, torch and fusedopt loaded
+# (0.7 GB peak for a --quick run of 200 x 4096 here).
+PROCESS_BYTES = 700 * 2**20
 
 
 @dataclass
@@ -34,13 +39,14 @@ class Plan:
 
 
 def plan_bytes(workload: Workload, comps: Sequence[Competitor], roofline_elements: int) -> int:
-    """RAM of one cell: params and grads once (every competitor steps the
-    same ones), each competitor's states, one step's largest temporary, and
-    the roofline's two fp32 arrays."""
+    """RAM of one cell: the process, params and grads once (every
+    competitor steps the same ones), each competitor's states, a step's
+    temporaries, and the roofline's two fp32 arrays."""
     numel = workload.numel()
     param_bytes = torch.finfo(workload.dtype).bits // 8
     states = sum(c.states * (c.state_bytes or param_bytes) for c in comps)
-    return numel * (2 * param_bytes + states + TRANSIENT_BYTES) + 2 * 4 * roofline_elements
+    arrays = numel * (2 * param_bytes + states + TRANSIENT_BYTES) + 2 * 4 * roofline_elements
+    return PROCESS_BYTES + arrays
 
 
 def available_ram() -> int | None:
