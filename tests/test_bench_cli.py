@@ -15,6 +15,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PROVENANCE = ("date", "git_rev", "torch", "cpu", "cores", "command")
 
 
+@pytest.fixture
+def one_thread():
+    """The CLI tests check outputs, not speed: on a shared 2-core machine a
+    second torch thread waiting for a busy core made them 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def git_status() -> str:
     return subprocess.run(
         ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
@@ -29,7 +39,9 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_cli_writes_table_csv_and_plots_into_out(tmp_path, capsys):
+def test_cli_writes_table_csv_and_plots_into_out(tmp_path, capsys, monkeypatch, one_thread):
+    # 2 x 4 MiB: the test checks the outputs, not the machine's bandwidth.
+    monkeypatch.setattr(roofline, "QUICK_ROOFLINE_ELEMENTS", 2**20)
     before = git_status()
     args = ["--quick", "--workload", "4x1024", "--optim", "adamw", "--repeats", "2"]
     args += ["--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"]
@@ -55,7 +67,7 @@ def test_cli_writes_table_csv_and_plots_into_out(tmp_path, capsys):
     assert git_status() == before
 
 
-def test_default_out_is_a_new_folder_under_bench_out(tmp_path, monkeypatch):
+def test_default_out_is_a_new_folder_under_bench_out(tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)
     args = ["--quick", "--workload", "2x64", "--optim", "sgd", "--torch", "fused"]
     assert (

@@ -161,8 +161,18 @@ def losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def train_grid(mode: Mode, data, steps: int) -> list[dict]:
     """Every (lr, wd) cell of `mode` at once: one model per cell, one param
-    group per model; full-batch steps under a cosine schedule to 0. The
-    sum of the models' losses has each model's own loss as its gradient."""
+    group per model; full-batch steps under a cosine schedule to 0, on
+    THREADS threads. The sum of the models' losses has each model's own loss
+    as its gradient."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        return _train_grid(mode, data, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_grid(mode: Mode, data, steps: int) -> list[dict]:
     x_train, y_train, x_test, y_test = data
     cells = [(lr, wd) for lr in mode.lrs for wd in mode.wds]
     weights = init_weights(len(cells))
@@ -274,16 +284,11 @@ def main(args: argparse.Namespace, argv: list[str], out: Path) -> int:
     progress = Progress(len(grid), enabled=not args.no_progress)
     rows = []
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    try:
-        for mode in grid:
-            progress.describe(mode.name)
-            rows += train_grid(mode, data, steps)
-            progress.tick()
-    finally:
-        torch.set_num_threads(threads)
-        progress.close()
+    for mode in grid:
+        progress.describe(mode.name)
+        rows += train_grid(mode, data, steps)
+        progress.tick()
+    progress.close()
     print(f"{runs} runs in {time.perf_counter() - start:.0f} s")
     for line in summary(rows):
         print(line)
