@@ -191,3 +191,11 @@ def test_decay_study_writes_heatmap_and_csv(tmp_path, capsys):
     assert all(r["git_rev"] and r["command"] for r in rows)
     assert (tmp_path / "decay_study.png").read_bytes().startswith(PNG_MAGIC)
     assert "best test loss" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="a GPU is present: this checks machines without one"
+)
+def test_device_cuda_without_gpu_says_so(tmp_path):
+    with pytest.raises(SystemExit, match="no CUDA GPU"):
+        cli.main(["--device", "cuda", "--out", str(tmp_path)])

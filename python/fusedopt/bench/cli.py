@@ -147,9 +147,10 @@ def run_cpu(args: argparse.Namespace, argv: list[str], out: Path) -> int:
     print(roofline.explanation(roof_elements))
     print()
 
-    rounds = warmup + repeats
-    total = sum(len(p.competitors) + rounds * (len(p.competitors) + 1) for p in plans)
-    progress = Progress(total, enabled=not args.no_progress)
+    def steps(plan: cpu.Plan) -> int:  # first steps, then the rounds with the roofline
+        return len(plan.competitors) + (warmup + repeats) * (len(plan.competitors) + 1)
+
+    progress = Progress(sum(map(steps, plans)), enabled=not args.no_progress)
     roof_step = roofline.inplace_step(roof_elements)
     rows: list[dict] = []
     params_for: tuple[str, list[torch.Tensor]] | None = None
@@ -160,7 +161,8 @@ def run_cpu(args: argparse.Namespace, argv: list[str], out: Path) -> int:
                 f"{plan.optimizer}, {plan.workload.name}: skipped, needs "
                 f"~{plan.ram_bytes / 1e9:.1f} GB of RAM, {ram / 1e9:.1f} GB available"
             )
-            progress.tick()
+            for _ in range(steps(plan)):
+                progress.tick()
             continue
         progress.describe(f"{plan.optimizer}, {plan.workload.name}")
         if params_for is None or params_for[0] != plan.workload.name:
@@ -204,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         from fusedopt.bench import decay
 
         return decay.main(args, argv, out)
-    on_gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    if on_gpu:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("fusedopt-bench: --device cuda, but torch sees no CUDA GPU here")
+    if args.device != "cpu" and torch.cuda.is_available():
         from fusedopt.bench import gpu
 
         return gpu.main(args, argv, out)
