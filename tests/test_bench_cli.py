@@ -199,3 +199,33 @@ def test_decay_study_writes_heatmap_and_csv(tmp_path, capsys):
 def test_device_cuda_without_gpu_says_so(tmp_path):
     with pytest.raises(SystemExit, match="no CUDA GPU"):
         cli.main(["--device", "cuda", "--out", str(tmp_path)])
+
+
+def test_gpu_run_writes_csv_and_plots(tmp_path, monkeypatch, capsys):
+    """The GPU path of the command, its measuring (fusedopt.bench.gpu.run)
+    replaced by rows made as gpu.report makes them: CSV and one plot per
+    workload, with the copy bandwidth as the roofline line."""
+    from fusedopt.bench import gpu
+
+    def fake_run(cases, workloads, dtype, backends, **kwargs):
+        rows = []
+        for case in cases:
+            impls = gpu.implementations(case, dtype, backends)
+            samples = {i.name: gpu.Samples([1e-4] * 3, [1e-3, 2e-3, 4e-3]) for i in impls}
+            for name, make_shapes in workloads.items():
+                shapes = make_shapes()
+                rows += gpu.report(case.name, name, shapes, dtype, impls, samples, 3000.0)
+        return [{**row, "gpu": "fake"} for row in rows]
+
+    monkeypatch.setattr(gpu, "run", fake_run)
+    monkeypatch.setattr(gpu, "torch_has", lambda entry, path, device: path == "fused")
+    args = cli.parse_args(["--workload", "4x1024", "--optim", "adamw", "--out", str(tmp_path)])
+    assert gpu.main(args, ["--workload", "4x1024"], tmp_path) == 0
+    rows = read_csv(tmp_path / "results.csv")
+    assert [r["implementation"] for r in rows] == [
+        "torch fused",
+        "fusedopt cuda",
+        "fusedopt triton",
+    ]
+    assert all(r["kernel_max_ms"] == "4.0000" and r["command"] for r in rows)
+    assert (tmp_path / "4x1024.png").read_bytes().startswith(PNG_MAGIC)
