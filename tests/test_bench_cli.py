@@ -198,7 +198,8 @@ def test_decay_study_writes_heatmap_and_csv(tmp_path, capsys):
 )
 def test_device_cuda_without_gpu_says_so(tmp_path):
     with pytest.raises(SystemExit, match="no CUDA GPU"):
-        cli.main(["--device", "cuda", "--out", str(tmp_path)])
+        cli.main(["--device", "cuda", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
 
 
 def test_gpu_run_writes_csv_and_plots(tmp_path, monkeypatch, capsys):

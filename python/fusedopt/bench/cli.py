@@ -201,13 +201,13 @@ def finish(
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("fusedopt-bench: --device cuda, but torch sees no CUDA GPU here")
     out = output.prepare_out_dir(args.out or output.default_out_dir())
     if args.study == "decay":
         from fusedopt.bench import decay
 
         return decay.main(args, argv, out)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("fusedopt-bench: --device cuda, but torch sees no CUDA GPU here")
     if args.device != "cpu" and torch.cuda.is_available():
         from fusedopt.bench import gpu
 
