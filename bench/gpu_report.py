@@ -128,13 +128,17 @@ def build_report(logs: Path, machine: dict[str, str]) -> str:
 
 
 def machine_info() -> dict[str, str]:
-    """fusedopt.bench.gpu.provenance(), or what can be said without it."""
+    """fusedopt.bench.gpu.provenance(), or what can be said without it (no
+    GPU, or no fusedopt: its build failed)."""
     import torch
 
     if not torch.cuda.is_available():
         return {"gpu": "no GPU", "torch": torch.__version__}
-    from fusedopt.bench.gpu import provenance
-
+    try:
+        from fusedopt.bench.gpu import provenance
+    except ImportError as error:
+        name = torch.cuda.get_device_name()
+        return {"gpu": name, "torch": torch.__version__, "fusedopt": repr(error)}
     return provenance()
 
 
