@@ -113,9 +113,10 @@ WORKLOADS = {
         Workload("GPT-2 small (124M), bf16", gpt2_small_shapes, torch.bfloat16),
     )
 }
-# --quick: the same kinds (many tensors, one tensor), each small enough that a
-# step takes a few ms, yet both beyond the 32 MB L3 of this project's machine
-# (200 x 4096 AdamW: 23 MB moved per step, 4M: 117 MB).
+# --quick: the same kinds (many tensors, one tensor), each a step of a few ms.
+# 200 x 4096 moves 23 MB per AdamW step, inside the 32 MB L3 of this
+# project's machine (its GB/s can exceed the DRAM roofline: 5x in one run);
+# one 4M tensor moves 117 MB, beyond it.
 QUICK_WORKLOADS = {
     w.name: w
     for w in (
