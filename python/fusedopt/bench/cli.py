@@ -2,8 +2,8 @@
 libraries') on the machine at hand, with the roofline measured in the same
 run; or, with --study decay, what the weight-decay modes do to training.
 
-    fusedopt-bench                        # AdamW and SGD, four workloads (~5 min on 2 cores)
-    fusedopt-bench --quick                # small workloads, a smoke run (~20 s)
+    fusedopt-bench                        # AdamW and SGD, four workloads (~8 GB of RAM)
+    fusedopt-bench --quick                # small workloads, a smoke run (< 1 GB)
     fusedopt-bench --optim all --workload "2000 x 4096" --workload 2000x1
     fusedopt-bench --study decay          # Adam+L2 / AdamW / fully decoupled, SGD / SGDW
 
@@ -63,7 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--torch",
         default=",".join(TORCH_PATHS),
-        help="torch's paths to run beside (default: all three)",
+        help="torch's paths to run beside, comma-separated (default: for-loop,foreach,fused)",
     )
     parser.add_argument(
         "--repeats", type=int, help=f"timed rounds (default {REPEATS}; --quick {QUICK_REPEATS})"
