@@ -2,7 +2,7 @@
 # (scripts/setup.sh: venv, torch, build), so each works on a fresh clone.
 PY := .venv/bin/python
 
-.PHONY: setup test bench bench-quick bench-family gpu-test test-old-torch lint format
+.PHONY: setup test bench bench-quick bench-family bench-decay gpu-test test-old-torch lint format
 
 setup:
 	bash scripts/setup.sh
@@ -11,16 +11,25 @@ setup:
 test: setup
 	$(PY) -m pytest -q tests
 
-# The main job: the CPU benchmark, printing its table (bench/results/ gets the CSV).
+# The main job (README): fusedopt-bench, AdamW and SGD beside torch's paths on
+# four workloads, with progress, tables, a CSV and plots in bench-out/<date-time>/
+# (untracked); on a machine with a GPU, the same on the GPU. BENCH_ARGS adds
+# options (fusedopt-bench --help), e.g. make bench BENCH_ARGS="--optim all".
+BENCH := .venv/bin/fusedopt-bench
 bench: setup
-	$(PY) bench/bench_cpu.py
+	$(BENCH) $(BENCH_ARGS)
 
 bench-quick: setup
-	$(PY) bench/bench_cpu.py --quick
+	$(BENCH) --quick $(BENCH_ARGS)
 
-# Every optimizer's CPU step beside torch's fastest path for it (~5 min).
+# Every optimizer beside torch's foreach and fused paths, on GPT-2 small and 2000 x 4096.
 bench-family: setup
-	$(PY) bench/bench_family.py
+	$(BENCH) --optim all --workload "GPT-2 small (124M)" --workload "2000 x 4096" \
+		--torch foreach,fused $(BENCH_ARGS)
+
+# The weight-decay study: Adam+L2, AdamW, fully decoupled AdamW, SGD, SGDW (lr x wd heatmaps).
+bench-decay: setup
+	$(BENCH) --study decay $(BENCH_ARGS)
 
 # On a machine with a GPU (the GPU machines this project is lent: no package
 # registry there): build into that machine's python3, the whole suite with GPU

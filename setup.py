@@ -51,6 +51,7 @@ setup(
     package_dir={"fusedopt": "python/fusedopt", "fusedopt.kernels": "kernels"},
     packages=[
         "fusedopt",
+        "fusedopt.bench",
         "fusedopt.optim",
         "fusedopt.reference",
         "fusedopt.kernels",

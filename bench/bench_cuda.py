@@ -1,6 +1,6 @@
 """One optimizer step on a GPU, every way at once: torch's for-loop, foreach
 and fused paths beside fusedopt's cuda and triton backends, in one
-interleaved run (bench/gpu_harness.py says how each column is measured).
+interleaved run (python/fusedopt/bench/gpu.py says how each column is measured).
 
     python bench/bench_cuda.py                       # AdamW and SGD momentum, fp32, all workloads
     python bench/bench_cuda.py --dtype bfloat16      # 16-bit params (fusedopt: fp32 states)
@@ -12,7 +12,7 @@ Llama-3.2-1B (146 tensors, 1.24B params; where the GPU memory holds every
 implementation's states). Per row: launches per step, host ms, kernel ms,
 bytes per param of the bytes model, GB/s, its share of the measured
 device-to-device copy bandwidth, and the speed against torch's fused path.
-The CSV (default bench/results/gpu-<gpu name>.csv) records provenance.
+The CSV (default bench-out/<date-time>/gpu-<gpu name>.csv) records provenance.
 Without a GPU it says so and exits 0.
 """
 
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
-from gpu_harness import WORKLOADS, OptimizerCase, run, save_rows
+from fusedopt.bench.gpu import WORKLOADS, OptimizerCase, run, save_rows
 
 CASES = {
     "AdamW": OptimizerCase(
@@ -56,7 +56,9 @@ def main() -> int:
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--amsgrad", action="store_true", help="AdamW with amsgrad")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--csv", type=Path, help="default: bench/results/gpu-<gpu name>.csv")
+    parser.add_argument(
+        "--csv", type=Path, help="default: bench-out/<date-time>/gpu-<gpu name>.csv"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_cuda: no CUDA GPU is present on this machine; nothing to measure.")

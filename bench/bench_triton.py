@@ -2,10 +2,10 @@
 
 On a CUDA GPU: correctness of every rule against fusedopt.reference on CUDA
 tensors, the launcher's launches per step, and every optimizer of the family
-through bench/gpu_harness.py (the harness of bench_cuda.py): fusedopt's triton
-and cuda backends beside torch's foreach and fused paths (bench_family.py's
-configurations), interleaved, on GPT-2 small and 2000 x 4096, with launches,
-host ms, kernel ms and GB/s of the bytes model (CSV: bench/results/gpu-<gpu
+through fusedopt.bench.gpu (the harness of bench_cuda.py): fusedopt's triton
+and cuda backends beside torch's foreach and fused paths (the configurations
+of fusedopt.bench.competitors), interleaved, on GPT-2 small and 2000 x 4096, with launches,
+host ms, kernel ms and GB/s of the bytes model (CSV: bench-out/<date-time>/gpu-<gpu
 name>-family.csv).
 
 Without a GPU, what the interpreter can honestly say: correctness of every
@@ -40,14 +40,16 @@ if not torch.cuda.is_available():
 import fusedopt  # noqa: E402
 import triton  # noqa: E402
 from fusedopt import backends  # noqa: E402
+from fusedopt.bench.competitors import ENTRIES  # noqa: E402
+from fusedopt.bench.gpu import cases, run, save_rows  # noqa: E402
+from fusedopt.bench.workloads import gpt2_small_shapes  # noqa: E402
 from fusedopt.kernels import mta, rules  # noqa: E402
 from fusedopt.registry import RULES  # noqa: E402
-from workloads import gpt2_small_shapes  # noqa: E402
 
 # Rounds per family workload: 14 optimizers x 2 workloads must fit make
 # gpu-test's 80 s for this script, Triton's compilations included.
 FAMILY_REPEATS = 10
-# The family's GPU workloads: bench_family.py's, on the GPU.
+# The family's GPU workloads: those of `fusedopt-bench --optim all` on the CPU.
 FAMILY_WORKLOADS = {
     "GPT-2 small (124M)": gpt2_small_shapes,
     "2000 x 4096": lambda: [(4096,)] * 2000,
@@ -56,12 +58,10 @@ FAMILY_WORKLOADS = {
 
 def rule_hyper() -> dict[str, dict]:
     """Each rule's hyperparameters as fusedopt's class for it passes them to
-    the backends, in bench_family.py's configurations (the states most runs
-    keep); the first class of a rule gives it (AdamW for adam)."""
-    from bench_family import ENTRIES
-
+    the backends, in fusedopt.bench.competitors' configurations (the states
+    most runs keep); the first class of a rule gives it (AdamW for adam)."""
     hyper: dict[str, dict] = {}
-    for entry in ENTRIES:
+    for entry in ENTRIES.values():
         cls = getattr(fusedopt, entry.name)
         opt = cls([torch.zeros(1, requires_grad=True)], **entry.kwargs)
         hyper.setdefault(cls.rule.name, opt.hyper(opt.param_groups[0]))
@@ -230,39 +230,13 @@ def host_time(n_tensors: int, repeats: int) -> list[tuple]:
     return [(name, f"{ms:.3f}") for name, ms in medians.items()]
 
 
-def family_cases() -> list:
-    """bench_family.py's optimizers as the GPU harness takes them: torch's
-    foreach and fused paths where torch has them, and the states each
-    configuration's step uses (the bytes model)."""
-    from bench_family import ENTRIES
-    from gpu_harness import OptimizerCase
-
-    cases = []
-    for entry in ENTRIES:
-        cls = getattr(fusedopt, entry.name)
-        opt = cls([torch.zeros(1, requires_grad=True)], **entry.kwargs)
-        states = len(cls.rule.used_states(opt.hyper(opt.param_groups[0])))
-        paths = () if entry.torch_cls is None else ("torch foreach",)
-        paths += ("torch fused",) if entry.torch_has_fused else ()
-        cases.append(
-            OptimizerCase(
-                entry.name,
-                entry.name,
-                entry.kwargs,
-                states,
-                entry.torch_cls,
-                torch_paths=paths,
-                torch_kwargs=entry.torch_kwargs,
-            )
-        )
-    return cases
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tensors", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--csv", type=Path, help="default: bench/results/gpu-<gpu name>-family.csv")
+    parser.add_argument(
+        "--csv", type=Path, help="default: bench-out/<date-time>/gpu-<gpu name>-family.csv"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print(
@@ -281,11 +255,9 @@ def main() -> int:
         )
         print(table(host_time(args.tensors, args.repeats), ("what", "ms")))
         return 0
-    from gpu_harness import run, save_rows
-
     print("Every optimizer on the GPU: fusedopt triton and cuda beside torch's paths")
     rows = run(
-        family_cases(),
+        cases(list(ENTRIES), ("foreach", "fused")),
         FAMILY_WORKLOADS,
         torch.float32,
         backends=("triton", "cuda"),

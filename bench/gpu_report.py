@@ -128,13 +128,17 @@ def build_report(logs: Path, machine: dict[str, str]) -> str:
 
 
 def machine_info() -> dict[str, str]:
-    """gpu_harness.provenance(), or what can be said without it."""
+    """fusedopt.bench.gpu.provenance(), or what can be said without it (no
+    GPU, or no fusedopt: its build failed)."""
     import torch
 
     if not torch.cuda.is_available():
         return {"gpu": "no GPU", "torch": torch.__version__}
-    from gpu_harness import provenance
-
+    try:
+        from fusedopt.bench.gpu import provenance
+    except ImportError as error:
+        name = torch.cuda.get_device_name()
+        return {"gpu": name, "torch": torch.__version__, "fusedopt": repr(error)}
     return provenance()
 
 
@@ -146,7 +150,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.slug:
         import torch
-        from gpu_harness import gpu_slug
+        from fusedopt.bench.gpu import gpu_slug
 
         print(gpu_slug(torch.cuda.get_device_name()))
         return 0

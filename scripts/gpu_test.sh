@@ -44,11 +44,7 @@ if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
 fi
 
 export PYTHONUNBUFFERED=1
-slug=$("$PY" bench/gpu_report.py --slug) || slug=gpu
 results=bench/results
-report="$results/gpu-$slug.md"
-csv_cuda="$results/gpu-$slug.csv"
-csv_family="$results/gpu-$slug-family.csv"
 logs=$(mktemp -d)
 mkdir -p "$results"
 : >"$logs/phases.tsv"
@@ -76,6 +72,13 @@ phase() {
 # FUSEDOPT_CUDA_ARCHS set by the caller holds for the build and the tests alike.
 phase build "$BUILD_LIMIT" "$logs/build.log" \
   env FUSEDOPT_PYTHON="$PY" FUSEDOPT_CUDA=1 bash scripts/setup.sh
+
+# The GPU's name for the file names, once fusedopt (its fusedopt.bench.gpu)
+# is installed; "gpu" when the build failed.
+slug=$("$PY" bench/gpu_report.py --slug) || slug=gpu
+report="$results/gpu-$slug.md"
+csv_cuda="$results/gpu-$slug.csv"
+csv_family="$results/gpu-$slug-family.csv"
 
 parallel=()
 if "$PY" -c "import xdist" 2>/dev/null; then

@@ -7,6 +7,11 @@
 #
 #   FUSEDOPT_TORCH   the torch requirement (default torch==2.14.1: its CUDA 13.0
 #                    build matches nvcc 13.0 and can compile the CUDA kernels)
+#   FUSEDOPT_TORCH_INDEX  the package index torch alone comes from, e.g.
+#                    https://download.pytorch.org/whl/cpu for a CPU-only torch
+#                    on a machine without a GPU (~0.9 GB in the venv instead of
+#                    the CUDA build's ~5.4 GB); the build then has no CUDA
+#                    kernels (a CPU torch cannot compile them: CMakeLists.txt)
 #   FUSEDOPT_CUDA    auto | 1 | 0, passed to the build (see CMakeLists.txt)
 #   FUSEDOPT_TESTING 1 (default here) | 0: build fusedopt._testing, the
 #                    test-only ops the tests load
@@ -47,12 +52,20 @@ else
   fi
   PY="$VENV/bin/python"
   "$PY" -m pip install -q --upgrade pip setuptools wheel
+  # torch first and alone, so that FUSEDOPT_TORCH_INDEX applies to it only
+  # (the install below then finds it satisfied: torch==X matches X+cpu).
+  TORCH_INDEX=()
+  if [ -n "${FUSEDOPT_TORCH_INDEX:-}" ]; then
+    TORCH_INDEX=(--index-url "$FUSEDOPT_TORCH_INDEX")
+  fi
+  "$PY" -m pip install -q "$TORCH_REQUIREMENT" "${TORCH_INDEX[@]}"
   # expecttest: torch's own optimizer test catalog (optim_db) imports it;
   # hypothesis: the property tests. transformers, accelerate and mup: the
   # ecosystem tests (tests/test_ecosystem.py); mup without its dependencies,
   # which only its plotting needs (pandas, matplotlib, seaborn: ~180 MB).
+  # tqdm and matplotlib: fusedopt-bench's progress bar and plots.
   "$PY" -m pip install -q "$TORCH_REQUIREMENT" numpy pytest ruff expecttest hypothesis \
-    transformers accelerate
+    transformers accelerate tqdm matplotlib
   "$PY" -m pip install -q --no-deps mup
   OFFLINE=()
   DIST=dist

@@ -13,13 +13,12 @@ import conftest
 import pytest
 import torch
 from _cuda_tools import REPO
+from fusedopt.bench import gpu, workloads
 from helpers import BackendCase
 
 sys.path.insert(0, str(REPO / "bench"))
 import bench_cuda  # noqa: E402
-import gpu_harness  # noqa: E402
 import gpu_report  # noqa: E402
-import workloads  # noqa: E402
 
 no_gpu_only = pytest.mark.skipif(
     torch.cuda.is_available(), reason="a GPU is present: this checks the machines without one"
@@ -94,17 +93,15 @@ def test_workloads():
     assert count(workloads.gpt2_small_shapes()) == (148, 124_439_808)
     # Llama-3.2-1B's published size: 1.24B params (tied embeddings).
     assert count(workloads.llama_3_2_1b_shapes()) == (146, 1_235_814_400)
-    assert count(gpu_harness.WORKLOADS["2000 x 4096"]()) == (2000, 8_192_000)
-    assert count(gpu_harness.WORKLOADS["one 64M tensor"]()) == (1, 64 * 2**20)
+    assert count(gpu.WORKLOADS["2000 x 4096"]()) == (2000, 8_192_000)
+    assert count(gpu.WORKLOADS["one 64M tensor"]()) == (1, 64 * 2**20)
 
 
 def test_bytes_model():
     """bench/README.md's table: fusedopt keeps fp32 states, torch the param's dtype."""
 
     def per_element(case, dtype):
-        return {
-            i.name: i.bytes_per_element(dtype) for i in gpu_harness.implementations(case, dtype)
-        }
+        return {i.name: i.bytes_per_element(dtype) for i in gpu.implementations(case, dtype)}
 
     adamw, sgd = bench_cuda.CASES["AdamW"], bench_cuda.CASES["SGD"]
     (amsgrad,) = bench_cuda.cases(["AdamW"], amsgrad=True)
@@ -130,11 +127,11 @@ def test_bytes_model():
 def test_llama_workload_fits_an_h100():
     """p and g once, five implementations' m and v, torch foreach's sqrt(v):
     52 B per param, 64 GB, inside an H100's memory with the headroom."""
-    impls = gpu_harness.implementations(bench_cuda.CASES["AdamW"], torch.float32)
+    impls = gpu.implementations(bench_cuda.CASES["AdamW"], torch.float32)
     numel = sum(torch.Size(s).numel() for s in workloads.llama_3_2_1b_shapes())
-    need = gpu_harness.plan_bytes(numel, torch.float32, impls)
+    need = gpu.plan_bytes(numel, torch.float32, impls)
     assert need == numel * (8 + 5 * 8 + 4)
-    assert need < gpu_harness.MEMORY_HEADROOM * H100_BYTES
+    assert need < gpu.MEMORY_HEADROOM * H100_BYTES
 
 
 def test_launches_from_profiler_events():
@@ -155,8 +152,8 @@ def test_launches_from_profiler_events():
         event("Memcpy HtoD (Pageable -> Device)"),
         event("Memset (Device)"),
     ]
-    assert gpu_harness.classify_device_events(torch_2_11) == (2, 2)
-    assert gpu_harness.classify_device_events(torch_2_11[:3]) is None
+    assert gpu.classify_device_events(torch_2_11) == (2, 2)
+    assert gpu.classify_device_events(torch_2_11[:3]) is None
     torch_2_14 = [
         event(step, cpu, activity_type="cpu_op"),
         event(step, activity_type="gpu_user_annotation"),
@@ -164,12 +161,12 @@ def test_launches_from_profiler_events():
         event("Memcpy HtoD (Pinned -> Device)", activity_type="gpu_memcpy"),
         event("CUPTI overhead", activity_type="overhead"),
     ]
-    assert gpu_harness.classify_device_events(torch_2_14) == (1, 1)
+    assert gpu.classify_device_events(torch_2_14) == (1, 1)
 
 
 def test_gpu_slug():
-    assert gpu_harness.gpu_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
-    assert gpu_harness.gpu_slug("NVIDIA H200") == "nvidia-h200"
+    assert gpu.gpu_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert gpu.gpu_slug("NVIDIA H200") == "nvidia-h200"
 
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
@@ -278,11 +275,11 @@ def test_require_gpu_turns_gpu_skips_into_failures(tmp_path):
 def test_table_rows(capsys):
     """GB/s from the bytes model and the kernel time's median, the speed
     against torch fused, launches from the profiler or the launcher."""
-    impls = gpu_harness.implementations(bench_cuda.CASES["AdamW"], torch.float32)
+    impls = gpu.implementations(bench_cuda.CASES["AdamW"], torch.float32)
     shapes = workloads.gpt2_small_shapes()
     ms = {"torch for-loop": 4.0, "torch foreach": 2.0, "torch fused": 1.5}
     samples = {
-        i.name: gpu_harness.Samples(
+        i.name: gpu.Samples(
             host_s=[1e-4, 3e-4, 2e-4],
             kernel_s=[ms.get(i.name, 1.0) / 1e3] * 3,
             launches=None if i.name == "fusedopt triton" else (3, 1),
@@ -290,7 +287,7 @@ def test_table_rows(capsys):
         )
         for i in impls
     }
-    rows = gpu_harness.report("AdamW", "GPT-2", shapes, torch.float32, impls, samples, 3000.0)
+    rows = gpu.report("AdamW", "GPT-2", shapes, torch.float32, impls, samples, 3000.0)
     by_name = {row["implementation"]: row for row in rows}
     cuda = by_name["fusedopt cuda"]
     assert cuda["gb_per_s"] == f"{28 * 124_439_808 / 1e-3 / 1e9:.1f}"  # 3484.3

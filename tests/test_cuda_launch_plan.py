@@ -8,17 +8,13 @@ and the workloads of the issue's targets take few launches. How a launch's
 grid shares out its table is emulated in tests/test_cuda_emulation.py."""
 
 import random
-import sys
 
 import fusedopt  # noqa: F401  (registers the ops)
 import pytest
 import torch
-from _cuda_tools import REPO
 from fusedopt._C import kernel_arg_bytes
+from fusedopt.bench.workloads import gpt2_small_shapes
 from fusedopt.registry import RULES
-
-sys.path.insert(0, str(REPO / "bench"))
-from workloads import gpt2_small_shapes  # noqa: E402
 
 pytest.importorskip(
     "fusedopt._testing", reason="fusedopt._testing is built only with FUSEDOPT_TESTING=1"

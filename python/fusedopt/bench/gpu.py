@@ -1,5 +1,6 @@
-"""The GPU benchmarks' one harness (bench_cuda.py, bench_triton.py): optimizer
-steps on CUDA tensors, every implementation in turn, in one interleaved run.
+"""The GPU harness (fusedopt-bench on a GPU, bench/bench_cuda.py,
+bench/bench_triton.py): optimizer steps on CUDA tensors, every implementation
+in turn, in one interleaved run.
 
 For each workload and implementation it reports
   launches   the GPU work of one step, counted by torch's profiler from the
@@ -28,15 +29,24 @@ import csv
 import datetime
 import platform
 import re
+import shlex
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from workloads import gpt2_small_shapes, llama_3_2_1b_shapes, state_bytes_per_element
+
+from fusedopt.bench import output
+from fusedopt.bench import workloads as cli_workloads
+from fusedopt.bench.competitors import ENTRIES, optimizer_names, states_used, torch_has
+from fusedopt.bench.provenance import git_rev, run_text
+from fusedopt.bench.workloads import (
+    gpt2_small_shapes,
+    llama_3_2_1b_shapes,
+    state_bytes_per_element,
+)
 
 # Written before every kernel-timed step: more than twice the L2 of an H100
 # (50 MB), H200 (60 MB) or B200 (126 MB), so no line of the last step survives.
@@ -317,26 +327,11 @@ def gpu_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
 
 
-def _run(args: list[str]) -> str:
-    try:
-        result = subprocess.run(args, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return result.stdout.strip() if result.returncode == 0 else "unknown"
-
-
-def commit() -> str:
-    here = Path(__file__).parent
-    sha = _run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"])
-    dirty = _run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"])
-    return f"{sha} (uncommitted changes)" if dirty not in ("", "unknown") else sha
-
-
 def provenance() -> dict[str, str]:
     import triton
 
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    driver = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+    driver = run_text(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "host": platform.node(),
@@ -350,7 +345,7 @@ def provenance() -> dict[str, str]:
         "cuda": str(torch.version.cuda),
         "triton": triton.__version__,
         "python": platform.python_version(),
-        "fusedopt_commit": commit(),
+        "fusedopt_commit": git_rev(),
     }
 
 
@@ -413,6 +408,7 @@ def report(
                 "host_ms": f"{host_ms:.4f}",
                 "kernel_ms": f"{ms:.4f}",
                 "kernel_min_ms": f"{min(s.kernel_s) * 1e3:.4f}",
+                "kernel_max_ms": f"{max(s.kernel_s) * 1e3:.4f}",
                 "bytes_per_param": per,
                 "gb_per_s": f"{gbs:.1f}",
                 "copy_gb_per_s": f"{copy_gbs:.1f}",
@@ -476,12 +472,12 @@ def run(
 def save_rows(rows: list[dict], script: str, csv_path: Path | None, suffix: str = "") -> int:
     """A GPU benchmark's last step, its exit status: 1 when no workload was
     measured, else the rows written to `csv_path`, or by default to
-    bench/results/gpu-<gpu name><suffix>.csv, and 0."""
+    bench-out/<date-time>/gpu-<gpu name><suffix>.csv (untracked), and 0."""
     if not rows:
         print(f"{script}: no workload could be measured (see above)")
         return 1
     slug = gpu_slug(torch.cuda.get_device_name())
-    write_csv(rows, csv_path or Path(__file__).parent / "results" / f"gpu-{slug}{suffix}.csv")
+    write_csv(rows, csv_path or output.default_out_dir() / f"gpu-{slug}{suffix}.csv")
     return 0
 
 
@@ -493,3 +489,72 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     print(f"wrote {path}")
+
+
+def cases(names: Sequence[str], torch_paths: Sequence[str]) -> list[OptimizerCase]:
+    """fusedopt.bench.competitors' optimizers as this harness takes them:
+    torch's paths that its twin has on CUDA, and the states each
+    configuration's step uses (the bytes model)."""
+    out = []
+    for name in names:
+        entry = ENTRIES[name]
+        paths = tuple(f"torch {p}" for p in torch_paths if torch_has(entry, p, "cuda"))
+        out.append(
+            OptimizerCase(
+                name,
+                name,
+                entry.kwargs,
+                states_used(entry),
+                entry.torch_cls,
+                torch_paths=paths,
+                torch_kwargs=entry.torch_kwargs,
+            )
+        )
+    return out
+
+
+def main(args, argv: list[str], out: Path) -> int:
+    """fusedopt-bench on a GPU: the chosen optimizers and workloads through
+    run(), CSV and plots into `out`."""
+    chosen = [cli_workloads.workload(n) for n in args.workload] if args.workload else None
+    defaults = cli_workloads.QUICK_WORKLOADS if args.quick else cli_workloads.WORKLOADS
+    workloads = chosen or list(defaults.values())
+    backends = [b for b in (args.backend or "cuda,triton").split(",") if b]
+    torch_paths = [p for p in args.torch.split(",") if p]
+    print("fusedopt-bench, GPU: torch's paths and fusedopt's GPU backends, interleaved")
+    rows = []
+    for dtype in dict.fromkeys(w.dtype for w in workloads):
+        mine = {w.name: w.shapes for w in workloads if w.dtype == dtype}
+        extra = {"repeats": args.repeats} if args.repeats else {}
+        rows += run(cases(optimizer_names(args.optim), torch_paths), mine, dtype, backends, **extra)
+    if not rows:
+        print("fusedopt-bench: no workload could be measured (see above)")
+        return 1
+    write_csv(
+        [{**r, "command": shlex.join(["fusedopt-bench", *argv])} for r in rows], out / "results.csv"
+    )
+    if not args.no_plots:
+        plot_rows = [
+            {
+                "workload": r["workload"],
+                "optimizer": r["optimizer"],
+                "competitor": r["implementation"],
+                "median_ms": r["kernel_ms"],
+                "min_ms": r["kernel_min_ms"],
+                "max_ms": r["kernel_max_ms"],
+                "gb_per_s": r["gb_per_s"],
+            }
+            for r in rows
+        ]
+        plot_rows += [
+            {
+                "workload": w,
+                "optimizer": "",
+                "competitor": "roofline (device copy)",
+                "gb_per_s": r["copy_gb_per_s"],
+            }
+            for w, r in {r["workload"]: r for r in rows}.items()
+        ]
+        for path in output.plot_all(plot_rows, out, "kernel ms (CUDA events), GPU"):
+            print(f"wrote {path}")
+    return 0

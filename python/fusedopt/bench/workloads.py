@@ -7,6 +7,10 @@ fp32 whatever the param dtype; torch keeps them in the param's dtype.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 FP32_STATE_BYTES = 4
@@ -84,3 +88,57 @@ def state_bytes_per_element(
     params and torch's bf16 states: 14."""
     param = torch.finfo(dtype).bits // 8
     return 3 * param + 2 * state_bytes * states
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A list of parameter shapes, in one dtype (params and grads)."""
+
+    name: str
+    shapes: Callable[[], list[tuple[int, ...]]]
+    dtype: torch.dtype = torch.float32
+
+    def numel(self) -> int:
+        return sum(torch.Size(s).numel() for s in self.shapes())
+
+
+# The CPU run's workloads: many small tensors (per-tensor work shows), one
+# stream of memory, a real model's mix, and that model with 16-bit params.
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("GPT-2 small (124M)", gpt2_small_shapes),
+        Workload("2000 x 4096", lambda: [(4096,)] * 2000),
+        Workload("one 64M tensor", lambda: [(64 * 2**20,)]),
+        Workload("GPT-2 small (124M), bf16", gpt2_small_shapes, torch.bfloat16),
+    )
+}
+# --quick: the same kinds (many tensors, one tensor), each a step of a few ms.
+# 200 x 4096 moves 23 MB per AdamW step, inside the 32 MB L3 of this
+# project's machine (its GB/s can exceed the DRAM roofline: 5x in one run);
+# one 4M tensor moves 117 MB, beyond it.
+QUICK_WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("200 x 4096", lambda: [(4096,)] * 200),
+        Workload("one 4M tensor", lambda: [(4 * 2**20,)]),
+    )
+}
+# "COUNTxNUMEL" or "COUNTxNUMEL:bf16" on the command line: COUNT tensors of NUMEL elements.
+_CUSTOM = re.compile(r"^(\d+)x(\d+)(?::(fp32|bf16|fp16))?$")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def workload(name: str) -> Workload:
+    """A named workload (WORKLOADS, QUICK_WORKLOADS) or "COUNTxNUMEL[:bf16]"."""
+    known = {**WORKLOADS, **QUICK_WORKLOADS}
+    if name in known:
+        return known[name]
+    match = _CUSTOM.match(name.replace(" ", ""))
+    if match is None:
+        raise ValueError(
+            f"unknown workload {name!r}: name one of {sorted(known)} or write COUNTxNUMEL "
+            f"(optionally :bf16, :fp16 or :fp32), e.g. 8x1024"
+        )
+    count, numel, dtype = int(match[1]), int(match[2]), _DTYPES[match[3] or "fp32"]
+    return Workload(name, lambda: [(numel,)] * count, dtype)
