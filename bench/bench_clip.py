@@ -59,9 +59,18 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="2000 x 4096 params, few repeats")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default: torch's); on a shared machine 1 thread measures "
+        "the code, not the neighbours' scheduling",
+    )
+    parser.add_argument(
         "--csv", type=Path, default=Path(__file__).parent / "results" / "cpu_clip.csv"
     )
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     shapes = [(4096,)] * 2000 if args.quick else gpt2_small_shapes()
     workload = "2000 x 4096" if args.quick else "GPT-2 small"
     repeats = args.repeats or (3 if args.quick else 9)

@@ -19,13 +19,36 @@ namespace fusedopt::cpu::FUSEDOPT_ISA {
 namespace {
 
 // Step 2 of the order: lane L folds elements L, L + kLanes, ... of the chunk.
-// A full row is one loop gcc vectorizes (unit stride, lane-wise); the
-// chunk's last, partial row folds the elements it has.
+// A row is one loop gcc vectorizes (unit stride, lane-wise). kRowsPerPass rows
+// go through the lanes at once, each lane folding them in row order as one
+// row at a time would (the same operations, the same bits), so the lanes
+// are loaded and stored once per 4 rows. Measured, one thread, against
+// torch's get_total_norm in the same run (bench/bench_clip.py, GPT-2 small's
+// grads): 0.87x its speed with one row per pass, 0.96x with 4; on 2 x 16M
+// elements, 30 interleaved calls: 10.1 ms against torch's 10.4 ms and two
+// plain sums' 8.7 ms.
+// The chunk's last, partial row folds the elements it has.
+constexpr int64_t kRowsPerPass = 4;
+
 template <norm::NormKind K, typename T>
 __attribute__((noinline)) void fold_lanes(const T* __restrict__ x, int64_t n,
                                           float* __restrict__ lanes) {
   using N = norm::Norm<K>;
   int64_t row = 0;
+  for (; row + kRowsPerPass * norm::kLanes <= n; row += kRowsPerPass * norm::kLanes) {
+    const T* __restrict__ r0 = x + row;
+    const T* __restrict__ r1 = r0 + norm::kLanes;
+    const T* __restrict__ r2 = r1 + norm::kLanes;
+    const T* __restrict__ r3 = r2 + norm::kLanes;
+    for (int32_t lane = 0; lane < norm::kLanes; ++lane) {
+      float value = lanes[lane];
+      value = N::combine(value, N::contribution(to_float(r0[lane])));
+      value = N::combine(value, N::contribution(to_float(r1[lane])));
+      value = N::combine(value, N::contribution(to_float(r2[lane])));
+      value = N::combine(value, N::contribution(to_float(r3[lane])));
+      lanes[lane] = value;
+    }
+  }
   for (; row + norm::kLanes <= n; row += norm::kLanes) {
     for (int32_t lane = 0; lane < norm::kLanes; ++lane) {
       lanes[lane] = N::combine(lanes[lane], N::contribution(to_float(x[row + lane])));

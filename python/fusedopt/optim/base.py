@@ -93,11 +93,13 @@ c = min(max_grad_norm / (norm + 1e-6), 1) is folded into the update pass's
 GradScaler input: grad_scale / c (1 / c without a scaler), so the update reads
 each grad once, divides it by that, and stores the clipped, unscaled grad back
 (torch's clip leaves the clipped grads too); with GradScaler the norm is the
-scaled grads' divided by the scale (exact: its scales are powers of two), and
-a found_inf skips the step as before. Everything stays on the device: no host
-sync. A non-finite norm without a scaler makes c 0 or NaN, and the grads 0 or
-NaN, as torch's clip does. The key is added to the groups only when given, so
-the groups keep torch's keys otherwise.
+scaled grads' divided by the scale (exact: its scales are powers of two; a
+sum of squares that overflows fp32 only once scaled, grads over ~1e19 /
+scale, reads as an inf norm), and a found_inf skips the step as before.
+Everything stays on the device: no host sync. A non-finite norm without a
+scaler makes c 0 or NaN, and the grads 0 or NaN, as torch's clip does. The
+key is added to the groups only when given, so the groups keep torch's keys
+otherwise.
 """
 
 from __future__ import annotations

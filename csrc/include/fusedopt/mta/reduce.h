@@ -44,7 +44,7 @@ struct NormHeader {
 
 // Slots and chunks per reduction launch, from the kernel-parameter space as
 // for the element kernels (slots_per_launch in mta/args.h): 256 slots of 24 B
-// and 5,311 chunks at 32 KB, so GPT-2 small (148 tensors, 1,995 chunks) is one
+// and 5,317 chunks at 32 KB, so GPT-2 small (148 tensors, 1,995 chunks) is one
 // launch.
 constexpr int32_t norm_slots_per_launch() {
   const size_t share = (kMaxKernelArgBytes - sizeof(NormHeader)) * kSlotShareNumerator /
