@@ -65,6 +65,18 @@ __attribute__((noinline)) void run_elements(P* __restrict__ param, P* __restrict
   }
 }
 
+// A block's codes (core/blockwise8.h): eight gathers per element. A function
+// of its own: inlined into run_blocks8, where the table is one of two, gcc
+// left this loop scalar ("latch block not empty").
+__attribute__((noinline)) void encode_block8(const float* __restrict__ values,
+                                             uint8_t* __restrict__ out,
+                                             const float* __restrict__ midpoints, float divisor,
+                                             int32_t len) {
+  for (int32_t j = 0; j < len; ++j) {
+    out[j] = static_cast<uint8_t>(encode_code8(values[j] / divisor, midpoints));
+  }
+}
+
 // The 8-bit blockwise states of one block (core/blockwise8.h), decoded into
 // fp32 in `values`, state-major: a state's block is a SIMD-friendly unit of
 // kBlock8 floats, 4 KB for four states, on the stack.
@@ -91,7 +103,7 @@ __attribute__((noinline)) void run_blocks8(P* __restrict__ param, P* __restrict_
     const int32_t len = static_cast<int32_t>(n - first < kBlock8 ? n - first : kBlock8);
     for (int k = 0; k < R::kStates; ++k) {
       if (!used.has(k)) continue;
-      const float* map = (signed_mask >> k) & 1u ? kSignedMap : kUnsignedMap;
+      const float* __restrict__ map = (signed_mask >> k) & 1u ? kSignedMap : kUnsignedMap;
       const uint8_t* __restrict__ in = codes[k] + first;
       const float scale = absmax[k][b];
       float* __restrict__ out = block.values[k];
@@ -103,14 +115,16 @@ __attribute__((noinline)) void run_blocks8(P* __restrict__ param, P* __restrict_
     for (int k = 0; k < R::kStates; ++k) {
       if (!used.has(k)) continue;
       const float* __restrict__ values = block.values[k];
-      float amax = 0.0f;
-      for (int32_t j = 0; j < len; ++j) amax = absmax_step(amax, values[j]);
-      absmax[k][b] = amax;
-      const float* midpoints = (signed_mask >> k) & 1u ? kSignedMidpoints : kUnsignedMidpoints;
-      uint8_t* __restrict__ out = codes[k] + first;
+      uint32_t bits = 0;
       for (int32_t j = 0; j < len; ++j) {
-        out[j] = static_cast<uint8_t>(encode_code8(normalize8(values[j], amax), midpoints));
+        const uint32_t magnitude = magnitude_bits(values[j]);
+        bits = magnitude > bits ? magnitude : bits;
       }
+      const float amax = absmax_of_bits(bits);
+      absmax[k][b] = amax;
+      const float divisor = encode_divisor(amax);
+      encode_block8(values, codes[k] + first,
+                    (signed_mask >> k) & 1u ? kSignedMidpoints : kUnsignedMidpoints, divisor, len);
     }
   }
 }

@@ -9,7 +9,7 @@ from fusedopt import _extension, _fake, reference  # noqa: F401  (_fake register
 from fusedopt.backends import BACKEND_NAMES
 from fusedopt.optim.adadelta import Adadelta
 from fusedopt.optim.adagrad import Adagrad
-from fusedopt.optim.adam import Adam, AdamW, HFAdamW
+from fusedopt.optim.adam import Adam, Adam8bit, AdamW, AdamW8bit, HFAdamW
 from fusedopt.optim.adamax import Adamax
 from fusedopt.optim.asgd import ASGD
 from fusedopt.optim.lion import Lion
@@ -27,7 +27,9 @@ __all__ = [
     "Adadelta",
     "Adagrad",
     "Adam",
+    "Adam8bit",
     "AdamW",
+    "AdamW8bit",
     "Adamax",
     "HFAdamW",
     "Lion",

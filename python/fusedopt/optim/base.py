@@ -706,11 +706,23 @@ def _store_state(
     dtype = torch.bfloat16 if storage == "bf16" else compute_dtype(p.dtype)
     laid_out = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format)
     if storage != "int8":
-        state[key] = laid_out.copy_(values) if isinstance(values, Tensor) else laid_out.fill_(values)
+        state[key] = (
+            laid_out.copy_(values) if isinstance(values, Tensor) else laid_out.fill_(values)
+        )
         return
     if not isinstance(values, Tensor):
         values = laid_out.fill_(values)
     state[key], state[key + ABSMAX_SUFFIX] = codecs.new_8bit(values, p, not nonnegative)
+
+
+def state_dtype_defaults(state_dtype: str) -> dict[str, Any]:
+    """The `state_dtype` group key of a class's keyword, only where it leaves
+    float32 (so a torch-style optimizer keeps torch's group keys)."""
+    if state_dtype not in codecs.STATE_DTYPES:
+        raise ValueError(
+            f"fusedopt: state_dtype must be one of {codecs.STATE_DTYPES}, got {state_dtype!r}"
+        )
+    return {} if state_dtype == "fp32" else {"state_dtype": state_dtype}
 
 
 def _needs_relayout(state: Tensor, p: Tensor) -> bool:

@@ -21,7 +21,9 @@ float32, updated by the rule, stored (encoded) once.
 Encoding is the same on every backend, bit for bit: the code is the number of
 the map's midpoints (float32, `dynamic_midpoints`) strictly below x / absmax
 (x / absmax in float32 by IEEE division; the nearest code, ties to the lower
-one), 0 for a NaN; absmax 0 encodes every element as the code of 0.
+one), 0 for a NaN; absmax 0 encodes every element as the code of 0. absmax
+is the largest magnitude of the block, taken on the magnitudes' bits, so a
+NaN in a block makes its absmax that NaN (and the block decodes to NaN).
 bitsandbytes finds the code by a binary search over the sorted map too, with
 its own tie and edge rules: its codes can differ from these by one at ties.
 """
@@ -120,8 +122,10 @@ def encode_8bit(values: Tensor, codes: Tensor, absmax: Tensor) -> None:
     padded = torch.zeros(absmax.numel() * BLOCK, dtype=torch.float32, device=flat.device)
     padded[:n] = flat
     blocks = padded.view(-1, BLOCK)
-    new_absmax = blocks.abs().amax(dim=1)
-    new_absmax = torch.where(blocks.isnan().any(dim=1), torch.nan, new_absmax)
+    # The largest magnitude's bits: a NaN's lie above inf's, so a block with
+    # a NaN gets a NaN absmax, the same NaN on every backend.
+    magnitude_bits = blocks.view(torch.int32) & 0x7FFFFFFF
+    new_absmax = magnitude_bits.amax(dim=1).view(torch.float32)
     safe = torch.where(new_absmax == 0, 1.0, new_absmax)
     normalized = torch.where(new_absmax[:, None] == 0, 0.0, blocks / safe[:, None])
     midpoints = dynamic_midpoints(is_signed_code(codes)).to(flat.device)

@@ -7,8 +7,8 @@
 // A state of n elements is n bytes of codes plus one fp32 absmax per block of
 // kBlock8 elements of its memory order. Decoding: map[code] * absmax. Encoding
 // a block: absmax = max |x| (NaN if any x is NaN), then each code = the number
-// of midpoints strictly below x / absmax (IEEE division; 0 when absmax is 0,
-// so the block encodes as the code of 0), found by an 8-step branch-free
+// of midpoints strictly below x / absmax (IEEE division; an all-zero block,
+// absmax 0, divides by 1 and encodes as the code of 0), found by an 8-step branch-free
 // binary search over the 255 sorted midpoints. Every backend runs these same
 // comparisons, so codes agree bit for bit. The signed map serves states of
 // either sign (first moments), the unsigned map states that are never
@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "fusedopt/core/macros.h"
 
@@ -303,24 +304,44 @@ FUSEDOPT_CODEC_TABLE float kUnsignedMidpoints[255] = {
 #undef FUSEDOPT_CODEC_TABLE
 
 // The code of x / absmax: how many of the 255 sorted midpoints lie strictly
-// below it (a NaN compares below none: code 0). Eight halvings of [0, 256).
-FUSEDOPT_HD uint32_t encode_code8(float normalized, const float* midpoints) {
-  uint32_t index = 0;
-  for (uint32_t step = kCodes8 / 2; step > 0; step /= 2) {
-    index += normalized > midpoints[index + step - 1] ? step : 0u;
-  }
+// below it (a NaN compares below none: code 0). Eight halvings of [0, 256),
+// written out, on int32 indices: as a loop, or with unsigned indices, gcc
+// left the CPU encoder scalar; this form becomes eight gathers.
+FUSEDOPT_HD int32_t encode_code8(float normalized, const float* __restrict__ midpoints) {
+  int32_t index = 0;
+  index += normalized > midpoints[index + 127] ? 128 : 0;
+  index += normalized > midpoints[index + 63] ? 64 : 0;
+  index += normalized > midpoints[index + 31] ? 32 : 0;
+  index += normalized > midpoints[index + 15] ? 16 : 0;
+  index += normalized > midpoints[index + 7] ? 8 : 0;
+  index += normalized > midpoints[index + 3] ? 4 : 0;
+  index += normalized > midpoints[index + 1] ? 2 : 0;
+  index += normalized > midpoints[index] ? 1 : 0;
   return index;
 }
 
-// x / absmax, with absmax 0 (an all-zero block) giving 0.
-FUSEDOPT_HD float normalize8(float x, float absmax) {
-  return absmax == 0.0f ? 0.0f : x / absmax;
+// What a block's elements are divided by before encoding: its absmax, or 1
+// for an all-zero block (absmax 0), whose elements then encode as 0. Chosen
+// once per block, so the per-element loop is a plain IEEE division.
+FUSEDOPT_HD float encode_divisor(float absmax) { return absmax == 0.0f ? 1.0f : absmax; }
+
+// A block's absmax as the max of its elements' magnitude bits: for floats
+// without sign, integer order is float order, and every NaN's bits lie above
+// inf's, so a block with a NaN gets a NaN absmax (the largest NaN pattern,
+// the same on every backend). An integer max vectorizes; a float max that
+// propagates NaN did not (gcc: "control flow in loop").
+constexpr uint32_t kMagnitudeBits = 0x7FFFFFFFu;
+
+FUSEDOPT_HD uint32_t magnitude_bits(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  return bits & kMagnitudeBits;
 }
 
-// One step of a block's absmax: the larger magnitude, NaN once any is NaN.
-FUSEDOPT_HD float absmax_step(float absmax, float x) {
-  const float magnitude = x < 0.0f ? -x : x;
-  return (magnitude != magnitude || magnitude > absmax) ? magnitude : absmax;
+FUSEDOPT_HD float absmax_of_bits(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
 }
 
 }  // namespace fusedopt
