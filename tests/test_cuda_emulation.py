@@ -302,9 +302,7 @@ class Case:
         )
 
 
-def make_case(
-    name, numels, dtype, hyper, *, steps=None, seed=0, state_dtype=torch.float32
-) -> Case:
+def make_case(name, numels, dtype, hyper, *, steps=None, seed=0, state_dtype=torch.float32) -> Case:
     """`state_dtype`: the states' storage (float32, or bfloat16: Note [state
     dtypes] in csrc/include/fusedopt/core/storage.h), rounded from the same
     float32 draws."""
@@ -313,8 +311,7 @@ def make_case(
     params = [torch.randn(n, generator=gen).to(dtype) for n in numels]
     grads = [torch.randn(n, generator=gen).to(dtype) for n in numels]
     states = {
-        s: [STATE_INIT[s](n, gen).to(state_dtype) for n in numels]
-        for s in rule.used_states(hyper)
+        s: [STATE_INIT[s](n, gen).to(state_dtype) for n in numels] for s in rule.used_states(hyper)
     }
     counts = steps if steps is not None else [3] * len(numels)
     state_steps = scalar_states(name, counts)

@@ -339,27 +339,43 @@ class FusedOptimizer(Optimizer):
 
         # Registered last, so it sees the dict every user pre-hook returned:
         # the one torch's load reads, and so the one whose fp32 states count.
+        # A group keeps its storage keys through a checkpoint that lacks them
+        # (torch's or an fp32 one): its states are converted instead (Note
+        # [state dtypes of a group]).
+        storage_keys = [
+            {key: g[key] for key in STORAGE_GROUP_KEYS if key in g} for g in self.param_groups
+        ]
         handle = self.register_load_state_dict_pre_hook(capture)
         try:
             super().load_state_dict(state_dict)
         finally:
             handle.remove()
+        for group, keys in zip(self.param_groups, storage_keys):
+            for key, value in keys.items():
+                group.setdefault(key, value)
         state_dict = loaded[-1]
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         saved_states = state_dict["state"]
         self._plans = {}
-        params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, param in zip(saved_ids, params):
+        params = [(g, p) for g in self.param_groups for p in g["params"]]
+        for saved_id, (group, param) in zip(saved_ids, params):
             if param not in self.state or saved_id not in saved_states:
                 continue
             state, saved = self.state[param], saved_states[saved_id]
             # Compact 8-bit states: torch's load cast the codes to the param's
-            # dtype; decode the saved ones. The next plan stores every state
-            # as its group says.
+            # dtype. A group that stores them 8-bit takes the saved codes as
+            # they are; any other decodes them. The next plan stores every
+            # state as its group says.
+            eight_bit = self.state_storage(group, param) == "int8"
             for key in self.rule.states:
                 absmax = saved.get(key + ABSMAX_SUFFIX)
                 state.pop(key + ABSMAX_SUFFIX, None)
-                if absmax is not None and key in state:
+                if absmax is None or key not in state:
+                    continue
+                if eight_bit:
+                    state[key] = saved[key].to(param.device, copy=True)
+                    state[key + ABSMAX_SUFFIX] = absmax.to(param.device, torch.float32, copy=True)
+                else:
                     values = codecs.decode_8bit(saved[key], absmax.float())
                     state[key] = values.to(device=param.device, dtype=compute_dtype(param.dtype))
             # Scalar states (NAdam's mu_product) stay float32 beside the count:
@@ -674,6 +690,8 @@ class FusedOptimizer(Optimizer):
 
 # The key of an 8-bit state's per-block absmax: the state's own key + this.
 ABSMAX_SUFFIX = "_absmax"
+# The group keys that say how states are stored.
+STORAGE_GROUP_KEYS = ("state_dtype", "min_8bit_size")
 
 
 def _stored_as(state: dict[str, Any], key: str, p: Tensor, storage: str) -> bool:
