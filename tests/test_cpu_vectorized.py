@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(
 ISAS = ["avx512", "avx2", "baseline"]
 DTYPES = {"float": "fp32", "fusedopt::Bf16": "bf16", "fusedopt::Fp16": "fp16"}
 STATE_DTYPES = {"float": "fp32", "fusedopt::Bf16": "bf16"}
+ELEMENT_STATE_DTYPES = tuple(STATE_DTYPES.values())
 CMAKE = (REPO / "CMakeLists.txt").read_text()
 
 
@@ -118,7 +119,7 @@ def run_elements_sections(
     return found
 
 
-def expected_instantiations(state_dtypes=tuple(STATE_DTYPES.values())) -> set[tuple]:
+def expected_instantiations(state_dtypes=ELEMENT_STATE_DTYPES) -> set[tuple]:
     return {
         (rule, dtype, state_dtype, mask, unscale)
         for rule in RULES
