@@ -65,15 +65,16 @@ __attribute__((noinline)) void run_elements(P* __restrict__ param, P* __restrict
   }
 }
 
-// A block's codes (core/blockwise8.h): eight gathers per element. A function
-// of its own: inlined into run_blocks8, where the table is one of two, gcc
-// left this loop scalar ("latch block not empty").
+// A block's codes (core/blockwise8.h, encode_code8_fast: two gathers per
+// element). A function of its own per map: inlined into run_blocks8, where
+// the table is one of two, gcc left the loop scalar ("latch block not empty").
+template <bool kSigned>
 __attribute__((noinline)) void encode_block8(const float* __restrict__ values,
                                              uint8_t* __restrict__ out,
                                              const float* __restrict__ midpoints, float divisor,
                                              int32_t len) {
   for (int32_t j = 0; j < len; ++j) {
-    out[j] = static_cast<uint8_t>(encode_code8(values[j] / divisor, midpoints));
+    out[j] = static_cast<uint8_t>(encode_code8_fast<kSigned>(values[j] / divisor, midpoints));
   }
 }
 
@@ -123,8 +124,11 @@ __attribute__((noinline)) void run_blocks8(P* __restrict__ param, P* __restrict_
       const float amax = absmax_of_bits(bits);
       absmax[k][b] = amax;
       const float divisor = encode_divisor(amax);
-      encode_block8(values, codes[k] + first,
-                    (signed_mask >> k) & 1u ? kSignedMidpoints : kUnsignedMidpoints, divisor, len);
+      if ((signed_mask >> k) & 1u) {
+        encode_block8<true>(values, codes[k] + first, kSignedMidpoints, divisor, len);
+      } else {
+        encode_block8<false>(values, codes[k] + first, kUnsignedMidpoints, divisor, len);
+      }
     }
   }
 }
