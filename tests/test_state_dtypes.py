@@ -500,3 +500,76 @@ def test_short_training_ends_near_fp32():
     for state_dtype in ("bf16", "int8"):
         got = _train_mlp(state_dtype)
         assert abs(got - fp32) <= 0.02 * fp32, (state_dtype, got, fp32)
+
+
+# --- the fast encoder against the definition, in C++ ----------------------------------
+
+ENCODER_CHECK = r"""
+#include <cstdio>
+#include <cstring>
+#include "fusedopt/core/blockwise8.h"
+using namespace fusedopt;
+// Floats of [-1, 1] (and NaNs) every `stride`-th bit pattern, then each
+// midpoint and its 8 neighbours either side: the fast encoder's code must be
+// the binary search's.
+template <bool S>
+long check(const float* mids, unsigned long stride) {
+  long bad = 0;
+  auto one = [&](float x) {
+    if (encode_code8(x, mids) != encode_code8_fast<S>(x, mids)) {
+      if (bad++ < 5) std::printf("%s map: x=%a\n", S ? "signed" : "unsigned", x);
+    }
+  };
+  for (unsigned long b = 0; b <= 0xFFFFFFFFul; b += stride) {
+    unsigned bits = static_cast<unsigned>(b);
+    float x;
+    std::memcpy(&x, &bits, 4);
+    if (x >= -1.0f && x <= 1.0f || x != x) one(x);
+  }
+  for (int i = 0; i < kCodes8 - 1; ++i) {
+    unsigned bits;
+    std::memcpy(&bits, &mids[i], 4);
+    for (int d = -8; d <= 8; ++d) {
+      unsigned near = bits + d;
+      float x;
+      std::memcpy(&x, &near, 4);
+      one(x);
+    }
+  }
+  return bad;
+}
+int main(int argc, char** argv) {
+  const unsigned long stride = std::strtoul(argv[1], nullptr, 10);
+  const long bad = check<true>(kSignedMidpoints, stride) + check<false>(kUnsignedMidpoints, stride);
+  std::printf("%ld differ\n", bad);
+  return bad != 0;
+}
+"""
+
+
+def _run_encoder_check(tmp_path, stride: int) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("g++") is None:
+        pytest.skip("needs g++ to compile the encoder check")
+    source = tmp_path / "check.cpp"
+    source.write_text("#include <cstdlib>\n" + ENCODER_CHECK)
+    binary = tmp_path / "check"
+    build = ["g++", "-std=c++20", "-O2", f"-I{REPO / 'csrc/include'}", str(source), "-o"]
+    subprocess.run([*build, str(binary)], check=True)
+    result = subprocess.run([str(binary), str(stride)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_fast_encoder_is_the_binary_search(tmp_path):
+    """encode_code8_fast (the kernels') = encode_code8 (the definition) on
+    every 97th float bit pattern (~44M floats of [-1, 1]) and every midpoint's
+    neighbourhood, both maps."""
+    _run_encoder_check(tmp_path, 97)
+
+
+@pytest.mark.slow
+def test_fast_encoder_is_the_binary_search_everywhere(tmp_path):
+    """The same on every float of [-1, 1] (and every NaN): ~3 min."""
+    _run_encoder_check(tmp_path, 1)
