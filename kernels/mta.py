@@ -188,12 +188,15 @@ def _element_kernel(
     PER_TENSOR: tl.constexpr,
     USED: tl.constexpr,
     PARAM_DTYPE: tl.constexpr,
+    STATE_DTYPE: tl.constexpr,
     PER_TENSOR_IN_TABLE: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """One block of one tensor per program, stepped by the rule's UPDATE.
+    States are stored as STATE_DTYPE (fp32 or bf16: Note [state dtypes] in
+    csrc/include/fusedopt/core/storage.h), loaded and stored as params are.
     `launch` is the rule's Launch; `per_tensor` its PerTensor, or None when
     PER_TENSOR_IN_TABLE (Note [per-tensor scalars]). States outside the USED
     mask are neither loaded nor stored. With found_inf nonzero nothing is
@@ -242,8 +245,10 @@ def _element_kernel(
                 for k in tl.static_range(MAX_STATES):
                     value = p
                     if (USED >> k) & 1:
-                        value = tl.load(
-                            _address(row, COL_STATE + k, tl.float32, FULL) + offs, mask=mask
+                        value = to_float(
+                            tl.load(
+                                _address(row, COL_STATE + k, STATE_DTYPE, FULL) + offs, mask=mask
+                            )
                         )
                     s = s + (value,)
                 p, s = UPDATE(p, g, s, USED, launch, per_tensor)
@@ -251,7 +256,9 @@ def _element_kernel(
                 for k in tl.static_range(MAX_STATES):
                     if (USED >> k) & 1:
                         tl.store(
-                            _address(row, COL_STATE + k, tl.float32, FULL) + offs, s[k], mask=mask
+                            _address(row, COL_STATE + k, STATE_DTYPE, FULL) + offs,
+                            from_float(s[k], STATE_DTYPE),
+                            mask=mask,
                         )
 
 
@@ -652,6 +659,7 @@ class Launcher:
                     PER_TENSOR=rule.PerTensor,
                     USED=used,
                     PARAM_DTYPE=_TORCH_TO_TRITON[params[0].dtype],
+                    STATE_DTYPE=_TORCH_TO_TRITON[states[0].dtype] if states else tl.float32,
                     PER_TENSOR_IN_TABLE=per_tensor is None,
                     HAS_GRAD_SCALE=grad_scale is not None,
                     HAS_FOUND_INF=found_inf is not None,

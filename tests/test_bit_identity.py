@@ -10,8 +10,8 @@ without GradScaler, over several steps.
     backend through the optimizer classes: with every state used in every
     dtype, with and without GradScaler (`slow`: every entry of its grid);
   - every rule of fusedopt.registry.RULES at the op level, all three against
-    each other: with every state used in every dtype, with and without
-    GradScaler, with step counts that differ per tensor, with views at odd
+    each other: with every state used in every dtype, with fp32 and bf16
+    states, with and without GradScaler, with step counts that differ per tensor, with views at odd
     offsets (`slow`: every variant of tests/test_cuda_emulation.py, each
     state set in each weight-decay mode, maximize, the conventions);
   - the one piece that is not identical, the per-tensor scalars computed on
@@ -271,6 +271,18 @@ def test_rule_variants_three_backends_same_bits(name, variant, dtype):
     """Each state set in each weight-decay mode, maximize, the conventions."""
     case = make_case(name, OP_SIZES, dtype, variants(name)[variant])
     _assert_three_same(_three_ways(case, scaled=False))
+
+
+@needs_testing
+@pytest.mark.parametrize("scaled", [False, True], ids=["plain", "grad_scaler"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", RULES)
+def test_rule_bf16_states_three_backends_same_bits(name, dtype, scaled):
+    """Each rule with every state used and stored as bf16 (Note [state
+    dtypes] in csrc/include/fusedopt/core/storage.h): loaded exactly, stored
+    rounded to nearest even once, on all three."""
+    case = make_case(name, OP_SIZES, dtype, full_hyper(name), state_dtype=torch.bfloat16)
+    _assert_three_same(_three_ways(case, scaled=scaled))
 
 
 @needs_testing

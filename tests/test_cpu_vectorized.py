@@ -1,7 +1,10 @@
 """gcc vectorizes every CPU element loop (csrc/cpu/loop.cpp, run_elements): one
-instantiation per rule x param dtype x state set (the rule's kStateSets) x
-GradScaler unscale, each of which must report "LOOP VECTORIZED" in gcc's
-vectorizer dump, and none of whose loops may be left scalar. The file is
+instantiation per rule x param dtype x state dtype (fp32, bf16) x state set
+(the rule's kStateSets) x GradScaler unscale, each of which must report "LOOP
+VECTORIZED" in gcc's vectorizer dump, and none of whose loops may be left
+scalar. The 8-bit blockwise loops (run_blocks8) are listed apart: their
+decode, absmax and encode loops are checked by what they are (see
+test_blockwise_loops). The file is
 compiled here as CMakeLists.txt compiles it (its flags and each ISA's flag set
 read from there), for the AVX-512 and the baseline (SSE2) builds."""
 
@@ -24,6 +27,11 @@ pytestmark = pytest.mark.skipif(
 
 ISAS = ["avx512", "avx2", "baseline"]
 DTYPES = {"float": "fp32", "fusedopt::Bf16": "bf16", "fusedopt::Fp16": "fp16"}
+STATE_DTYPES = {"float": "fp32", "fusedopt::Bf16": "bf16"}
+ELEMENT_STATE_DTYPES = tuple(STATE_DTYPES.values())
+# A loop with no state (SGD without momentum) is the same code for every state
+# dtype, and gcc folds the copies into one (-fipa-icf): keyed apart.
+NO_STATE = "none"
 CMAKE = (REPO / "CMakeLists.txt").read_text()
 
 
@@ -89,8 +97,11 @@ def dumps(tmp_path_factory) -> dict[str, str]:
         return dict(zip(ISAS, texts))
 
 
-def run_elements_sections(dump: str) -> dict[tuple[str, str, int, bool], list[str]]:
-    """{(rule, dtype, state mask, unscale): [its function bodies in the dump]}.
+def run_elements_sections(
+    dump: str, function: str = "run_elements"
+) -> dict[tuple[str, str, str, int, bool], list[str]]:
+    """{(rule, dtype, state dtype, state mask, unscale): [its function bodies
+    in the dump]}, for `function` (run_blocks8: the state dtype is "int8").
     gcc names clones (.constprop, .isra) only by their mangled name, so every
     header's symbol is demangled."""
     sections = re.split(r"^;; Function ", dump, flags=re.M)[1:]
@@ -99,29 +110,42 @@ def run_elements_sections(dump: str) -> dict[tuple[str, str, int, bool], list[st
         ["c++filt"], input="\n".join(symbols), capture_output=True, text=True, check=True
     ).stdout.splitlines()
     types = rule_types()
-    found: dict[tuple[str, str, int, bool], list[str]] = {}
+    found: dict[tuple[str, str, str, int, bool], list[str]] = {}
+    state = r", ([\w:]+)" if function == "run_elements" else "()"
+    pattern = rf"{function}<fusedopt::(\w+), ([\w:]+){state}, (\d+)u?, (true|false)>"
     for name, body in zip(demangled, sections):
-        m = re.search(r"run_elements<fusedopt::(\w+), ([\w:]+), (\d+)u?, (true|false)>", name)
+        m = re.search(pattern, name)
         if m:
-            key = (types[m[1]], DTYPES[m[2]], int(m[3]), m[4] == "true")
+            state_dtype = STATE_DTYPES[m[3]] if m[3] else "int8"
+            mask = int(m[4])
+            key = (
+                types[m[1]],
+                DTYPES[m[2]],
+                state_dtype if mask else NO_STATE,
+                mask,
+                m[5] == "true",
+            )
             found.setdefault(key, []).append(body)
     return found
 
 
-def expected_instantiations() -> set[tuple[str, str, int, bool]]:
+def expected_instantiations(state_dtypes=ELEMENT_STATE_DTYPES) -> set[tuple]:
     return {
-        (rule, dtype, mask, unscale)
+        (rule, dtype, state_dtype if mask else NO_STATE, mask, unscale)
         for rule in RULES
         for mask in state_sets(rule)
         for dtype in DTYPES.values()
+        for state_dtype in state_dtypes
         for unscale in (False, True)
     }
 
 
 def test_expected_count():
-    # 3 dtypes x 2 (unscale or not) x the state sets of every rule.
-    want = 3 * 2 * sum(len(state_sets(rule)) for rule in RULES)
-    assert len(expected_instantiations()) == want
+    # 3 dtypes x 2 (unscale or not) x (2 state dtypes x the state sets with
+    # states of every rule + the stateless sets, once).
+    with_states = sum(len(state_sets(rule) - {0}) for rule in RULES)
+    stateless = sum(0 in state_sets(rule) for rule in RULES)
+    assert len(expected_instantiations()) == 3 * 2 * (2 * with_states + stateless)
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -136,3 +160,26 @@ def test_every_element_loop_is_vectorized(dumps, isa):
         for line in re.findall(r"^.*missed: couldn't vectorize loop.*$", text, flags=re.M):
             failures.append(f"{key}: {line}")
     assert not failures, f"{isa}:\n" + "\n".join(failures)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_blockwise_loops(dumps, isa):
+    """8-bit blockwise states (run_blocks8, one per rule x param dtype x state
+    set x unscale): its per-block decode (a gather per element) and absmax
+    (an integer max) loops vectorize, and so does the encoder (encode_block8,
+    one per map: two gathers per element) where the ISA has gathers and
+    per-lane shifts (AVX2, AVX-512); the baseline (SSE2) encoder stays scalar.
+    A state set without states (SGD without momentum) has no block loop."""
+    found = run_elements_sections(dumps[isa], "run_blocks8")
+    assert set(found) == expected_instantiations(("int8",))
+    failures = [
+        key
+        for key, bodies in sorted(found.items())
+        if key[3] != 0 and "\n".join(bodies).count("LOOP VECTORIZED") < 2
+    ]
+    assert not failures, f"{isa}: decode or absmax loop left scalar in {failures}"
+    sections = re.split(r"^;; Function ", dumps[isa], flags=re.M)
+    encoders = [s for s in sections if "encode_block8" in s.partition("\n")[0]]
+    assert len(encoders) == 2, "one encoder per map"
+    vectorized = ["LOOP VECTORIZED" in s for s in encoders]
+    assert vectorized == [isa != "baseline"] * 2

@@ -302,12 +302,17 @@ class Case:
         )
 
 
-def make_case(name, numels, dtype, hyper, *, steps=None, seed=0) -> Case:
+def make_case(name, numels, dtype, hyper, *, steps=None, seed=0, state_dtype=torch.float32) -> Case:
+    """`state_dtype`: the states' storage (float32, or bfloat16: Note [state
+    dtypes] in csrc/include/fusedopt/core/storage.h), rounded from the same
+    float32 draws."""
     rule = RULES[name]
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn(n, generator=gen).to(dtype) for n in numels]
     grads = [torch.randn(n, generator=gen).to(dtype) for n in numels]
-    states = {s: [STATE_INIT[s](n, gen) for n in numels] for s in rule.used_states(hyper)}
+    states = {
+        s: [STATE_INIT[s](n, gen).to(state_dtype) for n in numels] for s in rule.used_states(hyper)
+    }
     counts = steps if steps is not None else [3] * len(numels)
     state_steps = scalar_states(name, counts)
     return Case(rule, hyper, params, grads, states, state_steps)
@@ -700,3 +705,65 @@ def test_more_tensors_than_one_launch_and_one_step_launch_hold(name, grid):
     assert_same(case, on_cpu)
     if RULES[name].has_step:
         assert case.counts == [s + 1.0 for s in steps]
+
+
+# --- bf16 states (Note [state dtypes] in csrc/include/fusedopt/core/storage.h) ----------
+
+
+@pytest.mark.parametrize("grid", [None, 3])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", RULES)
+def test_bf16_states_match_cpu_op(name, dtype, grid):
+    """bf16 states (8-byte packs of 4 on the vector path): every element
+    updated once, the same vector/scalar accesses as fp32 states, and the CPU
+    backend's bits in params and states; the states stay bf16."""
+    case = make_case(name, SIZES, dtype, full_hyper(name), state_dtype=torch.bfloat16)
+    before, on_cpu = case.clone(), case.clone()
+    stats = emulate(case, grid=grid)
+    assert_clean(stats, SIZES)
+    assert (stats["vector"], stats["scalar"]) == expected_accesses(
+        SIZES, n_streams(case, unscale=False)
+    )
+    cpu_op(on_cpu)
+    assert_same(case, on_cpu)
+    for key, tensors in case.states.items():
+        assert all(t.dtype == torch.bfloat16 for t in tensors), key
+        moved = sum(int((t != old).sum()) for t, old in zip(tensors, before.states[key]))
+        assert moved > 0, f"{key} never changed"
+
+
+@pytest.mark.parametrize("name", RULES)
+def test_bf16_state_view_takes_the_scalar_path(name):
+    """A bf16 state one element (2 bytes) into its storage: scalar path."""
+    n = 4099
+    case = make_case(name, [n + 1], torch.float32, full_hyper(name), state_dtype=torch.bfloat16)
+    first = next(iter(case.states))
+    case.states[first][0] = case.states[first][0][1:]
+    case.params[0], case.grads[0] = case.params[0][1:].clone(), case.grads[0][1:].clone()
+    for key in list(case.states)[1:]:
+        case.states[key][0] = case.states[key][0][1:].clone()
+    on_cpu = case.clone()
+    stats = emulate(case)
+    assert_clean(stats, [n])
+    assert (stats["vector"], stats["scalar"]) == (0, n_streams(case, unscale=False) * n)
+    cpu_op(on_cpu)
+    assert_same(case, on_cpu)
+
+
+def test_blockwise_states_are_refused_with_a_reason():
+    case = make_case("adam", [300], torch.float32, full_hyper("adam"))
+    codes = [torch.zeros(300, dtype=torch.int8) for _ in range(3)]
+    absmax = [torch.zeros(2) for _ in range(3)]
+    with pytest.raises(RuntimeError, match="8-bit blockwise states"):
+        torch.ops.fusedopt_testing.adam_emulate_step_(
+            case.params,
+            case.grads,
+            codes + absmax,
+            case.steps,
+            lr=torch.tensor(LR),
+            **case.hyper,
+            steps_in_kernel=False,
+            lr_in_kernel=False,
+            threads_per_block=512,
+            max_grid_blocks=None,
+        )

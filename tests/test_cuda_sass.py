@@ -1,8 +1,9 @@
 """Static checks on the compiled CUDA kernels (nothing CUDA runs here): every
 architecture of the build is in the library, and for every rule of
-fusedopt.registry.RULES its three kernels (fusedopt_<rule>_{fp32,bf16,fp16})
-use 128-bit global loads and stores for fp32 data (64-bit for 16-bit params
-and grads), nothing spills to local memory, and the register count keeps two
+fusedopt.registry.RULES its six kernels (fusedopt_<rule>_{fp32,bf16,fp16}
+with fp32 states, and the same with the suffix _sbf16 for bf16 states) use
+128-bit global loads and stores for fp32 data (64-bit for 16-bit params,
+grads and states), nothing spills to local memory, and the register count keeps two
 512-thread blocks resident per SM; the advance kernels too
 (fusedopt_step_increment, and fusedopt_<rule>_advance of the rules with
 scalar states).
@@ -41,7 +42,10 @@ pytestmark = pytest.mark.skipif(
 # "80-real" -> 80; "120" (no -real) also embeds PTX.
 ARCHS = [int(a.split("-")[0]) for a in cuda_archs.split(",") if a]
 PTX_ARCHS = [int(a) for a in cuda_archs.split(",") if a and not a.endswith("-real")]
-DTYPES = ("fp32", "bf16", "fp16")
+# Param dtype, then "_sbf16" where the states are bf16 (Note [state dtypes] in
+# csrc/include/fusedopt/core/storage.h).
+PARAM_DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = PARAM_DTYPES + tuple(f"{dtype}_sbf16" for dtype in PARAM_DTYPES)
 KERNELS = [f"fusedopt_{rule}_{dtype}" for rule in RULES for dtype in DTYPES]
 # Note [the advance launch] in mta/args.h: one kernel shared by the rules
 # without scalar states, one per rule with them.
@@ -59,11 +63,14 @@ def vector_accesses(rule: str, dtype: str) -> dict[int, int]:
     alike, for the rule's largest state set (the kernels take every state set
     through one runtime mask, so each state's access is in the code): each fp32
     stream one 16-byte pack (p and g of fp32 params, every state), p and g of
-    16-bit params one 8-byte pack. Adam fp32: p, g, m, v, v_max = 5."""
+    16-bit params one 8-byte pack, and so every bf16 state ("_sbf16"). Adam
+    fp32: p, g, m, v, v_max = 5."""
     states = len(RULES[rule].states)
-    if dtype == "fp32":
-        return {128: 2 + states}
-    return {128: states, 64: 2}
+    param, _, state = dtype.partition("_")
+    widths = {128: 0, 64: 0}
+    widths[128 if param == "fp32" else 64] += 2
+    widths[64 if state == "sbf16" else 128] += states
+    return {width: count for width, count in widths.items() if count}
 
 
 @cache
@@ -175,7 +182,7 @@ def test_16_bit_stores_round_to_nearest_even(arch):
     (a rounding modifier, .RZ/.RM/.RP, would show in the opcode)."""
     code_of = _sass_code(arch)
     for rule in RULES:
-        for dtype in ("bf16", "fp16"):
+        for dtype in DTYPES[1:]:
             kernel = f"fusedopt_{rule}_{dtype}"
             converts = [i.opcode for i in code_of[kernel] if i.opcode.startswith("F2FP")]
             assert converts, f"{kernel} sm_{arch}: no F2FP"

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "fusedopt/core/blockwise8.h"
+
 namespace fusedopt::binding {
 namespace {
 
@@ -20,7 +22,7 @@ bool same_layout(const at::Tensor& a, const at::Tensor& b) {
 }
 
 void check_buffer(const at::Tensor& t, const at::Tensor& p, const char* name, size_t i,
-                  at::ScalarType want) {
+                  at::ScalarType want, at::ScalarType or_else = at::ScalarType::Undefined) {
   TORCH_CHECK(t.device() == p.device(), "fusedopt: ", name, " ", i, " is on ", t.device().str(),
               ", its param on ", p.device().str());
   TORCH_CHECK(t.layout() == at::kStrided, "fusedopt: sparse ", name, " ", i,
@@ -28,16 +30,55 @@ void check_buffer(const at::Tensor& t, const at::Tensor& p, const char* name, si
   TORCH_CHECK(same_layout(t, p), "fusedopt: ", name, " ", i,
               " must have its param's sizes and strides; got sizes ", t.sizes(), " strides ",
               t.strides(), ", param sizes ", p.sizes(), " strides ", p.strides());
-  TORCH_CHECK(t.scalar_type() == want, "fusedopt: ", name, " ", i, " must be ",
-              dtype_name(want), ", got ", dtype_name(t.scalar_type()));
+  TORCH_CHECK(t.scalar_type() == want || t.scalar_type() == or_else, "fusedopt: ", name, " ", i,
+              " must be ", dtype_name(want),
+              or_else == at::ScalarType::Undefined ? "" : " or ",
+              or_else == at::ScalarType::Undefined ? "" : dtype_name(or_else), ", got ",
+              dtype_name(t.scalar_type()));
+}
+
+// An 8-bit state's absmax: float32, one per block of its param's elements.
+void check_absmax(const at::Tensor& t, const at::Tensor& p, const char* name, size_t i) {
+  const int64_t blocks = (p.numel() + kBlock8 - 1) / kBlock8;
+  TORCH_CHECK(t.device() == p.device() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+                  t.numel() == blocks,
+              "fusedopt: the absmax of ", name, " ", i, " must be a contiguous float32 tensor of ",
+              blocks, " elements (one per ", kBlock8, " of its param's) on ", p.device().str(),
+              ", got ", t.numel(), " elements of ", dtype_name(t.scalar_type()), " on ",
+              t.device().str());
 }
 
 }  // namespace
 
-void check_lists(const char* rule, const StepArgs& a, const std::vector<const char*>& state_names,
-                 int scalar_lists, c10::DeviceType device_type) {
+StateDtype state_dtype_of(const StepArgs& a) {
+  if (a.states.empty()) return StateDtype::kFloat32;
+  switch (a.states[0].scalar_type()) {
+    case at::kBFloat16:
+      return StateDtype::kBFloat16;
+    case at::kChar:
+    case at::kByte:
+      return StateDtype::kInt8Blockwise;
+    default:
+      return StateDtype::kFloat32;
+  }
+}
+
+uint32_t signed_code_mask(const StepArgs& a, uint32_t mask, int n_states) {
   const size_t n = a.params.size();
-  const size_t want_states = n * state_names.size();
+  uint32_t signed_mask = 0;
+  for (int k = 0, used = 0; k < n_states && n > 0; ++k) {
+    if (!((mask >> k) & 1u)) continue;
+    if (a.states[used++ * n].scalar_type() == at::kChar) signed_mask |= 1u << k;
+  }
+  return signed_mask;
+}
+
+void check_lists(const char* rule, const StepArgs& a, const std::vector<const char*>& state_names,
+                 int scalar_lists, c10::DeviceType device_type, StateDtype state_dtype) {
+  const size_t n = a.params.size();
+  const bool blockwise = state_dtype == StateDtype::kInt8Blockwise;
+  // 8-bit states: codes, then absmax, per used state.
+  const size_t want_states = n * state_names.size() * (blockwise ? 2 : 1);
   const size_t want_steps = n * static_cast<size_t>(scalar_lists);
   TORCH_CHECK(a.grads.size() == n && a.states.size() == want_states &&
                   a.steps.size() == want_steps,
@@ -68,8 +109,23 @@ void check_lists(const char* rule, const StepArgs& a, const std::vector<const ch
                 " must be dense (contiguous or a permutation of it); got sizes ", p.sizes(),
                 " strides ", p.strides(), ". Step it with a contiguous copy instead.");
     check_buffer(a.grads[i], p, "grad", i, dtype);
-    for (size_t k = 0; k < state_names.size(); ++k) {
-      check_buffer(a.states[k * n + i], p, state_names[k], i, at::kFloat);
+    const size_t used = state_names.size();
+    for (size_t k = 0; k < used; ++k) {
+      const at::Tensor& state = a.states[k * n + i];
+      switch (state_dtype) {
+        case StateDtype::kFloat32:
+          check_buffer(state, p, state_names[k], i, at::kFloat);
+          break;
+        case StateDtype::kBFloat16:
+          check_buffer(state, p, state_names[k], i, at::kBFloat16);
+          break;
+        case StateDtype::kInt8Blockwise:
+          // One map per state and call: the first param's code dtype.
+          check_buffer(state, p, state_names[k], i, a.states[k * n].scalar_type());
+          check_buffer(state, p, state_names[k], i, at::kChar, at::kByte);
+          check_absmax(a.states[(used + k) * n + i], p, state_names[k], i);
+          break;
+      }
     }
   }
   for (size_t i = 0; i < a.steps.size(); ++i) {

@@ -23,10 +23,21 @@ std::vector<const char*> used_state_names(uint32_t mask) {
   return names;
 }
 
+// The storage of a call's states (Note [state dtypes] in core/storage.h), read
+// from the first state tensor: float32, bfloat16, or int8/uint8 codes (8-bit
+// blockwise, whose `states` list holds the codes of each used state, then each
+// one's absmax, both state-major). check_lists checks that the rest agree.
+StateDtype state_dtype_of(const StepArgs& a);
+
+// Bit k set when the rule's state k (of `n_states`; `mask`: those the call
+// uses) has int8 8-bit codes (the signed map).
+uint32_t signed_code_mask(const StepArgs& a, uint32_t mask, int n_states);
+
 // List lengths, dtypes, devices, shapes and layouts of a call's tensors;
 // `scalar_lists` is kScalarLists<R> (core/rule.h).
 void check_lists(const char* rule, const StepArgs& a, const std::vector<const char*>& state_names,
-                 int scalar_lists, c10::DeviceType device_type);
+                 int scalar_lists, c10::DeviceType device_type,
+                 StateDtype state_dtype = StateDtype::kFloat32);
 
 // lr (finite, >= 0) and the rule's own checks; throws naming the constraint.
 void check_hyper(const char* rule, double lr, const HyperCheck& ck);

@@ -8,6 +8,7 @@
 
 #include "checks.h"
 #include "cpu/loop.h"
+#include "fusedopt/core/blockwise8.h"
 
 namespace fusedopt::binding {
 
@@ -15,6 +16,7 @@ namespace fusedopt::binding {
 // to balance many threads over one large tensor and large enough that the
 // per-chunk overhead vanishes next to the element loop.
 constexpr int64_t kCpuChunkSize = 1 << 16;
+static_assert(kCpuChunkSize % kBlock8 == 0, "8-bit state blocks never straddle chunks");
 // Fewer elements than this in a whole call run on the calling thread: waking
 // the pool costs more than the work.
 constexpr int64_t kCpuMinParallelElements = 1 << 15;
@@ -27,7 +29,9 @@ void step_cpu(const char* rule, const StepArgs& a) {
   check_hyper(rule, lr, ck);
   const typename R::Config config = R::config(a.hyper.data());
   const uint32_t mask = state_mask<R>(config);
-  check_lists(rule, a, used_state_names<R>(mask), kScalarLists<R>, c10::DeviceType::CPU);
+  const StateDtype state_dtype = state_dtype_of(a);
+  const std::vector<const char*> names = used_state_names<R>(mask);
+  check_lists(rule, a, names, kScalarLists<R>, c10::DeviceType::CPU, state_dtype);
   check_steps_on(a, c10::Device(c10::kCPU));
   const double scale = a.grad_scale.has_value() ? checked_grad_scale(*a.grad_scale) : 0.0;
   // GradScaler found an inf or NaN: skip the step entirely, step counts included.
@@ -52,8 +56,14 @@ void step_cpu(const char* rule, const StepArgs& a) {
     t.grad = a.grads[i].data_ptr();
     // (Every dtype was checked: the untyped data_ptr skips the check per call.)
     for (int k = 0, used = 0; k < R::kStates; ++k) {
-      t.state[k] =
-          (mask >> k) & 1u ? static_cast<float*>(a.states[used++ * n + i].data_ptr()) : nullptr;
+      t.state[k] = nullptr;
+      t.absmax[k] = nullptr;
+      if (!((mask >> k) & 1u)) continue;
+      t.state[k] = a.states[used * n + i].data_ptr();
+      if (state_dtype == StateDtype::kInt8Blockwise) {
+        t.absmax[k] = static_cast<float*>(a.states[(names.size() + used) * n + i].data_ptr());
+      }
+      ++used;
     }
     // Note [step-count protocol]: the scalars of count + 1; the count itself
     // advances below, after the loops.
@@ -74,8 +84,14 @@ void step_cpu(const char* rule, const StepArgs& a) {
   }
   const std::vector<Chunk> chunks =
       plan_chunks(numels.data(), static_cast<int32_t>(n), kCpuChunkSize);
-  const cpu::Work<R> work{tensors.data(), chunks.data(), R::launch(config), mask,
-                          param_dtype(a.params[0].scalar_type()), static_cast<float>(scale)};
+  const cpu::Work<R> work{tensors.data(),
+                          chunks.data(),
+                          R::launch(config),
+                          mask,
+                          param_dtype(a.params[0].scalar_type()),
+                          state_dtype,
+                          signed_code_mask(a, mask, R::kStates),
+                          static_cast<float>(scale)};
   const int64_t n_chunks = static_cast<int64_t>(chunks.size());
   if (total < kCpuMinParallelElements) {
     cpu::run_chunks(work, 0, n_chunks);

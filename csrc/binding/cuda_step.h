@@ -53,7 +53,12 @@ void step_cuda(const char* rule, const StepArgs& a) {
   check_hyper(rule, lr_on_device ? 0.0 : lr, ck);
   const typename R::Config config = R::config(a.hyper.data());
   const uint32_t mask = state_mask<R>(config);
-  check_lists(rule, a, used_state_names<R>(mask), kScalarLists<R>, c10::DeviceType::CUDA);
+  const StateDtype state_dtype = state_dtype_of(a);
+  TORCH_CHECK(state_dtype != StateDtype::kInt8Blockwise, "fusedopt: ", rule,
+              ": 8-bit blockwise states have no CUDA kernels yet (the cpu and reference "
+              "backends step them)");
+  check_lists(rule, a, used_state_names<R>(mask), kScalarLists<R>, c10::DeviceType::CUDA,
+              state_dtype);
   if (a.params.empty()) return;
   const c10::Device device = a.params[0].device();
   const bool steps_on_device = !a.steps.empty() && a.steps[0].device() == device;
@@ -80,7 +85,7 @@ void step_cuda(const char* rule, const StepArgs& a) {
   const int32_t max_blocks = resident_blocks(device.index());
   for (const mta::Launch<R>& launch : work.launches) {
     const int32_t n_blocks = mta::grid_blocks(launch.args.header.n_chunks, max_blocks);
-    C10_CUDA_CHECK(cuda::launch_elements<R>(launch.args, n_blocks, dtype, stream));
+    C10_CUDA_CHECK(cuda::launch_elements<R>(launch.args, n_blocks, dtype, state_dtype, stream));
   }
   for (const mta::AdvanceArgs<R>& args : work.advances) {
     C10_CUDA_CHECK(cuda::launch_advance<R>(args, stream));

@@ -79,7 +79,7 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
     slot.param = a.params[i].data_ptr();
     slot.grad = a.grads[i].data_ptr();
     for (int k = 0, used = 0; k < R::kStates; ++k) {
-      slot.state[k] = (mask >> k) & 1u ? a.states[used++ * n + i].data_ptr<float>() : nullptr;
+      slot.state[k] = (mask >> k) & 1u ? a.states[used++ * n + i].data_ptr() : nullptr;
     }
     slot.numel = a.params[i].numel();
     float* step = R::kHasStep ? a.steps[i].data_ptr<float>() : nullptr;

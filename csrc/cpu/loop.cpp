@@ -8,14 +8,16 @@
 // switches that change memory traffic (param dtype, the state set, unscale)
 // lifted into template parameters so the inner loop carries no data-dependent
 // memory access. Bytes per element: read p, g and each used state, write p
-// and each used state (4 B per fp32 access, 2 B per bf16/fp16 p or g); +4 B
-// (+2 B) when a GradScaler's unscaled grad is stored back. Adam fp32: 28 B.
+// and each used state (4 B per fp32 access, 2 B per bf16/fp16 p, g or state,
+// 1 B per 8-bit state code); +4 B (+2 B) when a GradScaler's unscaled grad is
+// stored back. Adam fp32: 28 B; bf16 states: 20 B; 8-bit states: 18 B.
 //
 // Software prefetching (4 KB ahead, across tensor boundaries) was tried and
 // measured for Adam: no change on 2000 x 16 KB tensors nor on one 32 MB
 // tensor, so the loop leaves it to the hardware.
 #include <utility>
 
+#include "fusedopt/core/blockwise8.h"
 #include "fusedopt/rules/registry.h"
 #include "loop.h"
 
@@ -30,17 +32,19 @@ namespace {
 // parameters tell gcc that the streams never overlap, so the vector loop
 // needs no run-time overlap check. gcc ignores __restrict__ on array elements
 // and struct members, hence one parameter per state stream (up to
-// kMaxStates, core/rule.h). To check that a change keeps the loops
-// vectorized: -fopt-info-vec, or -fdump-tree-vect-details for the reasons.
-template <class R, typename P, uint32_t kMask, bool kUnscale>
+// kMaxStates, core/rule.h). S is the states' storage (fp32 or bf16: Note
+// [state dtypes] in core/storage.h), converted at load and store as P is. To
+// check that a change keeps the loops vectorized: -fopt-info-vec, or
+// -fdump-tree-vect-details for the reasons.
+template <class R, typename P, typename S, uint32_t kMask, bool kUnscale>
 __attribute__((noinline)) void run_elements(P* __restrict__ param, P* __restrict__ grad,
-                                            float* __restrict__ s0, float* __restrict__ s1,
-                                            float* __restrict__ s2, float* __restrict__ s3,
-                                            int64_t n, const typename R::Launch launch,
+                                            S* __restrict__ s0, S* __restrict__ s1,
+                                            S* __restrict__ s2, S* __restrict__ s3, int64_t n,
+                                            const typename R::Launch launch,
                                             const typename R::PerTensor scalars,
                                             const float grad_scale) {
   static_assert(kMaxStates == 4, "one __restrict__ parameter per state stream");
-  float* const streams[kMaxStates] = {s0, s1, s2, s3};
+  S* const streams[kMaxStates] = {s0, s1, s2, s3};
   constexpr FixedStates<kMask> used;
   for (int64_t i = 0; i < n; ++i) {
     float p = to_float(param[i]);
@@ -51,12 +55,80 @@ __attribute__((noinline)) void run_elements(P* __restrict__ param, P* __restrict
     }
     float s[R::kStates > 0 ? R::kStates : 1] = {};
     for (int k = 0; k < R::kStates; ++k) {
-      if (used.has(k)) s[k] = streams[k][i];
+      if (used.has(k)) s[k] = to_float(streams[k][i]);
     }
     R::update(p, g, s, used, launch, scalars);
     from_float(p, param[i]);
     for (int k = 0; k < R::kStates; ++k) {
-      if (used.has(k)) streams[k][i] = s[k];
+      if (used.has(k)) from_float(s[k], streams[k][i]);
+    }
+  }
+}
+
+// A block's codes (core/blockwise8.h, encode_code8_fast: two gathers per
+// element). A function of its own per map: inlined into run_blocks8, where
+// the table is one of two, gcc left the loop scalar ("latch block not empty").
+template <bool kSigned>
+__attribute__((noinline)) void encode_block8(const float* __restrict__ values,
+                                             uint8_t* __restrict__ out,
+                                             const float* __restrict__ midpoints, float divisor,
+                                             int32_t len) {
+  for (int32_t j = 0; j < len; ++j) {
+    out[j] = static_cast<uint8_t>(encode_code8_fast<kSigned>(values[j] / divisor, midpoints));
+  }
+}
+
+// The 8-bit blockwise states of one block (core/blockwise8.h), decoded into
+// fp32 in `values`, state-major: a state's block is a SIMD-friendly unit of
+// kBlock8 floats, 4 KB for four states, on the stack.
+struct Block8 {
+  float values[kMaxStates][kBlock8];
+};
+
+// One chunk with 8-bit blockwise states: per block of kBlock8 elements, decode
+// each state, step the elements in fp32 (the run_elements loop over the
+// decoded block), then the block's new absmax (the reduction the encoding
+// needs before any code is stored) and its codes. Bytes per element: p and g
+// as run_elements, 1 read + 1 written per state, + 8 B per state and block
+// (absmax read and written): Adam fp32, 18 B + 16/256 B.
+template <class R, typename P, uint32_t kMask, bool kUnscale>
+__attribute__((noinline)) void run_blocks8(P* __restrict__ param, P* __restrict__ grad,
+                                           uint8_t* const* codes, float* const* absmax,
+                                           uint32_t signed_mask, int64_t n,
+                                           const typename R::Launch launch,
+                                           const typename R::PerTensor scalars,
+                                           const float grad_scale) {
+  constexpr FixedStates<kMask> used;
+  Block8 block;
+  for (int64_t first = 0, b = 0; first < n; first += kBlock8, ++b) {
+    const int32_t len = static_cast<int32_t>(n - first < kBlock8 ? n - first : kBlock8);
+    for (int k = 0; k < R::kStates; ++k) {
+      if (!used.has(k)) continue;
+      const float* __restrict__ map = (signed_mask >> k) & 1u ? kSignedMap : kUnsignedMap;
+      const uint8_t* __restrict__ in = codes[k] + first;
+      const float scale = absmax[k][b];
+      float* __restrict__ out = block.values[k];
+      for (int32_t j = 0; j < len; ++j) out[j] = map[in[j]] * scale;
+    }
+    run_elements<R, P, float, kMask, kUnscale>(
+        param + first, grad + first, block.values[0], block.values[1], block.values[2],
+        block.values[3], len, launch, scalars, grad_scale);
+    for (int k = 0; k < R::kStates; ++k) {
+      if (!used.has(k)) continue;
+      const float* __restrict__ values = block.values[k];
+      uint32_t bits = 0;
+      for (int32_t j = 0; j < len; ++j) {
+        const uint32_t magnitude = magnitude_bits(values[j]);
+        bits = magnitude > bits ? magnitude : bits;
+      }
+      const float amax = absmax_of_bits(bits);
+      absmax[k][b] = amax;
+      const float divisor = encode_divisor(amax);
+      if ((signed_mask >> k) & 1u) {
+        encode_block8<true>(values, codes[k] + first, kSignedMidpoints, divisor, len);
+      } else {
+        encode_block8<false>(values, codes[k] + first, kUnsignedMidpoints, divisor, len);
+      }
     }
   }
 }
@@ -66,14 +138,38 @@ void run_work(const Work<R>& work, int64_t chunk_begin, int64_t chunk_end) {
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
     const Chunk chunk = work.chunks[c];
     const Tensor<R>& t = work.tensors[chunk.tensor];
+    P* const param = static_cast<P*>(t.param) + chunk.start;
+    P* const grad = static_cast<P*>(t.grad) + chunk.start;
+    if (work.state_dtype == StateDtype::kInt8Blockwise) {
+      // Chunks start at multiples of kBlock8 (kCpuChunkSize in binding/cpu_step.h).
+      uint8_t* codes[kMaxStates] = {};
+      float* absmax[kMaxStates] = {};
+      for (int k = 0; k < R::kStates; ++k) {
+        if (!((kMask >> k) & 1u)) continue;
+        codes[k] = static_cast<uint8_t*>(t.state[k]) + chunk.start;
+        absmax[k] = t.absmax[k] + chunk.start / kBlock8;
+      }
+      run_blocks8<R, P, kMask, kUnscale>(param, grad, codes, absmax, work.signed_mask,
+                                         chunk.size, work.launch, t.scalars, work.grad_scale);
+      continue;
+    }
+    if (work.state_dtype == StateDtype::kBFloat16) {
+      Bf16* streams[kMaxStates] = {};
+      for (int k = 0; k < R::kStates; ++k) {
+        if ((kMask >> k) & 1u) streams[k] = static_cast<Bf16*>(t.state[k]) + chunk.start;
+      }
+      run_elements<R, P, Bf16, kMask, kUnscale>(param, grad, streams[0], streams[1], streams[2],
+                                                streams[3], chunk.size, work.launch, t.scalars,
+                                                work.grad_scale);
+      continue;
+    }
     float* streams[kMaxStates] = {};
     for (int k = 0; k < R::kStates; ++k) {
-      if ((kMask >> k) & 1u) streams[k] = t.state[k] + chunk.start;
+      if ((kMask >> k) & 1u) streams[k] = static_cast<float*>(t.state[k]) + chunk.start;
     }
-    run_elements<R, P, kMask, kUnscale>(static_cast<P*>(t.param) + chunk.start,
-                                        static_cast<P*>(t.grad) + chunk.start, streams[0],
-                                        streams[1], streams[2], streams[3], chunk.size, work.launch,
-                                        t.scalars, work.grad_scale);
+    run_elements<R, P, float, kMask, kUnscale>(param, grad, streams[0], streams[1], streams[2],
+                                               streams[3], chunk.size, work.launch, t.scalars,
+                                               work.grad_scale);
   }
 }
 

@@ -17,7 +17,11 @@ template <class R>
 struct Tensor {
   void* param;
   void* grad;  // written only when unscaling (GradScaler)
-  float* state[R::kStates > 0 ? R::kStates : 1];  // null where the step uses no such state
+  // Each state's storage (Work::state_dtype): fp32, bf16, or 8-bit codes; null
+  // where the step uses no such state.
+  void* state[R::kStates > 0 ? R::kStates : 1];
+  // kInt8Blockwise only: each state's per-block absmax (core/blockwise8.h).
+  float* absmax[R::kStates > 0 ? R::kStates : 1];
   typename R::PerTensor scalars;
 };
 
@@ -28,6 +32,9 @@ struct Work {
   typename R::Launch launch;
   uint32_t state_mask;  // one of R::kStateSets (core/rule.h)
   ParamDtype dtype;
+  StateDtype state_dtype;  // Note [state dtypes] in core/storage.h
+  // kInt8Blockwise: bit k set when state k's codes use the signed map.
+  uint32_t signed_mask;
   // GradScaler's scale: grads are divided by it and stored back unscaled, as
   // torch's fused optimizers do. 0 means no scaler.
   float grad_scale;

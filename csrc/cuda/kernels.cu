@@ -1,8 +1,8 @@
-// The CUDA kernels of every rule: per rule and param dtype, a thin shell
+// The CUDA kernels of every rule: per rule, param dtype and state dtype, a thin shell
 // around the traversal in fusedopt/mta/traversal.h (which states the bytes
 // moved per element) and the rule's update (fusedopt/rules/<name>.h). Optional
 // states, maximize, the weight-decay mode and GradScaler are uniform runtime
-// branches: free in a memory-bound kernel, and 3 kernels per rule instead of
+// branches: free in a memory-bound kernel, and 6 kernels per rule instead of
 // dozens.
 //
 // Torch-free on purpose: a .cu that includes torch compiles ~20x slower
@@ -25,10 +25,10 @@ struct NoObserver {
   __device__ void updated(int32_t, int64_t, int32_t) {}
 };
 
-template <class R, typename P>
+template <class R, typename P, typename S>
 __device__ void element_kernel_body(const mta::LaunchArgs<R>& args) {
   NoObserver observer;
-  mta::element_thread<R, P>(args, static_cast<int32_t>(blockIdx.x), static_cast<int32_t>(gridDim.x),
+  mta::element_thread<R, P, S>(args, static_cast<int32_t>(blockIdx.x), static_cast<int32_t>(gridDim.x),
                             static_cast<int32_t>(threadIdx.x), mta::kBlockSize, observer);
 }
 
@@ -62,32 +62,44 @@ FUSEDOPT_SCALAR_ADVANCE_KERNEL(Asgd, asgd)
 FUSEDOPT_SCALAR_ADVANCE_KERNEL(NAdam, nadam)
 #undef FUSEDOPT_SCALAR_ADVANCE_KERNEL
 
-// extern "C": plain symbol names (fusedopt_<rule>_<dtype>), so that the SASS
-// checks (tests/test_cuda_sass.py) find each kernel by name. __launch_bounds__:
-// see mta::kMinBlocksPerSm.
-#define FUSEDOPT_ELEMENT_KERNEL(Type, name, suffix, P)                                \
+// extern "C": plain symbol names (fusedopt_<rule>_<dtype>, and
+// fusedopt_<rule>_<dtype>_sbf16 with bf16 states), so that the SASS checks
+// (tests/test_cuda_sass.py) find each kernel by name. __launch_bounds__: see
+// mta::kMinBlocksPerSm.
+#define FUSEDOPT_ELEMENT_KERNEL(Type, name, suffix, P, S)                             \
   extern "C" __global__ void __launch_bounds__(mta::kBlockSize, mta::kMinBlocksPerSm) \
       fusedopt_##name##_##suffix(const mta::LaunchArgs<Type> args) {                  \
-    element_kernel_body<Type, P>(args);                                               \
+    element_kernel_body<Type, P, S>(args);                                            \
   }
+#define FUSEDOPT_LAUNCH_CASE(name, dtype, suffix)                                   \
+  case ParamDtype::dtype:                                                           \
+    fusedopt_##name##_##suffix<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);     \
+    break;
+// Per rule: param dtypes x state dtypes (fp32, bf16): 6 kernels.
 #define FUSEDOPT_RULE_KERNELS(Type, name)                                                     \
   static_assert(mta::check_launch_args<Type>());                                              \
-  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp32, float)                                            \
-  FUSEDOPT_ELEMENT_KERNEL(Type, name, bf16, Bf16)                                             \
-  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp16, Fp16)                                             \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp32, float, float)                                     \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, bf16, Bf16, float)                                      \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp16, Fp16, float)                                      \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp32_sbf16, float, Bf16)                                \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, bf16_sbf16, Bf16, Bf16)                                 \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp16_sbf16, Fp16, Bf16)                                 \
   template <>                                                                                 \
   cudaError_t launch_elements<Type>(const mta::LaunchArgs<Type>& args, int32_t n_blocks,      \
-                                    ParamDtype dtype, cudaStream_t stream) {                  \
-    switch (dtype) {                                                                          \
-      case ParamDtype::kFloat32:                                                              \
-        fusedopt_##name##_fp32<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);               \
-        break;                                                                                \
-      case ParamDtype::kBFloat16:                                                             \
-        fusedopt_##name##_bf16<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);               \
-        break;                                                                                \
-      case ParamDtype::kFloat16:                                                              \
-        fusedopt_##name##_fp16<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);               \
-        break;                                                                                \
+                                    ParamDtype dtype, StateDtype state_dtype,                 \
+                                    cudaStream_t stream) {                                    \
+    if (state_dtype == StateDtype::kBFloat16) {                                               \
+      switch (dtype) {                                                                        \
+        FUSEDOPT_LAUNCH_CASE(name, kFloat32, fp32_sbf16)                                      \
+        FUSEDOPT_LAUNCH_CASE(name, kBFloat16, bf16_sbf16)                                     \
+        FUSEDOPT_LAUNCH_CASE(name, kFloat16, fp16_sbf16)                                      \
+      }                                                                                       \
+    } else {                                                                                  \
+      switch (dtype) {                                                                        \
+        FUSEDOPT_LAUNCH_CASE(name, kFloat32, fp32)                                            \
+        FUSEDOPT_LAUNCH_CASE(name, kBFloat16, bf16)                                           \
+        FUSEDOPT_LAUNCH_CASE(name, kFloat16, fp16)                                            \
+      }                                                                                       \
     }                                                                                         \
     return cudaGetLastError();                                                                \
   }                                                                                           \
@@ -97,6 +109,7 @@ FUSEDOPT_SCALAR_ADVANCE_KERNEL(NAdam, nadam)
   }
 FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_KERNELS)
 #undef FUSEDOPT_RULE_KERNELS
+#undef FUSEDOPT_LAUNCH_CASE
 #undef FUSEDOPT_ELEMENT_KERNEL
 
 }  // namespace fusedopt::cuda

@@ -108,7 +108,7 @@ struct EmulationObserver {
 
 // Runs every launch of `work` over a grid of grid_blocks(n_chunks,
 // max_grid_blocks) blocks of `threads_per_block` threads; returns the blocks run.
-template <class R, typename P>
+template <class R, typename P, typename S>
 int64_t emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_block,
                          int32_t max_grid_blocks, EmulationObserver& observer) {
   int64_t blocks_run = 0;
@@ -117,7 +117,7 @@ int64_t emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_b
     const int32_t n_blocks = mta::grid_blocks(launch.args.header.n_chunks, max_grid_blocks);
     for (int32_t block = 0; block < n_blocks; ++block) {
       for (int32_t thread = 0; thread < threads_per_block; ++thread) {
-        mta::element_thread<R, P>(launch.args, block, n_blocks, thread, threads_per_block,
+        mta::element_thread<R, P, S>(launch.args, block, n_blocks, thread, threads_per_block,
                                   observer);
       }
     }
@@ -133,6 +133,21 @@ int64_t emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_b
   // The host's counts advance once the launches are queued, as in the CUDA op.
   work.advance_host_scalars();
   return blocks_run;
+}
+
+// emulate_launches for the call's param dtype, with states stored as S.
+template <class R, typename S>
+int64_t emulate_for_dtype(const StepArgs& a, const binding::CudaWork<R>& work, int32_t threads,
+                          int32_t grid_cap, EmulationObserver& observer) {
+  switch (binding::param_dtype(a.params[0].scalar_type())) {
+    case ParamDtype::kBFloat16:
+      return emulate_launches<R, Bf16, S>(work, threads, grid_cap, observer);
+    case ParamDtype::kFloat16:
+      return emulate_launches<R, Fp16, S>(work, threads, grid_cap, observer);
+    case ParamDtype::kFloat32:
+      break;
+  }
+  return emulate_launches<R, float, S>(work, threads, grid_cap, observer);
 }
 
 // steps_in_kernel, lr_in_kernel, threads_per_block, max_grid_blocks
@@ -155,8 +170,11 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   binding::check_hyper(kName, lr, ck);
   const typename R::Config config = R::config(a.hyper.data());
   const uint32_t mask = state_mask<R>(config);
+  const StateDtype state_dtype = binding::state_dtype_of(a);
+  TORCH_CHECK(state_dtype != StateDtype::kInt8Blockwise,
+              "fusedopt: the CUDA traversal has no 8-bit blockwise states yet");
   binding::check_lists(kName, a, binding::used_state_names<R>(mask), kScalarLists<R>,
-                       c10::DeviceType::CPU);
+                       c10::DeviceType::CPU, state_dtype);
   TORCH_CHECK(threads_per_block >= 1 && threads_per_block <= mta::kBlockSize,
               "fusedopt: threads_per_block must be in [1, ", mta::kBlockSize, "]");
   TORCH_CHECK(
@@ -185,16 +203,9 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
     work = binding::prepare_cuda<R>(a, config, mask, sources);
     const int32_t threads = static_cast<int32_t>(threads_per_block);
     const int32_t grid_cap = static_cast<int32_t>(max_grid_blocks.value_or(INT32_MAX));
-    switch (binding::param_dtype(a.params[0].scalar_type())) {
-      case ParamDtype::kBFloat16:
-        blocks_run = emulate_launches<R, Bf16>(work, threads, grid_cap, observer);
-        break;
-      case ParamDtype::kFloat16:
-        blocks_run = emulate_launches<R, Fp16>(work, threads, grid_cap, observer);
-        break;
-      case ParamDtype::kFloat32:
-        blocks_run = emulate_launches<R, float>(work, threads, grid_cap, observer);
-    }
+    blocks_run = state_dtype == StateDtype::kBFloat16
+                     ? emulate_for_dtype<R, Bf16>(a, work, threads, grid_cap, observer)
+                     : emulate_for_dtype<R, float>(a, work, threads, grid_cap, observer);
   }
   int64_t chunks = 0, never = 0, more = 0;
   for (const mta::Launch<R>& launch : work.launches) chunks += launch.args.header.n_chunks;

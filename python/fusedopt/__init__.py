@@ -10,7 +10,7 @@ from fusedopt.backends import BACKEND_NAMES
 from fusedopt.clip import clip_grad_norm_, grad_norm
 from fusedopt.optim.adadelta import Adadelta
 from fusedopt.optim.adagrad import Adagrad
-from fusedopt.optim.adam import Adam, AdamW, HFAdamW
+from fusedopt.optim.adam import Adam, Adam8bit, AdamW, AdamW8bit, HFAdamW
 from fusedopt.optim.adamax import Adamax
 from fusedopt.optim.asgd import ASGD
 from fusedopt.optim.lion import Lion
@@ -28,7 +28,9 @@ __all__ = [
     "Adadelta",
     "Adagrad",
     "Adam",
+    "Adam8bit",
     "AdamW",
+    "AdamW8bit",
     "Adamax",
     "HFAdamW",
     "Lion",

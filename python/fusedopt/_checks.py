@@ -18,6 +18,32 @@ if TYPE_CHECKING:
     from fusedopt.registry import Rule
 
 KERNEL_PARAM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# The storage of 8-bit blockwise states in check_lists' `state_dtype`
+# (fusedopt.reference.codecs): codes, then each state's absmax, state-major.
+INT8_BLOCKWISE = "int8"
+CODE_DTYPES = (torch.int8, torch.uint8)
+
+
+def states_storage(states: Sequence[Tensor]) -> str:
+    """The state dtype of a call's states (Note [state dtypes] in
+    csrc/include/fusedopt/core/storage.h), read from the first state as the
+    C++ binding reads it: "int8" for int8/uint8 codes, "bf16", else "fp32"."""
+    if not states:
+        return "fp32"
+    dtype = states[0].dtype
+    if dtype in CODE_DTYPES:
+        return INT8_BLOCKWISE
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
+def storage_state_dtype(storage: str, default: torch.dtype | None) -> torch.dtype | str | None:
+    """check_lists' `state_dtype` for states stored as `storage`; fp32 storage
+    keeps the backend's own (`default`: None, the compute dtype, for the reference)."""
+    if storage == "bf16":
+        return torch.bfloat16
+    if storage == INT8_BLOCKWISE:
+        return INT8_BLOCKWISE
+    return default
 
 
 def is_dense(t: Tensor) -> bool:
@@ -69,7 +95,7 @@ def check_lists(
     *,
     state_names: Sequence[str],
     scalar_lists: int,
-    state_dtype: torch.dtype | None,
+    state_dtype: torch.dtype | str | None,
     require_dense: bool,
 ) -> None:
     """`states` is state-major (Note [state-major lists] in fusedopt/registry.py)
@@ -78,11 +104,19 @@ def check_lists(
     each scalar state).
     `state_dtype` None means "the param's compute dtype" (the reference);
     `require_dense` asks for the flat-loop layout of the kernels.
+    `state_dtype` INT8_BLOCKWISE: `states` holds each state's codes (int8 or
+    uint8, its param's shape and layout), then each state's absmax (float32,
+    one per block: fusedopt.reference.codecs), both state-major.
 
     Whole-list comparisons first (for 2000 params, ~3x faster than one loop
     that checks each tensor); only when one fails does the loop below find the
     culprit and say what is wrong with it."""
     n = len(params)
+    if state_dtype == INT8_BLOCKWISE:
+        _check_blockwise(
+            params, grads, states, state_steps, state_names, scalar_lists, require_dense
+        )
+        return
     want = [n, n * len(state_names), n * scalar_lists]
     got = [len(grads), len(states), len(state_steps)]
     if got != want:
@@ -96,6 +130,60 @@ def check_lists(
     ]
     if not _lists_pass(params, lists, state_steps, state_dtype, require_dense):
         _raise_first_failure(params, lists, state_steps, state_dtype, require_dense)
+
+
+def _check_blockwise(params, grads, states, state_steps, state_names, scalar_lists, require_dense):
+    """check_lists for 8-bit blockwise states: each state's codes as a state
+    of their own dtype, then the absmax of each."""
+    from fusedopt.reference.codecs import absmax_shape
+
+    n, used = len(params), len(state_names)
+    if len(states) != 2 * n * used:
+        raise RuntimeError(
+            f"fusedopt: for {n} params with 8-bit states, want {2 * n * used} states "
+            f"(the codes of {', '.join(state_names) or 'none'}, then their absmax, state-major); "
+            f"got {len(states)}"
+        )
+    check_lists(
+        params,
+        grads,
+        [],
+        state_steps,
+        state_names=(),
+        scalar_lists=scalar_lists,
+        state_dtype=None,
+        require_dense=require_dense,
+    )
+    for k, name in enumerate(state_names):
+        codes = states[k * n : (k + 1) * n]
+        dtype = codes[0].dtype if codes else torch.int8
+        if dtype not in CODE_DTYPES:
+            raise RuntimeError(
+                f"fusedopt: the 8-bit codes of {name} must be int8 or uint8, got {dtype}"
+            )
+        check_lists(
+            params,
+            grads,
+            codes,
+            [],
+            state_names=(name,),
+            scalar_lists=0,
+            state_dtype=dtype,
+            require_dense=require_dense,
+        )
+        for i, (p, absmax) in enumerate(zip(params, states[(used + k) * n : (used + k + 1) * n])):
+            want = absmax_shape(p.numel())
+            if (
+                absmax.dtype != torch.float32
+                or tuple(absmax.shape) != want
+                or absmax.device != p.device
+                or not absmax.is_contiguous()
+            ):
+                raise RuntimeError(
+                    f"fusedopt: the absmax of {name} {i} must be a contiguous float32 tensor of "
+                    f"shape {want} on {p.device}, got {absmax.dtype} of shape "
+                    f"{tuple(absmax.shape)} on {absmax.device}"
+                )
 
 
 def _lists_pass(params, lists, state_steps, state_dtype, require_dense) -> bool:

@@ -21,7 +21,14 @@ import torch
 from torch import Tensor
 
 from fusedopt import _extension
-from fusedopt._checks import KERNEL_PARAM_DTYPES, check_lists
+from fusedopt._checks import (
+    INT8_BLOCKWISE,
+    KERNEL_PARAM_DTYPES,
+    check_lists,
+    states_storage,
+    storage_state_dtype,
+)
+from fusedopt.reference import codecs
 from fusedopt.registry import Rule
 
 BACKEND_NAMES = ("auto", "cuda", "triton", "cpu", "reference")
@@ -30,12 +37,15 @@ AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference
 
 @dataclass(frozen=True)
 class Bucket:
-    """What a backend must serve: one device, one param dtype, and whether every
-    param is dense (the kernels' flat loop needs it; the reference does not)."""
+    """What a backend must serve: one device, one param dtype, whether every
+    param is dense (the kernels' flat loop needs it; the reference does not),
+    and how the states are stored (a group's `state_dtype`: "fp32", "bf16",
+    "int8"; Note [state dtypes] in csrc/include/fusedopt/core/storage.h)."""
 
     device: torch.device
     dtype: torch.dtype
     dense: bool
+    state_dtype: str = "fp32"
 
 
 class Backend:
@@ -90,6 +100,16 @@ def _kernel_dtype_reason(bucket: Bucket) -> str | None:
         return (
             "some params are not dense (a strided slice, say) or their grads' strides differ; "
             "the kernels' flat loop needs dense params with grads of the same layout"
+        )
+    return None
+
+
+def _no_blockwise_kernels(bucket: Bucket, name: str) -> str | None:
+    """Why a backend without 8-bit blockwise kernels cannot step a bucket."""
+    if bucket.state_dtype == INT8_BLOCKWISE:
+        return (
+            f"the {name} backend has no 8-bit blockwise state kernels yet (state_dtype='int8'); "
+            "the cpu and reference backends step them"
         )
     return None
 
@@ -161,7 +181,7 @@ class CudaBackend(_CompiledOpBackend):
         if reason is None:
             capability = torch.cuda.get_device_capability(bucket.device)
             reason = self.arch_reason(capability, _extension.cuda_archs())
-        return reason
+        return reason or _no_blockwise_kernels(bucket, "cuda")
 
     @staticmethod
     def arch_reason(capability: tuple[int, int], archs: str) -> str | None:
@@ -218,6 +238,7 @@ class ReferenceBackend(Backend):
         cache=None,
     ):
         names = rule.used_states(hyper)
+        storage = states_storage(states)
         check_lists(
             params,
             grads,
@@ -225,19 +246,24 @@ class ReferenceBackend(Backend):
             state_steps,
             state_names=names,
             scalar_lists=rule.scalar_lists,
-            state_dtype=self.state_dtype,
+            state_dtype=storage_state_dtype(storage, self.state_dtype),
             require_dense=self.requires_dense,
         )
         if found_inf is not None and found_inf.item() != 0:
             return
         scale = None if grad_scale is None else grad_scale.item()
         lr = lr.item() if isinstance(lr, Tensor) else lr
-        n = len(params)
+        n, used = len(params), len(names)
         for i, param in enumerate(params):
-            state = {name: states[k * n + i] for k, name in enumerate(names)}
+            stored = [states[k * n + i] for k in range(used)]
+            absmax = [states[(used + k) * n + i] for k in range(used)] if storage == "int8" else []
+            # Note [state dtypes]: the rule steps fp32 states; the store rounds once.
+            values = codecs.decode(stored, absmax)
+            state = dict(zip(names, values))
             for j, key in enumerate(rule.scalar_keys):
                 state[key] = state_steps[j * n + i]
             rule.reference(param, grads[i], state, lr=lr, grad_scale=scale, **hyper)
+            codecs.encode(values, stored, absmax)
 
 
 def _triton_backend() -> Backend:

@@ -59,6 +59,11 @@ class Rule:
     # this step (SGD's first step copies the gradient into the buffer): the
     # optimizer splits such params into a call of their own. None: no such flag.
     fresh_flag: str | None = None
+    # The states that never go below zero (second moments, sums of squares,
+    # step sizes): with state_dtype="int8" they take the unsigned dynamic map,
+    # whose 256 codes all lie in [0, 1], the others the signed one
+    # (fusedopt.reference.codecs; bitsandbytes' "udynamic" and "dynamic").
+    nonnegative: tuple[str, ...] = ()
 
     @property
     def scalar_keys(self) -> tuple[str, ...]:
@@ -101,6 +106,7 @@ RULES: dict[str, Rule] = {
         Rule(
             name="adadelta",
             states=("square_avg", "acc_delta"),
+            nonnegative=("square_avg", "acc_delta"),
             has_step=True,
             hyper=("rho", "eps", "weight_decay", "weight_decay_mode", "lr_max", "maximize"),
             used_states=_all_states(("square_avg", "acc_delta")),
@@ -109,6 +115,7 @@ RULES: dict[str, Rule] = {
         Rule(
             name="adagrad",
             states=("sum",),
+            nonnegative=("sum",),
             has_step=True,
             hyper=("lr_decay", "eps", "weight_decay", "weight_decay_mode", "lr_max", "maximize"),
             used_states=_all_states(("sum",)),
@@ -117,6 +124,7 @@ RULES: dict[str, Rule] = {
         Rule(
             name="adam",
             states=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+            nonnegative=("exp_avg_sq", "max_exp_avg_sq"),
             has_step=True,
             hyper=(
                 "beta1",
@@ -137,6 +145,7 @@ RULES: dict[str, Rule] = {
         Rule(
             name="adamax",
             states=("exp_avg", "exp_inf"),
+            nonnegative=("exp_inf",),
             has_step=True,
             hyper=(
                 "beta1",
@@ -153,6 +162,7 @@ RULES: dict[str, Rule] = {
         Rule(
             name="radam",
             states=("exp_avg", "exp_avg_sq"),
+            nonnegative=("exp_avg_sq",),
             has_step=True,
             hyper=(
                 "beta1",
@@ -186,6 +196,7 @@ RULES: dict[str, Rule] = {
         Rule(
             name="nadam",
             states=("exp_avg", "exp_avg_sq"),
+            nonnegative=("exp_avg_sq",),
             has_step=True,
             hyper=(
                 "beta1",
@@ -204,6 +215,7 @@ RULES: dict[str, Rule] = {
         Rule(
             name="rmsprop",
             states=("square_avg", "momentum_buffer", "grad_avg"),
+            nonnegative=("square_avg",),
             has_step=True,
             hyper=(
                 "alpha",
@@ -232,6 +244,7 @@ RULES: dict[str, Rule] = {
         Rule(
             name="rprop",
             states=("prev", "step_size"),
+            nonnegative=("step_size",),
             has_step=True,
             hyper=("etaminus", "etaplus", "step_size_min", "step_size_max", "maximize"),
             used_states=_all_states(("prev", "step_size")),

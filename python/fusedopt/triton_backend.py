@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from fusedopt import backends
-from fusedopt._checks import check_hyper, check_lists
+from fusedopt._checks import check_hyper, check_lists, states_storage, storage_state_dtype
 
 
 def _device_scalar(value: Tensor | None, name: str, device: torch.device) -> None:
@@ -63,7 +63,9 @@ class TritonBackend(backends.Backend):
             )
         if bucket.device.type not in ("cuda", "cpu"):
             return f"params are on {bucket.device}; the triton backend steps CUDA tensors"
-        return backends._kernel_dtype_reason(bucket)
+        return backends._kernel_dtype_reason(bucket) or backends._no_blockwise_kernels(
+            bucket, "triton"
+        )
 
     def step(
         self,
@@ -88,14 +90,14 @@ class TritonBackend(backends.Backend):
             state_steps,
             state_names=rule.used_states(hyper),
             scalar_lists=rule.scalar_lists,
-            state_dtype=self.state_dtype,
+            state_dtype=storage_state_dtype(states_storage(states), self.state_dtype),
             require_dense=self.requires_dense,
         )
         if not params:
             return
         device, dtype = params[0].device, params[0].dtype
         reason = self.unavailable_reason() or self.unsupported_reason(
-            backends.Bucket(device, dtype, True)
+            backends.Bucket(device, dtype, True, states_storage(states))
         )
         if reason is not None:
             raise RuntimeError(f"fusedopt: the triton backend cannot step these params: {reason}")

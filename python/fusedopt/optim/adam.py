@@ -26,7 +26,10 @@ bc1 = 1 - beta1^t and bc2 = 1 - beta2^t:
   correct_bias=False          bc1 = bc2 = 1: no bias correction, as BERT's original
                               optimizer and transformers.AdamW(correct_bias=False)
 Each adds its group key (`eps_mode`, `correct_bias`) only when set away from
-torch's convention, so a torch-style optimizer keeps torch's group keys.
+torch's convention, so a torch-style optimizer keeps torch's group keys; so
+does `state_dtype` ("fp32", "bf16", "int8": how the moments are stored, Note
+[state dtypes of a group] in fusedopt/optim/base.py). Adam8bit and AdamW8bit
+are bitsandbytes' names for state_dtype="int8".
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from fusedopt.optim.base import (
     check_fused_flags,
     check_lr_and_weight_decay,
     decay_defaults,
+    state_dtype_defaults,
     weight_decay_hyper,
 )
 from fusedopt.reference.adam import EpsMode
@@ -110,6 +114,7 @@ class Adam(FusedOptimizer):
         lr_max: float | None = None,
         correct_bias: bool = True,
         eps_mode: str = "torch",
+        state_dtype: str = "fp32",
         backend: str = "auto",
     ) -> None:
         check_lr_and_weight_decay(lr, weight_decay)
@@ -142,6 +147,7 @@ class Adam(FusedOptimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
             **decay_defaults(weight_decay_mode, lr_max, decoupled_weight_decay),
             **convention_defaults(correct_bias, eps_mode),
+            **state_dtype_defaults(state_dtype),
         }
         super().__init__(params, defaults, backend)
 
@@ -180,6 +186,7 @@ class AdamW(Adam):
         lr_max: float | None = None,
         correct_bias: bool = True,
         eps_mode: str = "torch",
+        state_dtype: str = "fp32",
         backend: str = "auto",
     ) -> None:
         super().__init__(
@@ -199,6 +206,7 @@ class AdamW(Adam):
             lr_max=lr_max,
             correct_bias=correct_bias,
             eps_mode=eps_mode,
+            state_dtype=state_dtype,
             backend=backend,
         )
 
@@ -206,6 +214,99 @@ class AdamW(Adam):
         super().__setstate__(state)
         for group in self.param_groups:
             group["decoupled_weight_decay"] = True
+
+
+def _check_8bit_options(optim_bits, args, percentile_clipping, block_wise, is_paged) -> None:
+    """bitsandbytes' keywords that fusedopt's 8-bit classes take at their
+    defaults only, each refused with what it would need."""
+    if args is not None:
+        raise ValueError(
+            "fusedopt: args (bitsandbytes' GlobalOptimManager overrides) is not supported"
+        )
+    if optim_bits not in (8, 32):
+        raise ValueError(
+            f"fusedopt: optim_bits must be 8 or 32 (both give 8-bit states), got {optim_bits}"
+        )
+    if percentile_clipping != 100:
+        raise ValueError(
+            "fusedopt: percentile_clipping is not supported; clip the gradient norm before the step"
+        )
+    if not block_wise:
+        raise ValueError("fusedopt: only blockwise 8-bit states (block_wise=True) are supported")
+    if is_paged:
+        raise ValueError("fusedopt: paged optimizer states (is_paged=True) are not supported")
+
+
+class Adam8bit(Adam):
+    """bitsandbytes.optim.Adam8bit's names and defaults: Adam with 8-bit
+    blockwise states (Dettmers et al. 2022; state_dtype="int8": block 256,
+    the signed dynamic map for exp_avg, the unsigned one for exp_avg_sq,
+    tensors under `min_8bit_size` elements in float32; Note [state dtypes of a
+    group] in fusedopt/optim/base.py). The math is torch.optim.Adam's, with
+    its L2 weight decay (bitsandbytes' Adam8bit decays decoupled: pass
+    weight_decay_mode="decoupled" for that). `optim_bits`, `args`,
+    `percentile_clipping`, `block_wise` and `is_paged` are accepted at their
+    defaults only. state_dict() is torch's layout (float32 states, loadable
+    by torch.optim.Adam); state_dict(compact=True) keeps codes and absmax."""
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        optim_bits: int = 32,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        percentile_clipping: int = 100,
+        block_wise: bool = True,
+        is_paged: bool = False,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        _check_8bit_options(optim_bits, args, percentile_clipping, block_wise, is_paged)
+        self._min_8bit_size = min_8bit_size
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, state_dtype="int8", backend=backend
+        )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        param_group.setdefault("min_8bit_size", self._min_8bit_size)
+        super().add_param_group(param_group)
+
+
+class AdamW8bit(AdamW):
+    """bitsandbytes.optim.AdamW8bit's names and defaults: torch's AdamW with
+    8-bit blockwise states (as Adam8bit; decoupled weight decay, 1e-2)."""
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        optim_bits: int = 32,
+        args: Any = None,
+        min_8bit_size: int = 4096,
+        percentile_clipping: int = 100,
+        block_wise: bool = True,
+        is_paged: bool = False,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        _check_8bit_options(optim_bits, args, percentile_clipping, block_wise, is_paged)
+        self._min_8bit_size = min_8bit_size
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, state_dtype="int8", backend=backend
+        )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        param_group.setdefault("min_8bit_size", self._min_8bit_size)
+        super().add_param_group(param_group)
 
 
 class HFAdamW(FusedOptimizer):

@@ -100,6 +100,19 @@ Everything stays on the device: no host sync. A non-finite norm without a
 scaler makes c 0 or NaN, and the grads 0 or NaN, as torch's clip does. The
 key is added to the groups only when given, so the groups keep torch's keys
 otherwise.
+
+Note [state dtypes of a group]: a group's `state_dtype` key ("fp32" when
+absent, "bf16", "int8"; fusedopt.reference.codecs) says how its element states
+are stored; the math stays fp32 (Note [state dtypes] in
+csrc/include/fusedopt/core/storage.h). A param's storage is the group's, but
+fp32 for a tensor under the group's `min_8bit_size` (bitsandbytes' 4096) with
+"int8", and fp64 for an fp64 param (the reference's oracle). Params of one
+storage form one call. 8-bit states keep their codes under the state's key
+(int8 codes for the signed map, uint8 for the unsigned one) and their
+per-block absmax under `<key>_absmax`. A state in another storage than its
+group's (a checkpoint, a changed `state_dtype`) is converted once, when the
+plan is built. state_dict() gives 8-bit states in torch's layout (float32),
+or as codes and absmax with compact=True; load_state_dict takes either.
 """
 
 from __future__ import annotations
@@ -117,8 +130,15 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from fusedopt import _extension, backends, clip
-from fusedopt._checks import check_hyper, check_lists, is_dense, same_layout
-from fusedopt.reference import WeightDecayMode, compute_dtype
+from fusedopt._checks import (
+    CODE_DTYPES,
+    check_hyper,
+    check_lists,
+    is_dense,
+    same_layout,
+    storage_state_dtype,
+)
+from fusedopt.reference import WeightDecayMode, codecs, compute_dtype
 from fusedopt.registry import Rule
 
 logger = logging.getLogger("fusedopt")
@@ -356,6 +376,11 @@ class FusedOptimizer(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         check_max_grad_norm(param_group.get("max_grad_norm"))
+        storage = param_group.get("state_dtype", "fp32")
+        if storage not in codecs.STATE_DTYPES:
+            raise ValueError(
+                f"fusedopt: state_dtype must be one of {codecs.STATE_DTYPES}, got {storage!r}"
+            )
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         if group.get("weight_decay_mode") == "fully_decoupled" and group.get("lr_max") is None:
@@ -373,6 +398,11 @@ class FusedOptimizer(Optimizer):
         base's reason too."""
         if group.get("max_grad_norm") is not None:
             return "max_grad_norm clips by the norm of every grad (Note [max_grad_norm])"
+        if group.get("state_dtype") == "int8":
+            return (
+                "8-bit states quantize blocks of the whole tensor's memory order, which "
+                "a shard boundary splits (Note [state dtypes of a group])"
+            )
         return None
 
     def initial_state_value(self, group: Mapping[str, Any], key: str) -> float:
@@ -381,9 +411,28 @@ class FusedOptimizer(Optimizer):
         product that starts at 1), for element and scalar states alike."""
         return 0.0
 
+    def state_dict(self, compact: bool = False) -> dict[str, Any]:
+        """torch's state_dict. 8-bit states (Note [state dtypes of a group])
+        are decoded into float32 under torch's keys, so that torch's optimizer
+        of the same name loads them; compact=True keeps their codes and
+        absmax (~1.02 B per element instead of 4), which load_state_dict takes back."""
+        saved = super().state_dict()
+        if compact:
+            return saved
+        for index, packed in saved["state"].items():
+            suffixed = [key for key in packed if key.endswith(ABSMAX_SUFFIX)]
+            if suffixed:
+                # A copy: torch's dict holds the optimizer's own state dicts.
+                packed = saved["state"][index] = dict(packed)
+                for key in suffixed:
+                    name = key.removesuffix(ABSMAX_SUFFIX)
+                    packed[name] = codecs.decode_8bit(packed[name], packed.pop(key))
+        return saved
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict, but low-precision params keep float32 states
-        (Note [fp32 states of low-precision params])."""
+        (Note [fp32 states of low-precision params]), and 8-bit states saved
+        compact are decoded (Note [state dtypes of a group])."""
         loaded: list[dict[str, Any]] = []
 
         def capture(optimizer: Optimizer, final: dict[str, Any]) -> None:
@@ -391,20 +440,45 @@ class FusedOptimizer(Optimizer):
 
         # Registered last, so it sees the dict every user pre-hook returned:
         # the one torch's load reads, and so the one whose fp32 states count.
+        # A group keeps its storage keys through a checkpoint that lacks them
+        # (torch's or an fp32 one): its states are converted instead (Note
+        # [state dtypes of a group]).
+        storage_keys = [
+            {key: g[key] for key in STORAGE_GROUP_KEYS if key in g} for g in self.param_groups
+        ]
         handle = self.register_load_state_dict_pre_hook(capture)
         try:
             super().load_state_dict(state_dict)
         finally:
             handle.remove()
+        for group, keys in zip(self.param_groups, storage_keys):
+            for key, value in keys.items():
+                group.setdefault(key, value)
         state_dict = loaded[-1]
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         saved_states = state_dict["state"]
         self._plans = {}
-        params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, param in zip(saved_ids, params):
+        params = [(g, p) for g in self.param_groups for p in g["params"]]
+        for saved_id, (group, param) in zip(saved_ids, params):
             if param not in self.state or saved_id not in saved_states:
                 continue
             state, saved = self.state[param], saved_states[saved_id]
+            # Compact 8-bit states: torch's load cast the codes to the param's
+            # dtype. A group that stores them 8-bit takes the saved codes as
+            # they are; any other decodes them. The next plan stores every
+            # state as its group says.
+            eight_bit = self.state_storage(group, param) == "int8"
+            for key in self.rule.states:
+                absmax = saved.get(key + ABSMAX_SUFFIX)
+                state.pop(key + ABSMAX_SUFFIX, None)
+                if absmax is None or key not in state:
+                    continue
+                if eight_bit:
+                    state[key] = saved[key].to(param.device, copy=True)
+                    state[key + ABSMAX_SUFFIX] = absmax.to(param.device, torch.float32, copy=True)
+                else:
+                    values = codecs.decode_8bit(saved[key], absmax.float())
+                    state[key] = values.to(device=param.device, dtype=compute_dtype(param.dtype))
             # Scalar states (NAdam's mu_product) stay float32 beside the count:
             # torch's load casts them to the param's dtype and device.
             for key in self.rule.scalars:
@@ -417,7 +491,7 @@ class FusedOptimizer(Optimizer):
             if compute_dtype(param.dtype) == param.dtype:
                 continue
             for key in self.rule.states:
-                if key in state:
+                if key in state and key + ABSMAX_SUFFIX not in saved:
                     state[key] = saved[key].to(
                         device=param.device, dtype=compute_dtype(param.dtype)
                     )
@@ -448,20 +522,32 @@ class FusedOptimizer(Optimizer):
                 # Loaded from a checkpoint (or made by another backend): moved
                 # once, when the plan is built.
                 state[key] = state[key].to(counts_device)
+        storage = self.state_storage(group, p)
         for key in used:
             if key not in state:
-                state[key] = torch.full_like(
-                    p,
-                    self.initial_state_value(group, key),
-                    dtype=compute_dtype(p.dtype),
-                    memory_format=torch.preserve_format,
-                )
+                value = self.initial_state_value(group, key)
+                _store_state(state, key, p, storage, key in self.rule.nonnegative, value)
+            elif not _stored_as(state, key, p, storage) and _is_a_storage(state, key, p):
+                # Note [state dtypes of a group]: converted once, values kept.
+                # (A state in no storage, a float64 one say, is left to the
+                # backend's checks, which refuse it.)
+                values = _state_values(state, key)
+                _store_state(state, key, p, storage, key in self.rule.nonnegative, values)
             elif _needs_relayout(state[key], p):
                 # Note [state layouts]: the param's layout changed after this
                 # state was made; a copy in the param's layout keeps the values.
                 state[key] = torch.empty_like(
                     p, dtype=state[key].dtype, memory_format=torch.preserve_format
                 ).copy_(state[key])
+
+    def state_storage(self, group: Mapping[str, Any], p: Tensor) -> str:
+        """How p's element states are stored: Note [state dtypes of a group]."""
+        storage = group.get("state_dtype", "fp32")
+        if p.dtype == torch.float64:
+            return "fp32"
+        if storage == "int8" and p.numel() < group.get("min_8bit_size", codecs.MIN_8BIT_SIZE):
+            return "fp32"
+        return storage
 
     def _bucket_keys(self, params: list[Tensor], grads: list[Tensor]) -> list[tuple]:
         """(device, dtype, dense) of each param, after the checks that must pass
@@ -505,10 +591,11 @@ class FusedOptimizer(Optimizer):
             p = source[i]
             fresh = fresh_flag is not None and any(k not in self.state[p] for k in used)
             sharded = dtensor is not None and isinstance(p, dtensor)
-            split.setdefault((*key, fresh, sharded), []).append(position)
+            storage = self.state_storage(group, p)
+            split.setdefault((*key, storage, fresh, sharded), []).append(position)
         plan = _GroupPlan(list(source), source, has_grad, used)
-        for (device, dtype, dense, fresh, sharded), positions in split.items():
-            bucket = backends.Bucket(device, dtype, dense)
+        for (device, dtype, dense, storage, fresh, sharded), positions in split.items():
+            bucket = backends.Bucket(device, dtype, dense, storage)
             choice = backends.resolve(self.backend, bucket, _capturable(group))
             call_params = [params[k] for k in positions]
             if sharded:
@@ -605,6 +692,7 @@ class FusedOptimizer(Optimizer):
         for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             keys = self._bucket_keys(params, [p.grad for p in params])
+            keys = [(*key, self.state_storage(group, p)) for key, p in zip(keys, params)]
             counts: dict[tuple, int] = {}
             for key in keys:
                 counts[key] = counts.get(key, 0) + 1
@@ -708,6 +796,10 @@ class FusedOptimizer(Optimizer):
                     whole = len(call.indices) == len(grads)
                     call_grads = grads if whole else [grads[i] for i in call.indices]
                     states = [sd[name] for name in used for sd in call.state_dicts]
+                    if call.bucket.state_dtype == "int8":
+                        states += [
+                            sd[name + ABSMAX_SUFFIX] for name in used for sd in call.state_dicts
+                        ]
                     steps = [sd[key] for key in rule.scalar_keys for sd in call.state_dicts]
                     params = call.params
                     if call.sharded:  # Note [sharded params]
@@ -727,7 +819,9 @@ class FusedOptimizer(Optimizer):
                         steps,
                         state_names=rule.used_states(hyper),
                         scalar_lists=rule.scalar_lists,
-                        state_dtype=backend.state_dtype,
+                        state_dtype=storage_state_dtype(
+                            call.bucket.state_dtype, backend.state_dtype
+                        ),
                         require_dense=backend.requires_dense,
                     )
             copies: dict[tuple[int, torch.device], Tensor] = {}
@@ -833,6 +927,67 @@ def _capturable(group: Mapping[str, Any]) -> bool:
     OptimizerVariable sets the key, on CPU params too), which made a plan
     built in the trace refuse every CPU backend (Note [compiled steps])."""
     return bool(group.get("capturable", False)) and not torch.compiler.is_compiling()
+
+
+# The key of an 8-bit state's per-block absmax: the state's own key + this.
+ABSMAX_SUFFIX = "_absmax"
+# The group keys that say how states are stored.
+STORAGE_GROUP_KEYS = ("state_dtype", "min_8bit_size")
+
+
+def _stored_as(state: dict[str, Any], key: str, p: Tensor, storage: str) -> bool:
+    """True when state[key] is stored as `storage` says (in p's layout, for
+    8-bit codes, whose blocks follow the memory order)."""
+    t = state[key]
+    if storage == "int8":
+        return t.dtype in CODE_DTYPES and key + ABSMAX_SUFFIX in state and not _needs_relayout(t, p)
+    want = torch.bfloat16 if storage == "bf16" else compute_dtype(p.dtype)
+    return t.dtype == want and key + ABSMAX_SUFFIX not in state
+
+
+def _is_a_storage(state: dict[str, Any], key: str, p: Tensor) -> bool:
+    """True when state[key] is stored in one of the state dtypes (so another
+    group setting may convert it)."""
+    return any(_stored_as(state, key, p, storage) for storage in codecs.STATE_DTYPES)
+
+
+def _state_values(state: dict[str, Any], key: str) -> Tensor:
+    """A stored state's values (8-bit: decoded, its absmax key dropped)."""
+    absmax = state.pop(key + ABSMAX_SUFFIX, None)
+    if absmax is not None:
+        return codecs.decode_8bit(state[key], absmax)
+    return state[key]
+
+
+def _store_state(
+    state: dict[str, Any],
+    key: str,
+    p: Tensor,
+    storage: str,
+    nonnegative: bool,
+    values: Tensor | float,
+) -> None:
+    """state[key] (and its absmax) in `storage`, in p's layout, from values."""
+    dtype = torch.bfloat16 if storage == "bf16" else compute_dtype(p.dtype)
+    laid_out = torch.empty_like(p, dtype=dtype, memory_format=torch.preserve_format)
+    if storage != "int8":
+        state[key] = (
+            laid_out.copy_(values) if isinstance(values, Tensor) else laid_out.fill_(values)
+        )
+        return
+    if not isinstance(values, Tensor):
+        values = laid_out.fill_(values)
+    state[key], state[key + ABSMAX_SUFFIX] = codecs.new_8bit(values, p, not nonnegative)
+
+
+def state_dtype_defaults(state_dtype: str) -> dict[str, Any]:
+    """The `state_dtype` group key of a class's keyword, only where it leaves
+    float32 (so a torch-style optimizer keeps torch's group keys)."""
+    if state_dtype not in codecs.STATE_DTYPES:
+        raise ValueError(
+            f"fusedopt: state_dtype must be one of {codecs.STATE_DTYPES}, got {state_dtype!r}"
+        )
+    return {} if state_dtype == "fp32" else {"state_dtype": state_dtype}
 
 
 def _needs_relayout(state: Tensor, p: Tensor) -> bool:

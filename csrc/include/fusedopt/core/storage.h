@@ -1,7 +1,7 @@
-// Storage dtypes of the CUDA traversal and their fp32 conversions, written
-// once for nvcc (device and host passes) and for g++ (the CPU emulation of the
-// traversal, csrc/ops.cpp). The math never sees a storage dtype (see Note
-// [state dtypes are a traversal policy] in fusedopt/adam_rule.h).
+// Storage dtypes of params, grads and states and their fp32 conversions,
+// written once for nvcc (device and host passes) and for g++ (the CPU loops
+// and the CPU emulation of the CUDA traversal). The math never sees a storage
+// dtype (Note [the rule interface] in core/rule.h; Note [state dtypes] below).
 #pragma once
 
 #include <cstdint>
@@ -16,9 +16,18 @@
 
 namespace fusedopt {
 
-// The storage dtype of params and grads (states are fp32): how the binding
-// tells the CPU loops and the CUDA launcher which instantiation to run.
+// The storage dtype of params and grads: how the binding tells the CPU loops
+// and the CUDA launcher which instantiation to run.
 enum class ParamDtype : int32_t { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+// Note [state dtypes]: the storage dtype of a call's element states, one per
+// call (a param group's `state_dtype`). The rule never sees it: the traversal
+// loads each state into fp32 registers and stores it rounded once, to nearest
+// even (bf16), as it does for params. kInt8Blockwise is Dettmers et al.'s
+// 8-bit blockwise form (core/blockwise8.h): codes into a dynamic map and one
+// fp32 absmax per block, which the CPU traversal re-derives per block before
+// its store.
+enum class StateDtype : int32_t { kFloat32 = 0, kBFloat16 = 1, kInt8Blockwise = 2 };
 
 // bf16 and fp16 as their bit patterns: the same layout as at::BFloat16 and
 // at::Half, with no torch or CUDA type in the kernels' interface.

@@ -59,7 +59,9 @@ template <class R>
 struct Slot : SlotScalarStates<kScalarStates<R>> {
   void* param;             // fp32, bf16 or fp16 (the launch's dtype)
   void* grad;              // the param's dtype; written back only when unscaling
-  float* state[R::kStates > 0 ? R::kStates : 1];  // null where the step uses no such state
+  // fp32 or bf16 (the launch's state dtype: Note [state dtypes] in
+  // core/storage.h); null where the step uses no such state.
+  void* state[R::kStates > 0 ? R::kStates : 1];
   const float* step;       // the count in device memory, or null when the host owns it
   int64_t numel;           // 64-bit: tensors over 2^31 elements are real
   typename R::PerTensor scalars;  // computed on the host; read when !scalars_on_device

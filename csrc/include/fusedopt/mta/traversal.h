@@ -9,7 +9,8 @@
 //
 // The math is R::update; this file only moves bytes. Per element: read p, g
 // and each used state, write p and each used state; a GradScaler's unscaled
-// grad is stored back too. Bytes: 4 per fp32 access, 2 per bf16/fp16 p or g.
+// grad is stored back too. Bytes: 4 per fp32 access, 2 per bf16/fp16 p or g
+// and per bf16 state.
 //
 // `Observer` sees every access (its address and width) and every updated
 // element; the kernels pass one that does nothing, the emulation one that
@@ -139,12 +140,14 @@ FUSEDOPT_HD void report_updated(Observer& observer, int32_t slot, int64_t chunk_
   }
 }
 
-// One chunk's buffers, offset to the chunk's first element.
-template <class R, typename P>
+// One chunk's buffers, offset to the chunk's first element. S: the states'
+// storage, fp32 or bf16 (Note [state dtypes] in core/storage.h), loaded into
+// and stored from fp32 registers as P is.
+template <class R, typename P, typename S>
 struct ChunkBuffers {
   P* param;
   P* grad;
-  float* state[R::kStates > 0 ? R::kStates : 1];  // null where unused
+  S* state[R::kStates > 0 ? R::kStates : 1];  // null where unused
 };
 
 // GradScaler's scale, read once per thread and launch: when `on`, grads are
@@ -155,8 +158,8 @@ struct Unscale {
 };
 
 // One group of N elements of a chunk: load, unscale, update, store.
-template <class R, int N, typename P, typename Group, typename Observer>
-FUSEDOPT_HD void element_group(const ChunkBuffers<R, P>& b, const Group& at,
+template <class R, int N, typename P, typename S, typename Group, typename Observer>
+FUSEDOPT_HD void element_group(const ChunkBuffers<R, P, S>& b, const Group& at,
                                const LaunchHeader<R>& h, const Unscale& unscale,
                                const typename R::PerTensor& scalars, Observer& observer) {
   const RuntimeStates used{h.state_mask};
@@ -219,7 +222,7 @@ constexpr int32_t kGroup = 4;
 constexpr int32_t kIlp = 4;
 
 // Thread `thread` (of `n_threads`) of a block on table entry `entry` of a launch.
-template <class R, typename P, typename Observer>
+template <class R, typename P, typename S, typename Observer>
 FUSEDOPT_HD void chunk_thread(const LaunchArgs<R>& args, int32_t entry, int32_t thread,
                               int32_t n_threads, const Unscale& unscale, Observer& observer) {
   const LaunchHeader<R>& h = args.header;
@@ -231,14 +234,14 @@ FUSEDOPT_HD void chunk_thread(const LaunchArgs<R>& args, int32_t entry, int32_t 
   const int32_t n = static_cast<int32_t>(left < kChunkSize ? left : kChunkSize);
   const typename R::PerTensor scalars =
       h.scalars_on_device ? scalars_in_kernel(h, slot) : slot.scalars;
-  ChunkBuffers<R, P> b{
+  ChunkBuffers<R, P, S> b{
       static_cast<P*>(slot.param) + chunk_start, static_cast<P*>(slot.grad) + chunk_start, {}};
   // The vector path needs every buffer 16-byte aligned. A chunk starts a
   // multiple of 64K elements into its tensor, so this is the alignment of the
   // tensors' own data pointers; a view at an odd offset takes the scalar path.
   bool aligned = is_aligned16(b.param) && is_aligned16(b.grad);
   for (int k = 0; k < R::kStates; ++k) {
-    b.state[k] = slot.state[k] != nullptr ? slot.state[k] + chunk_start : nullptr;
+    b.state[k] = slot.state[k] != nullptr ? static_cast<S*>(slot.state[k]) + chunk_start : nullptr;
     aligned = aligned && (b.state[k] == nullptr || is_aligned16(b.state[k]));
   }
   const int32_t vector_end = aligned ? n - n % kGroup : 0;
@@ -258,7 +261,7 @@ FUSEDOPT_HD void chunk_thread(const LaunchArgs<R>& args, int32_t entry, int32_t 
 // launch: a persistent grid (grid_blocks in mta/launches.h) whose block b
 // takes the table's entries b, b + n_blocks, ... With n_blocks = n_chunks it
 // is one block per chunk.
-template <class R, typename P, typename Observer>
+template <class R, typename P, typename S, typename Observer>
 FUSEDOPT_HD void element_thread(const LaunchArgs<R>& args, int32_t block, int32_t n_blocks,
                                 int32_t thread, int32_t n_threads, Observer& observer) {
   const LaunchHeader<R>& h = args.header;
@@ -274,7 +277,7 @@ FUSEDOPT_HD void element_thread(const LaunchArgs<R>& args, int32_t block, int32_
   const Unscale unscale{h.grad_scale != nullptr, h.grad_scale != nullptr ? *h.grad_scale : 1.0f};
   const int32_t n_chunks = found_inf ? 0 : h.n_chunks;
   for (int32_t entry = block; entry < n_chunks; entry += n_blocks) {
-    chunk_thread<R, P>(args, entry, thread, n_threads, unscale, observer);
+    chunk_thread<R, P, S>(args, entry, thread, n_threads, unscale, observer);
   }
 }
 
