@@ -15,6 +15,7 @@
 #include "checks.h"
 #include "cpu_step.h"
 #include "fusedopt/mta/args.h"
+#include "fusedopt/rules/reduction_registry.h"
 #include "fusedopt/rules/registry.h"
 #include "step_args.h"
 #ifdef FUSEDOPT_WITH_CUDA
@@ -33,6 +34,7 @@ void boxed_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
 
 #define FUSEDOPT_RULE_NAME(Type, name) constexpr char k##Type##Name[] = #name;
 FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_NAME)
+FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_RULE_NAME)
 #undef FUSEDOPT_RULE_NAME
 
 }  // namespace
@@ -99,6 +101,7 @@ PyObject* check_hyper_py(PyObject*, PyObject* args) {
     Py_RETURN_NONE;                                 \
   }
     FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_CHECK_HYPER)
+    FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_CHECK_HYPER)
 #undef FUSEDOPT_CHECK_HYPER
     TORCH_CHECK(false, "fusedopt: no rule named ", rule);
   } catch (const c10::Error& error) {

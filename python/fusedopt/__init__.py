@@ -8,6 +8,7 @@ print(fusedopt.report(opt))                          # which backend steps what
 from fusedopt import _extension, _fake, reference  # noqa: F401  (_fake registers fake ops)
 from fusedopt.backends import BACKEND_NAMES
 from fusedopt.optim.adadelta import Adadelta
+from fusedopt.optim.adafactor import Adafactor
 from fusedopt.optim.adagrad import Adagrad
 from fusedopt.optim.adam import Adam, AdamW, HFAdamW
 from fusedopt.optim.adamax import Adamax
@@ -19,12 +20,13 @@ from fusedopt.optim.rmsprop import RMSprop, RMSpropTF
 from fusedopt.optim.rprop import Rprop
 from fusedopt.optim.sgd import SGD
 from fusedopt.param_groups import param_groups
-from fusedopt.registry import RULES
+from fusedopt.registry import REDUCTION_RULES, RULES
 from fusedopt.report import report
 
 __all__ = [
     "ASGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",
@@ -38,6 +40,7 @@ __all__ = [
     "Rprop",
     "SGD",
     "BACKEND_NAMES",
+    "REDUCTION_RULES",
     "RULES",
     "param_groups",
     "reference",

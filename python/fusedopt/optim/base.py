@@ -352,15 +352,25 @@ class FusedOptimizer(Optimizer):
                 # Loaded from a checkpoint (or made by another backend): moved
                 # once, when the plan is built.
                 state[key] = state[key].to(counts_device)
-        for key in used:
-            if key not in state:
+        shape_of = self.rule.state_shape
+        for key in self.rule.states_of(p, used):
+            shape = None if shape_of is None else shape_of(key, p)
+            if key not in state and shape is not None and shape != tuple(p.shape):
+                # Note [param-shaped states] in fusedopt/registry.py: contiguous.
+                state[key] = torch.full(
+                    shape,
+                    self.initial_state_value(group, key),
+                    dtype=compute_dtype(p.dtype),
+                    device=p.device,
+                )
+            elif key not in state:
                 state[key] = torch.full_like(
                     p,
                     self.initial_state_value(group, key),
                     dtype=compute_dtype(p.dtype),
                     memory_format=torch.preserve_format,
                 )
-            elif _needs_relayout(state[key], p):
+            elif shape in (None, tuple(p.shape)) and _needs_relayout(state[key], p):
                 # Note [state layouts]: the param's layout changed after this
                 # state was made; a copy in the param's layout keeps the values.
                 state[key] = torch.empty_like(
@@ -408,7 +418,9 @@ class FusedOptimizer(Optimizer):
         plan = _GroupPlan(list(source), source, has_grad, used)
         for (device, dtype, dense, fresh), positions in split.items():
             bucket = backends.Bucket(device, dtype, dense)
-            choice = backends.resolve(self.backend, bucket, group.get("capturable", False))
+            choice = backends.resolve(
+                self.backend, bucket, group.get("capturable", False), self.rule
+            )
             call_params = [params[k] for k in positions]
             for p in call_params:
                 if not self.state.get(p):
@@ -426,6 +438,18 @@ class FusedOptimizer(Optimizer):
                 )
             )
         return plan
+
+    def _gather_states(self, used: tuple[str, ...], call: _Call) -> list[Tensor]:
+        """A call's states, state-major (Note [state-major lists] in
+        fusedopt/registry.py): per used state, each param's that keeps one."""
+        if self.rule.state_shape is None:
+            return [sd[name] for name in used for sd in call.state_dicts]
+        return [
+            sd[name]
+            for name in used
+            for p, sd in zip(call.params, call.state_dicts)
+            if name in self.rule.states_of(p, (name,))
+        ]
 
     def _cached_plan(
         self, index: int, group: dict[str, Any], grads: list, used
@@ -456,7 +480,9 @@ class FusedOptimizer(Optimizer):
                 counts[key] = counts.get(key, 0) + 1
             for key, count in counts.items():
                 bucket = backends.Bucket(*key)
-                choice = backends.resolve(self.backend, bucket, group.get("capturable", False))
+                choice = backends.resolve(
+                    self.backend, bucket, group.get("capturable", False), self.rule
+                )
                 out.append((index, bucket, count, choice))
         return out
 
@@ -546,7 +572,7 @@ class FusedOptimizer(Optimizer):
                     self._log_choice(index, call)
                     whole = len(call.indices) == len(grads)
                     call_grads = grads if whole else [grads[i] for i in call.indices]
-                    states = [sd[name] for name in used for sd in call.state_dicts]
+                    states = self._gather_states(used, call)
                     steps = [sd[key] for key in rule.scalar_keys for sd in call.state_dicts]
                     if rule.fresh_flag is not None:
                         hyper = {**hyper, rule.fresh_flag: call.fresh}
@@ -563,6 +589,7 @@ class FusedOptimizer(Optimizer):
                         scalar_lists=rule.scalar_lists,
                         state_dtype=backend.state_dtype,
                         require_dense=backend.requires_dense,
+                        state_shape=rule.state_shape,
                     )
             copies: dict[tuple[int, torch.device], Tensor] = {}
             for _, call, lr, hyper, call_grads, states, steps in work:

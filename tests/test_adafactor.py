@@ -1,0 +1,309 @@
+"""fusedopt.Adafactor against torch.optim.Adafactor (foreach=False, its
+plainest loop) and transformers.optimization.Adafactor, on every backend that
+implements the rule (REDUCTION_RULES["adafactor"].backends); torch's own
+catalog runs in tests/test_optim_db.py.
+
+Tolerances (TOL below, each with its reason) are normwise per tensor,
+||ours - theirs|| <= bound * ||theirs||, as tests/tolerances.py's fp32 parity."""
+
+from __future__ import annotations
+
+import copy
+
+import fusedopt
+import pytest
+import torch
+from fusedopt.registry import REDUCTION_RULES
+from tolerances import assert_normwise_close, ulps
+
+RULE = REDUCTION_RULES["adafactor"]
+BACKENDS = list(RULE.backends)
+STEPS = 5
+
+# Bounds with their reasons.
+TOL = {
+    # torch's row/column means are vector_norm(g)^2 / n in fp32, ours sums in
+    # double (cpu) or takes torch's mean (reference): the means differ by an
+    # ulp or two, and V = R C / mean(R) by a few; U = rsqrt(V) g and the RMS
+    # clip keep that relative size. Measured over the grid below: <= 2e-7.
+    "torch_fp32": 1e-6,
+    # transformers forms the same estimate in another order (rsqrt(R / mean(R))
+    # rsqrt(C) instead of rsqrt(R C / mean(R))), its EMAs as mul+add instead of
+    # lerp, its clip and step size as fp32 tensor ops: a few ulps per step of
+    # difference in U, and the step's relative size follows. Measured: <= 6e-7.
+    "transformers_fp32": 5e-6,
+    # bf16/fp16 params: against an fp64 trajectory, each element within half an
+    # ulp of its dtype per step (one rounding at the store; fp32 states and
+    # math) plus 5% for the fp32 noise of an update below ulp(|p|): the rounding
+    # budget of tests/tolerances.py (_ROUNDING_BUDGET).
+    "ulps_per_step_vs_fp64": 0.55,
+}
+
+SHAPES = [(5, 7), (3,), (2, 4, 6), (1, 1), (), (13, 1), (1, 17), (97,), (3, 5, 7)]
+GRID = [
+    {},
+    {"weight_decay": 0.1, "maximize": True},
+    {"lr": torch.tensor(0.02)},
+    {"lr": 1.0, "eps": (1e-8, 1e-3), "d": 2.0, "beta2_decay": -0.5},
+    {"eps": (0.5, 0.0)},  # eps1 large: both clamps bind
+    {"lr": 0.3, "weight_decay": 0.5, "d": 1.0},
+]
+
+
+def _grads(shapes, steps, dtype=torch.float32, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(s, generator=gen).to(dtype) for s in shapes] for _ in range(steps)]
+
+
+def _params(shapes, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+
+
+def _run(opt_cls, params, grads, **kwargs):
+    params = [p.clone().requires_grad_() for p in params]
+    opt = opt_cls(params, **copy.deepcopy(kwargs))
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        opt.step()
+    return params, opt
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kwargs", GRID, ids=lambda kw: ",".join(kw) or "defaults")
+def test_matches_torch(backend, kwargs):
+    params, grads = _params(SHAPES), _grads(SHAPES, STEPS)
+    ours, opt = _run(fusedopt.Adafactor, params, grads, backend=backend, **kwargs)
+    theirs, ref = _run(torch.optim.Adafactor, params, grads, foreach=False, **kwargs)
+    assert [c.backend.name for _, _, _, c in opt.last_step()] == [backend]
+    for p, q in zip(ours, theirs):
+        assert_normwise_close(p, q, TOL["torch_fp32"])
+        assert opt.state[p].keys() == ref.state[q].keys()
+        for key, value in ref.state[q].items():
+            assert opt.state[p][key].shape == value.shape, key
+            assert_normwise_close(opt.state[p][key], value, TOL["torch_fp32"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_torch_foreach(backend):
+    """torch's foreach path (the fastest it has), same results."""
+    params, grads = _params(SHAPES), _grads(SHAPES, STEPS)
+    ours, _ = _run(fusedopt.Adafactor, params, grads, backend=backend, weight_decay=0.1)
+    theirs, _ = _run(torch.optim.Adafactor, params, grads, foreach=True, weight_decay=0.1)
+    for p, q in zip(ours, theirs):
+        assert_normwise_close(p, q, TOL["torch_fp32"])
+
+
+def _fp64_trajectory(params, grads, **kwargs):
+    """The reference rule in fp64: the oracle of the low-precision tests; the
+    path's largest |p| per element, for the ulp budget."""
+    params = [p.double().requires_grad_() for p in params]
+    opt = fusedopt.Adafactor(params, backend="reference", **kwargs)
+    peak = [p.detach().abs() for p in params]
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.double()
+        opt.step()
+        peak = [torch.maximum(m, p.detach().abs()) for m, p in zip(peak, params)]
+    return params, peak
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_within_rounding_budget(backend, dtype):
+    """bf16/fp16 params: within the rounding budget of an fp64 trajectory, and no
+    further from it than torch (which keeps bf16/fp16 states and math)."""
+    # eps1 explicit: torch's None is the param dtype's epsilon, which the fp64
+    # oracle would take as fp64's.
+    kwargs = {"lr": 0.1, "eps": (torch.finfo(dtype).eps, 1e-3), "weight_decay": 0.05}
+    params = [p.to(dtype) for p in _params(SHAPES)]
+    grads = _grads(SHAPES, STEPS, dtype)
+    ours, _ = _run(fusedopt.Adafactor, params, grads, backend=backend, **kwargs)
+    theirs, _ = _run(torch.optim.Adafactor, params, grads, foreach=False, **kwargs)
+    exact, peak = _fp64_trajectory(params, grads, **kwargs)
+    ours_err = theirs_err = 0.0
+    for p, q, e, m in zip(ours, theirs, exact, peak):
+        budget = STEPS * TOL["ulps_per_step_vs_fp64"] * ulps(dtype, m)
+        assert ((p.double() - e).abs() <= budget).all()
+        ours_err += (p.double() - e).norm().item() ** 2
+        theirs_err += (q.double() - e).norm().item() ** 2
+    assert ours_err <= theirs_err
+
+
+def _hf_twin(settings: dict) -> dict:
+    """transformers' arguments for fusedopt's settings (fusedopt/optim/adafactor.py)."""
+    hf = {
+        "lr": None if settings.get("relative_step", True) else settings["lr"],
+        "eps": settings["eps"],
+        "clip_threshold": settings.get("d", 1.0),
+        "decay_rate": settings.get("beta2_decay", -0.8),
+        "beta1": settings.get("beta1"),
+        "weight_decay": settings.get("weight_decay", 0.0),
+    }
+    for key in ("relative_step", "warmup_init", "scale_parameter"):
+        hf[key] = settings.get(key, key != "warmup_init")
+    return hf
+
+
+HF_SETTINGS = [
+    {"eps": (1e-30, 1e-3)},
+    {"eps": (1e-30, 1e-3), "warmup_init": True},
+    {"eps": (1e-30, 1e-3), "beta1": 0.9},
+    {"eps": (1e-30, 1e-3), "beta1": 0.5, "d": 2.0, "beta2_decay": -0.6},
+    {"eps": (1e-30, 1e-2), "relative_step": False, "lr": 1e-3, "beta1": 0.9},
+    # The weight decay agrees where transformers' step size is the lr.
+    {
+        "eps": (1e-30, 1e-3),
+        "relative_step": False,
+        "scale_parameter": False,
+        "lr": 1e-2,
+        "weight_decay": 0.1,
+    },
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("settings", HF_SETTINGS, ids=lambda kw: ",".join(kw))
+def test_matches_transformers(backend, settings):
+    transformers = pytest.importorskip("transformers.optimization")
+    kwargs = dict(settings)
+    kwargs.setdefault("lr", 1e-2)  # transformers' relative step caps rho at 1e-2
+    params, grads = _params(SHAPES), _grads(SHAPES, STEPS)
+    ours, opt = _run(fusedopt.Adafactor, params, grads, backend=backend, **kwargs)
+    theirs, ref = _run(transformers.Adafactor, params, grads, **_hf_twin(settings))
+    for p, q in zip(ours, theirs):
+        assert_normwise_close(p, q, TOL["transformers_fp32"])
+        if "beta1" in settings:
+            assert_normwise_close(opt.state[p]["exp_avg"], ref.state[q]["exp_avg"], 1e-5)
+
+
+def test_transformers_weight_decay_differs_where_its_step_size_is_not_lr():
+    """The named difference: torch (and fusedopt) decay by lr * wd, transformers
+    by its step size alpha * wd; with wd = 0 the two agree (above)."""
+    transformers = pytest.importorskip("transformers.optimization")
+    settings = {"eps": (1e-30, 1e-3), "weight_decay": 0.5}
+    # |p| ~ 10, so that transformers' alpha = RMS(p) 1e-2 is ~10x the lr.
+    params, grads = [10 * p for p in _params(SHAPES)], _grads(SHAPES, 1)
+    ours, _ = _run(fusedopt.Adafactor, params, grads, lr=1e-2, **settings)
+    theirs, _ = _run(transformers.Adafactor, params, grads, **_hf_twin(settings))
+    p, q, p0 = ours[0], theirs[0], params[0]
+    # fusedopt: p0 (1 - 1e-2 * 0.5) - U; transformers: p0 (1 - alpha * 0.5) - U.
+    assert (p - q).norm() > 1e-3 * p0.norm()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_size_params_advance_their_step_only(backend):
+    """torch divides 0.0 by 0.0 for the RMS of an empty param; fusedopt steps
+    the others and advances the empty one's count, its states left at zero."""
+    shapes = [(0,), (3, 4), (0, 5), (5, 0), (2, 0, 3)]
+    params, grads = _params(shapes), _grads(shapes, 2)
+    with pytest.raises(ZeroDivisionError):
+        _run(torch.optim.Adafactor, params, grads, foreach=False)
+    ours, opt = _run(fusedopt.Adafactor, params, grads, backend=backend)
+    alone, _ = _run(torch.optim.Adafactor, [params[1]], [[g[1]] for g in grads], foreach=False)
+    assert_normwise_close(ours[1], alone[0], TOL["torch_fp32"])
+    for p in ours[:1] + ours[2:]:
+        state = opt.state[p]
+        assert state["step"].item() == 2
+        assert all(not v.any() for k, v in state.items() if k != "step")
+
+
+def test_unimplemented_backends_say_why():
+    p = torch.nn.Parameter(torch.randn(3, 4))
+    p.grad = torch.randn(3, 4)
+    for name in ("cuda", "triton", "cpu"):
+        if name in RULE.backends:
+            continue
+        opt = fusedopt.Adafactor([p], backend=name)
+        with pytest.raises(ValueError, match=f"the {name} backend does not implement"):
+            opt.step()
+    opt = fusedopt.Adafactor([p])
+    (choice,) = [c for _, _, _, c in opt.plan()]
+    assert choice.backend.name == BACKENDS[-1]
+
+
+def test_channels_last_params_step_on_the_reference():
+    """A factored param must be contiguous for the kernels' rows and columns;
+    a channels_last one is stepped by the reference, as torch steps it."""
+    p0 = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
+    grads = [[torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)] for _ in range(3)]
+    ours, opt = _run(fusedopt.Adafactor, [p0], grads)
+    theirs, _ = _run(torch.optim.Adafactor, [p0], grads, foreach=False)
+    assert_normwise_close(ours[0], theirs[0], TOL["torch_fp32"])
+    assert opt.last_step()[0][3].backend.name == "reference"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grad_scaler_arguments(backend):
+    """grad_scale unscales in the step (stored back unscaled); found_inf skips it."""
+    params, grads = _params(SHAPES), _grads(SHAPES, 1)
+    plain, _ = _run(fusedopt.Adafactor, params, grads, backend=backend)
+    scaled = [p.clone().requires_grad_() for p in params]
+    opt = fusedopt.Adafactor(scaled, backend=backend)
+    for p, g in zip(scaled, grads[0]):
+        p.grad = g * 1024
+    opt.grad_scale, opt.found_inf = torch.tensor(1024.0), torch.tensor(0.0)
+    opt.step()
+    for p, q, g in zip(scaled, plain, grads[0]):
+        assert torch.equal(p, q)
+        assert torch.equal(p.grad, g)
+    before = [p.detach().clone() for p in scaled]
+    opt.found_inf = torch.tensor(1.0)
+    opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(scaled, before))
+    assert all(opt.state[p]["step"].item() == 1 for p in scaled)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_dict_round_trips_with_torch(backend):
+    """torch's checkpoint resumes in fusedopt and fusedopt's in torch."""
+    params, grads = _params(SHAPES), _grads(SHAPES, 4)
+    theirs, ref = _run(torch.optim.Adafactor, params, grads[:2], foreach=False)
+    ours = [p.detach().clone().requires_grad_() for p in theirs]
+    opt = fusedopt.Adafactor(ours, backend=backend)
+    # A copy: torch's load keeps the loaded tensors themselves where it can.
+    opt.load_state_dict(copy.deepcopy(ref.state_dict()))
+    back = [p.detach().clone().requires_grad_() for p in theirs]
+    for step_grads in grads[2:]:
+        for p, q, g in zip(ours, theirs, step_grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    for p, q in zip(ours, theirs):
+        assert_normwise_close(p, q, TOL["torch_fp32"])
+    again = torch.optim.Adafactor(back, foreach=False)
+    again.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert again.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
+
+
+def test_dtensor_params_are_refused():
+    dist = pytest.importorskip("torch.distributed")
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        param = torch.nn.Parameter(distribute_tensor(torch.randn(4, 4), mesh, [Shard(0)]))
+        with pytest.raises(NotImplementedError, match="row and column statistics"):
+            fusedopt.Adafactor([param])
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def test_torch_error_messages():
+    p = [torch.nn.Parameter(torch.randn(2, 2))]
+    with pytest.raises(ValueError, match="beta1 should be in"):
+        fusedopt.Adafactor(p, beta1=1.0)
+    with pytest.raises(ValueError, match="requires `relative_step=True`"):
+        fusedopt.Adafactor(p, warmup_init=True, relative_step=False)
+    with pytest.raises(ValueError, match="`foreach=True` cannot apply"):
+        fusedopt.Adafactor(p, foreach=True)
+    # torch's group keys exactly, unless a keyword torch lacks is given.
+    keys = set(torch.optim.Adafactor(p).param_groups[0])
+    assert set(fusedopt.Adafactor(p).param_groups[0]) == keys
+    assert set(fusedopt.Adafactor(p, beta1=0.9).param_groups[0]) == keys | {"beta1"}
