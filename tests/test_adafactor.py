@@ -32,6 +32,11 @@ TOL = {
     # lerp, its clip and step size as fp32 tensor ops: a few ulps per step of
     # difference in U, and the step's relative size follows. Measured: <= 6e-7.
     "transformers_fp32": 5e-6,
+    # The states of the CPU passes against the reference's: exp_avg sums s U,
+    # whose relative error is a few ulps (V = R C / mean(R) takes the sums'
+    # order through three roundings, rsqrt halves it, the RMS clip adds one):
+    # measured <= 5e-6 over LARGE_SHAPES; row_var, col_var, variance <= 1e-7.
+    "states_vs_reference": 2e-5,
     # bf16/fp16 params: against an fp64 trajectory, each element within half an
     # ulp of its dtype per step (one rounding at the store; fp32 states and
     # math) plus 5% for the fp32 noise of an update below ulp(|p|): the rounding
@@ -307,3 +312,102 @@ def test_torch_error_messages():
     keys = set(torch.optim.Adafactor(p).param_groups[0])
     assert set(fusedopt.Adafactor(p).param_groups[0]) == keys
     assert set(fusedopt.Adafactor(p, beta1=0.9).param_groups[0]) == keys | {"beta1"}
+
+
+# Shapes of several reduction items each (cpu/reduce.h: 64K elements per
+# item): rows split over items (300 x 700: 93 rows per item), a row longer
+# than an item (3 x 70001), a long vector (200003: 4 items), a batch of
+# matrices, odd sizes, a zero-size tensor last.
+LARGE_SHAPES = [(300, 700), (3, 70001), (200003,), (5, 97, 151), (1, 7), (0, 4)]
+
+
+@pytest.mark.skipif("cpu" not in RULE.backends, reason="no cpu backend built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpu_matches_reference_over_items(dtype):
+    """The CPU passes against the reference on tensors of many items; bf16/fp16
+    params within one ulp per step of the largest |p| of the path (same
+    policy, one rounding at the store, so an element differs by at most a
+    rounding boundary per step: tests/tolerances.py _SAME_POLICY), fp32
+    normwise as the torch parity."""
+    kwargs = {"weight_decay": 0.05, "beta1": 0.9, "maximize": True}
+    params = [p.to(dtype) for p in _params(LARGE_SHAPES)]
+    grads = _grads(LARGE_SHAPES, STEPS, dtype)
+    ours, opt = _run(fusedopt.Adafactor, params, grads, backend="cpu", **kwargs)
+    ref, ref_opt = _run(fusedopt.Adafactor, params, grads, backend="reference", **kwargs)
+    _, peak = _fp64_trajectory(params, grads, **kwargs)
+    for p, q, m in zip(ours, ref, peak):
+        if dtype == torch.float32:
+            assert_normwise_close(p, q, TOL["torch_fp32"])
+        else:
+            assert ((p.double() - q.double()).abs() <= STEPS * ulps(dtype, m)).all()
+        for key, value in ref_opt.state[q].items():
+            assert_normwise_close(opt.state[p][key], value, TOL["states_vs_reference"])
+
+
+@pytest.mark.skipif("cpu" not in RULE.backends, reason="no cpu backend built")
+def test_cpu_results_do_not_depend_on_the_threads():
+    """Note [deterministic blocked reductions] in csrc/cpu/reduce.h: bit for bit."""
+    params, grads = _params(LARGE_SHAPES), _grads(LARGE_SHAPES, 2)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            results.append(_run(fusedopt.Adafactor, params, grads, backend="cpu")[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def _op_lists(shapes, first_moment):
+    params = _params(shapes)
+    grads = _grads(shapes, 1)[0]
+    used = RULE.used_states({"first_moment": first_moment})
+    states = [
+        torch.zeros(RULE.state_shape(name, p)) + 0.5
+        for name in used
+        for p in params
+        if RULE.state_shape(name, p) is not None
+    ]
+    steps = [torch.tensor(3.0) for _ in params]
+    return params, grads, states, steps
+
+
+def _op_hyper(first_moment=True):
+    return dict(
+        beta2_decay=-0.8,
+        eps1=-1.0,
+        eps2=1e-3,
+        d=1.0,
+        weight_decay=0.1,
+        beta1=0.9,
+        first_moment=first_moment,
+        relative_step=True,
+        warmup_init=False,
+        scale_parameter=True,
+        maximize=False,
+    )
+
+
+@pytest.mark.skipif("cpu" not in RULE.backends, reason="no cpu backend built")
+@pytest.mark.parametrize("overload", ["default", "tensor_lr"])
+def test_op_schema_and_fake_impl_pass_opcheck(overload):
+    lists = _op_lists([(5, 3), (17,)], first_moment=True)
+    lr = 1e-2 if overload == "default" else torch.tensor(1e-2)
+    torch.library.opcheck(
+        getattr(RULE.op, overload),
+        lists,
+        dict(lr=lr, **_op_hyper()),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
+@pytest.mark.skipif("cpu" not in RULE.backends, reason="no cpu backend built")
+def test_op_refuses_a_state_of_the_wrong_shape_before_writing():
+    params, grads, states, steps = _op_lists([(5, 3), (17,)], first_moment=False)
+    states[1] = torch.zeros(5, 3)  # col_var of the (5, 3) param must be (1, 3)
+    before = [p.clone() for p in params]
+    with pytest.raises(RuntimeError, match=r"col_var 0 must be a contiguous float32 tensor"):
+        RULE.op(params, grads, states, steps, lr=1e-2, **_op_hyper(False))
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert all(s.item() == 3.0 for s in steps)

@@ -14,6 +14,7 @@
 
 #include "checks.h"
 #include "cpu_step.h"
+#include "factored_step.h"
 #include "fusedopt/mta/args.h"
 #include "fusedopt/rules/reduction_registry.h"
 #include "fusedopt/rules/registry.h"
@@ -44,6 +45,7 @@ TORCH_LIBRARY(fusedopt, m) {
   m.def(step_schema<Type>(#name "_step_", "float").c_str());               \
   m.def(step_schema<Type>(#name "_step_.tensor_lr", "Tensor").c_str());
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_DEF)
+  FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_DEF)
 #undef FUSEDOPT_DEF
 }
 
@@ -57,6 +59,10 @@ TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
 #define FUSEDOPT_IMPL_CPU(Type, name) FUSEDOPT_IMPL(Type, name, step_cpu)
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_IMPL_CPU)
 #undef FUSEDOPT_IMPL_CPU
+  // The reduction rules' CPU passes (factored_step.h); no CUDA kernel yet.
+#define FUSEDOPT_IMPL_FACTORED_CPU(Type, name) FUSEDOPT_IMPL(Type, name, factored_step_cpu)
+  FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_IMPL_FACTORED_CPU)
+#undef FUSEDOPT_IMPL_FACTORED_CPU
 }
 
 #ifdef FUSEDOPT_WITH_CUDA
