@@ -9,6 +9,11 @@ Tolerances (TOL below, each with its reason) are normwise per tensor,
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import fusedopt
 import pytest
@@ -411,3 +416,43 @@ def test_op_refuses_a_state_of_the_wrong_shape_before_writing():
         RULE.op(params, grads, states, steps, lr=1e-2, **_op_hyper(False))
     assert all(torch.equal(p, b) for p, b in zip(params, before))
     assert all(s.item() == 3.0 for s in steps)
+
+
+@pytest.mark.skipif("cpu" not in RULE.backends, reason="no cpu backend built")
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_cpu_isa_variants_agree_bit_for_bit(isa, tmp_path):
+    """The passes are built per ISA from one source with -ffp-contract=off, and
+    the sums' order is the lanes' (csrc/cpu/reduce.h), not the vector width's:
+    identical bits, for every param dtype, with momentum and GradScaler."""
+    script = textwrap.dedent(f"""
+        import sys, torch, fusedopt
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_adafactor import LARGE_SHAPES, _grads, _params
+        out = []
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            ps = [p.to(dtype).requires_grad_() for p in _params(LARGE_SHAPES)]
+            opt = fusedopt.Adafactor(ps, backend="cpu", beta1=0.9, weight_decay=0.1)
+            opt.grad_scale = torch.tensor(8.0)
+            for grads in _grads(LARGE_SHAPES, 2, dtype):
+                for p, g in zip(ps, grads):
+                    p.grad = g * 8
+                opt.step()
+            out += [p.detach() for p in ps]
+        torch.save(out, sys.argv[1])
+        print(fusedopt._extension.cpu_isa())
+    """)
+    if fusedopt._extension.cpu_isa() == isa:
+        pytest.skip(f"this CPU's best ISA is {isa}: the comparison would be with itself")
+    outputs = {}
+    for name, env in [("default", {}), (isa, {"FUSEDOPT_CPU_ISA": isa})]:
+        path = str(tmp_path / name)
+        run = subprocess.run(
+            [sys.executable, "-c", script, path],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            check=True,
+        )
+        outputs[name] = (torch.load(path), run.stdout.strip())
+    assert outputs[isa][1] in (isa, "baseline")
+    assert all(torch.equal(a, b) for a, b in zip(outputs["default"][0], outputs[isa][0]))

@@ -9,10 +9,12 @@
 
 #include <ATen/Parallel.h>
 
+#include <cstring>
 #include <vector>
 
 #include "checks.h"
 #include "cpu/factored.h"
+#include "cpu/loop.h"
 
 namespace fusedopt::binding {
 
@@ -47,6 +49,26 @@ inline double dtype_eps(at::ScalarType t) {
     default:
       return 1.1920928955078125e-07;  // 2^-23
   }
+}
+
+// The four passes of one step, each one parallel region (or the calling
+// thread, for a small call), with the passes of one instruction set.
+template <class Step, class Config>
+void run_factored(const Config& config, double lr, ParamDtype dtype, double scale, double eps,
+                  std::vector<cpu::FactoredTensor>& tensors, bool parallel) {
+  Step work(config, lr, dtype, static_cast<float>(scale), eps, std::move(tensors));
+  const auto run = [parallel](int64_t count, const auto& body) {
+    if (parallel) {
+      at::parallel_for(0, count, 1, body);
+    } else {
+      body(0, count);
+    }
+  };
+  run(work.items(), [&](int64_t b, int64_t e) { work.reduce_inputs(b, e); });
+  run(work.tensors(), [&](int64_t b, int64_t e) { work.update_statistics(b, e); });
+  run(work.items(), [&](int64_t b, int64_t e) { work.reduce_updates(b, e); });
+  work.finish_updates(0, work.tensors());
+  run(work.items(), [&](int64_t b, int64_t e) { work.apply(b, e); });
 }
 
 template <class R>
@@ -128,21 +150,22 @@ void factored_step_cpu(const char* rule, const StepArgs& a) {
     tensors[i].step = static_cast<double>(*steps[i]) + 1.0;
     total += a.params[i].numel();
   }
-  cpu::FactoredStep<R> work(config, lr, param_dtype(dtype), static_cast<float>(scale),
-                            dtype_eps(dtype), std::move(tensors));
+  const ParamDtype pdtype = param_dtype(dtype);
+  const double eps = dtype_eps(dtype);
   const bool parallel = total >= kFactoredMinParallelElements;
-  const auto run = [parallel](int64_t count, const auto& body) {
-    if (parallel) {
-      at::parallel_for(0, count, 1, body);
-    } else {
-      body(0, count);
-    }
-  };
-  run(work.items(), [&](int64_t b, int64_t e) { work.reduce_inputs(b, e); });
-  run(work.tensors(), [&](int64_t b, int64_t e) { work.update_statistics(b, e); });
-  run(work.items(), [&](int64_t b, int64_t e) { work.reduce_updates(b, e); });
-  work.finish_updates(0, work.tensors());
-  run(work.items(), [&](int64_t b, int64_t e) { work.apply(b, e); });
+#ifdef FUSEDOPT_X86_ISAS
+  const char* isa = cpu::selected_isa();
+  if (std::strcmp(isa, "avx512") == 0) {
+    run_factored<cpu::avx512::FactoredStep<R>>(config, lr, pdtype, scale, eps, tensors, parallel);
+  } else if (std::strcmp(isa, "avx2") == 0) {
+    run_factored<cpu::avx2::FactoredStep<R>>(config, lr, pdtype, scale, eps, tensors, parallel);
+  } else {
+    run_factored<cpu::baseline::FactoredStep<R>>(config, lr, pdtype, scale, eps, tensors,
+                                                 parallel);
+  }
+#else
+  run_factored<cpu::baseline::FactoredStep<R>>(config, lr, pdtype, scale, eps, tensors, parallel);
+#endif
   for (float* step : steps) *step += 1.0f;
 }
 
