@@ -234,19 +234,27 @@ class ReferenceBackend(Backend):
         scale = None if grad_scale is None else grad_scale.item()
         lr = lr.item() if isinstance(lr, Tensor) else lr
         n = len(params)
-        # Each param's states, from the state-major list (Note [param-shaped
-        # states] in fusedopt/registry.py: a param keeps rule.states_of of them).
-        per_param: list[dict[str, Tensor]] = [{} for _ in params]
-        position = iter(states)
-        for name in names:
-            for i, param in enumerate(params):
-                if name in rule.states_of(param, (name,)):
-                    per_param[i][name] = next(position)
+        per_param = states_by_param(rule, params, states, names)
         for i, param in enumerate(params):
             state = per_param[i]
             for j, key in enumerate(rule.scalar_keys):
                 state[key] = state_steps[j * n + i]
             rule.reference(param, grads[i], state, lr=lr, grad_scale=scale, **hyper)
+
+
+def states_by_param(
+    rule: Rule, params: Sequence[Tensor], states: Sequence[Tensor], names: Sequence[str]
+) -> list[dict[str, Tensor]]:
+    """Each param's states, from the state-major list of `names` (Note
+    [param-shaped states] in fusedopt/registry.py: a param keeps
+    rule.states_of of them)."""
+    per_param: list[dict[str, Tensor]] = [{} for _ in params]
+    position = iter(states)
+    for name in names:
+        for i, param in enumerate(params):
+            if name in rule.states_of(param, (name,)):
+                per_param[i][name] = next(position)
+    return per_param
 
 
 def _triton_backend() -> Backend:

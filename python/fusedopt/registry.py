@@ -322,7 +322,7 @@ REDUCTION_RULES: dict[str, Rule] = {
             used_states=_adafactor_states,
             reference=adafactor_reference,
             state_shape=_adafactor_state_shape,
-            backends=("reference", "cpu"),
+            backends=("reference", "cpu", "triton"),
         ),
     )
 }
