@@ -343,14 +343,17 @@ def step(
             col_stat.view(batch, cols).copy_(new_col)
         else:
             full = state["variance"]
+        # Fills, not copies from the host (a copy of a pageable scalar syncs).
+        decay = rule.param_decay(c, lr)
+        decay = decay.to(**f64) if isinstance(decay, torch.Tensor) else torch.full((), decay, **f64)
         scalars = torch.stack(
             [
                 w,
-                torch.tensor(eps1 * eps1, **f64),
-                torch.as_tensor(rule.param_decay(c, lr)).to(**f64),
+                torch.full((), eps1 * eps1, **f64),
+                decay,
                 torch.zeros((), **f64),
-                torch.tensor(c.beta1, **f64),
-                torch.tensor(1.0 - c.beta1, **f64),
+                torch.full((), c.beta1, **f64),
+                torch.full((), 1.0 - c.beta1, **f64),
             ]
         ).float()
         # (c) the sum of U^2, then s = alpha / max(1, RMS(U) / d).

@@ -71,10 +71,13 @@ def ema_weight(c: Config, step: torch.Tensor) -> torch.Tensor:
 
 def alpha(c: Config, lr, step: torch.Tensor, param_sq: torch.Tensor, numel: int):
     """alpha = max(eps2, RMS(p)) rho (rho alone without scale_parameter)."""
+    # A float lr becomes a device tensor by a fill, not a copy (a host-to-device
+    # copy of a pageable scalar would synchronize).
+    lr_t = lr.to(step) if isinstance(lr, torch.Tensor) else torch.full_like(step, lr)
     if not c.relative_step:
-        rho = torch.as_tensor(lr, dtype=torch.float64, device=step.device) + 0 * step
+        rho = lr_t
     else:
-        cap = WARMUP_RATE * step if c.warmup_init else torch.as_tensor(lr).to(step)
+        cap = WARMUP_RATE * step if c.warmup_init else lr_t
         rho = torch.minimum(cap, 1.0 / step.sqrt())
     if not c.scale_parameter:
         return rho
