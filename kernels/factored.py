@@ -109,8 +109,12 @@ def _variance(
     if FACTORED:
         row = tl.load(row_ptr + b * ROWS + rows, mask=rows < ROWS, other=1.0)
         col = tl.load(col_ptr + b * COLS + cols, mask=cols < COLS, other=1.0)
-        return FACTORED_VARIANCE(row[:, None], col[None, :], tl.load(floor_ptr + b))
-    return VECTOR_VARIANCE(tl.load(full_ptr + offs, mask=mask, other=1.0), g, w)
+        v = FACTORED_VARIANCE(row[:, None], col[None, :], tl.load(floor_ptr + b))
+    else:
+        v = VECTOR_VARIANCE(tl.load(full_ptr + offs, mask=mask, other=1.0), g, w)
+    # Masked lanes: 1, so that their U is finite (g = 0 there; a V of 0 would
+    # make 0 * inf) and nothing warns under the interpreter.
+    return tl.where(mask, v, 1.0)
 
 
 @triton.jit
