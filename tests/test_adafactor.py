@@ -9,6 +9,7 @@ Tolerances (TOL below, each with its reason) are normwise per tensor,
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -487,3 +488,76 @@ def test_mixed_dtypes_and_momentum_switched_on_mid_run(backend):
     # another order), for fp32 and bf16 alike.
     for p, q in zip(ours, ref):
         assert ((p.double() - q.double()).abs() <= ulps(p.dtype, q.double().abs()) * 3).all()
+
+
+_AOT_SCRIPT = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fusedopt.kernels import factored
+from fusedopt.kernels.rules import adafactor as rule
+
+math = dict(
+    FACTORED_VARIANCE=rule.factored_variance,
+    VECTOR_VARIANCE=rule.vector_variance,
+    RAW_UPDATE=rule.raw_update,
+)
+kernels = {
+    "square_sums": (
+        factored._square_sums_kernel,
+        "x_ptr scale_ptr row_part_ptr col_part_ptr whole_part_ptr".split(),
+        "ROWS COLS N_ROW_BLOCKS N_COL_BLOCKS TOTAL_ROWS".split(),
+        dict(UNSCALE=True, ROWS_AND_COLS=True),
+    ),
+    "update_sq": (
+        factored._update_sq_kernel,
+        "g_ptr scale_ptr row_ptr col_ptr floor_ptr full_ptr scalars_ptr part_ptr".split(),
+        "ROWS COLS N_ROW_BLOCKS N_COL_BLOCKS".split(),
+        dict(**math, UNSCALE=True, FACTORED=True),
+    ),
+    "apply": (
+        factored._apply_kernel,
+        "p_ptr g_ptr scale_ptr found_ptr row_ptr col_ptr floor_ptr full_ptr m_ptr "
+        "scalars_ptr".split(),
+        "grad_sign ROWS COLS N_ROW_BLOCKS".split(),
+        dict(**math, APPLY=rule.apply, UNSCALE=True, HAS_FOUND=True, FACTORED=True,
+             FIRST_MOMENT=True),
+    ),
+}
+out = {}
+for name, (fn, pointers, scalars, consts) in kernels.items():
+    consts = {**consts, "BLOCK_R": factored.BLOCK_ROWS, "BLOCK_C": factored.BLOCK_COLS}
+    sig = {p: "*fp32" for p in pointers}
+    sig.update({s: "fp32" if s == "grad_sign" else "i32" for s in scalars})
+    sig.update(dict.fromkeys(consts, "constexpr"))
+    compiled = triton.compile(
+        ASTSource(fn=fn, signature=sig, constexprs=consts),
+        target=GPUTarget("cuda", int(sys.argv[1]), 32),
+        options={"num_warps": 4, "enable_fp_fusion": False},
+    )
+    ptx = compiled.asm["ptx"]
+    out[name] = {"f64": ".f64" in ptx, "fma": "fma.rn.f32" in ptx}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("arch", [80, 90, 100, 120])
+def test_triton_passes_compile_for_every_arch(arch):
+    """Compiled only (no GPU here): the three kernels of kernels/factored.py
+    build for each arch of the wheel's list, fp32 with a GradScaler and
+    momentum, with no FP64 instruction and no contracted FMA (Note
+    [bit-identical backends] in kernels/mta.py). Not yet checked: 128-bit
+    accesses (the tiles carry no divisibility hints) and spills."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT, str(arch)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    facts = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(facts) == {"square_sums", "update_sq", "apply"}
+    for name, fact in facts.items():
+        assert not fact["f64"] and not fact["fma"], (name, fact)
