@@ -11,7 +11,7 @@ import fusedopt  # noqa: F401  (registers the ops and their fake implementations
 import pytest
 import torch
 from _op_hyper import OP_HYPER, op_lists
-from fusedopt.registry import RULES
+from fusedopt.registry import REDUCTION_RULES, RULES
 
 OVERLOADS = ["default", "tensor_lr"]
 LISTS = ["params", "grads", "states", "state_steps"]
@@ -32,7 +32,8 @@ def test_op_hyper_table_covers_every_rule():
 
 def test_one_op_per_rule_and_nothing_else():
     ops = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fusedopt::")}
-    steps = {f"fusedopt::{r}_step_{o}" for r in RULES for o in ("", ".tensor_lr")}
+    rules = (*RULES, *REDUCTION_RULES)  # the reduction rules: tests/test_adafactor.py
+    steps = {f"fusedopt::{r}_step_{o}" for r in rules for o in ("", ".tensor_lr")}
     # The one op that is not a rule's: the global gradient norm (fusedopt/clip.py).
     assert ops == steps | {"fusedopt::grad_norm"}
 

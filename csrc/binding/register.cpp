@@ -14,7 +14,9 @@
 
 #include "checks.h"
 #include "cpu_step.h"
+#include "factored_step.h"
 #include "fusedopt/mta/args.h"
+#include "fusedopt/rules/reduction_registry.h"
 #include "fusedopt/rules/registry.h"
 #include "norm_op.h"
 #include "step_args.h"
@@ -34,6 +36,7 @@ void boxed_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
 
 #define FUSEDOPT_RULE_NAME(Type, name) constexpr char k##Type##Name[] = #name;
 FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_NAME)
+FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_RULE_NAME)
 #undef FUSEDOPT_RULE_NAME
 
 }  // namespace
@@ -43,6 +46,7 @@ TORCH_LIBRARY(fusedopt, m) {
   m.def(step_schema<Type>(#name "_step_", "float").c_str());               \
   m.def(step_schema<Type>(#name "_step_.tensor_lr", "Tensor").c_str());
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_DEF)
+  FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_DEF)
 #undef FUSEDOPT_DEF
   // The global gradient norm (norm_op.h): fusedopt.clip_grad_norm_ and max_grad_norm.
   m.def("grad_norm(Tensor[] tensors, float norm_type=2.0) -> Tensor");
@@ -59,6 +63,10 @@ TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_IMPL_CPU)
 #undef FUSEDOPT_IMPL_CPU
   m.impl("grad_norm", &grad_norm_cpu);
+  // The reduction rules' CPU passes (factored_step.h); no CUDA kernel yet.
+#define FUSEDOPT_IMPL_FACTORED_CPU(Type, name) FUSEDOPT_IMPL(Type, name, factored_step_cpu)
+  FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_IMPL_FACTORED_CPU)
+#undef FUSEDOPT_IMPL_FACTORED_CPU
 }
 
 #ifdef FUSEDOPT_WITH_CUDA
@@ -104,6 +112,7 @@ PyObject* check_hyper_py(PyObject*, PyObject* args) {
     Py_RETURN_NONE;                                 \
   }
     FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_CHECK_HYPER)
+    FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_CHECK_HYPER)
 #undef FUSEDOPT_CHECK_HYPER
     TORCH_CHECK(false, "fusedopt: no rule named ", rule);
   } catch (const c10::Error& error) {

@@ -9,6 +9,7 @@ from fusedopt import _extension, _fake, reference  # noqa: F401  (_fake register
 from fusedopt.backends import BACKEND_NAMES
 from fusedopt.clip import clip_grad_norm_, grad_norm
 from fusedopt.optim.adadelta import Adadelta
+from fusedopt.optim.adafactor import Adafactor
 from fusedopt.optim.adagrad import Adagrad
 from fusedopt.optim.adam import Adam, Adam8bit, AdamW, AdamW8bit, HFAdamW
 from fusedopt.optim.adamax import Adamax
@@ -20,12 +21,13 @@ from fusedopt.optim.rmsprop import RMSprop, RMSpropTF
 from fusedopt.optim.rprop import Rprop
 from fusedopt.optim.sgd import SGD
 from fusedopt.param_groups import param_groups
-from fusedopt.registry import RULES
+from fusedopt.registry import REDUCTION_RULES, RULES
 from fusedopt.report import report
 
 __all__ = [
     "ASGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "Adam8bit",
@@ -41,6 +43,7 @@ __all__ = [
     "Rprop",
     "SGD",
     "BACKEND_NAMES",
+    "REDUCTION_RULES",
     "RULES",
     "clip_grad_norm_",
     "grad_norm",

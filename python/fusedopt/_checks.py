@@ -5,7 +5,7 @@ rule gets the same checks and messages."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -97,6 +97,7 @@ def check_lists(
     scalar_lists: int,
     state_dtype: torch.dtype | str | None,
     require_dense: bool,
+    state_shape: Callable[[str, Tensor], tuple[int, ...] | None] | None = None,
 ) -> None:
     """`states` is state-major (Note [state-major lists] in fusedopt/registry.py)
     with one run of len(params) tensors per name in `state_names`, and
@@ -110,7 +111,25 @@ def check_lists(
 
     Whole-list comparisons first (for 2000 params, ~3x faster than one loop
     that checks each tensor); only when one fails does the loop below find the
-    culprit and say what is wrong with it."""
+    culprit and say what is wrong with it.
+
+    With `state_shape` (Rule.state_shape: Note [param-shaped states] in
+    fusedopt/registry.py), each name's run holds the states of the params
+    that keep one, of the shape it gives, contiguous where it is not the
+    param's shape."""
+    if state_shape is not None:
+        _check_shaped(
+            params,
+            grads,
+            states,
+            state_steps,
+            state_names,
+            scalar_lists,
+            state_dtype,
+            require_dense,
+            state_shape,
+        )
+        return
     n = len(params)
     if state_dtype == INT8_BLOCKWISE:
         _check_blockwise(
@@ -241,3 +260,54 @@ def _raise_first_failure(params, lists, state_steps, state_dtype, require_dense)
                 f"{step.numel()} elements of {step.dtype}"
             )
     raise AssertionError("fusedopt: a list check failed but no tensor explains it")
+
+
+def _check_shaped(
+    params,
+    grads,
+    states,
+    state_steps,
+    state_names,
+    scalar_lists,
+    state_dtype,
+    require_dense,
+    state_shape,
+) -> None:
+    n = len(params)
+    owners = [[(i, state_shape(name, p)) for i, p in enumerate(params)] for name in state_names]
+    owners = [[(i, shape) for i, shape in run if shape is not None] for run in owners]
+    want = [n, sum(map(len, owners)), n * scalar_lists]
+    got = [len(grads), len(states), len(state_steps)]
+    if got != want:
+        raise RuntimeError(
+            f"fusedopt: for {n} params, want {want[0]} grads, {want[1]} states "
+            f"({', '.join(state_names) or 'none'}, state-major, where each param keeps "
+            f"one) and {want[2]} state_steps; got {got[0]}, {got[1]} and {got[2]}"
+        )
+    lists = [("grad", grads)]
+    if not _lists_pass(params, lists, state_steps, state_dtype, require_dense):
+        _raise_first_failure(params, lists, state_steps, state_dtype, require_dense)
+    k = 0
+    for name, run in zip(state_names, owners):
+        for i, shape in run:
+            p, t = params[i], states[k]
+            k += 1
+            dtype = state_dtype or compute_dtype(p.dtype)
+            if (
+                t.layout is not torch.strided
+                or tuple(t.shape) != shape
+                or t.dtype != dtype
+                or t.device != p.device
+            ):
+                raise RuntimeError(
+                    f"fusedopt: {name} {i} must be {dtype} of shape {shape} on {p.device}, "
+                    f"got {t.dtype} of shape {tuple(t.shape)} on {t.device}"
+                )
+            if not require_dense:
+                continue
+            layout_ok = same_layout(t, p) if shape == tuple(p.shape) else t.is_contiguous()
+            if not layout_ok:
+                raise RuntimeError(
+                    f"fusedopt: {name} {i} must be contiguous or have its param's strides; "
+                    f"got strides {t.stride()}"
+                )

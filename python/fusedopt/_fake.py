@@ -8,14 +8,14 @@ fusedopt::grad_norm returns a new float32 0-dim tensor on its tensors' device.
 import torch
 
 from fusedopt import _extension
-from fusedopt.registry import RULES
+from fusedopt.registry import REDUCTION_RULES, RULES
 
 if _extension.loaded():
 
     def _step_fake(*args, **kwargs) -> None:
         return None
 
-    for _rule in RULES:
+    for _rule in (*RULES, *REDUCTION_RULES):
         for _overload in ("", ".tensor_lr"):
             torch.library.register_fake(f"fusedopt::{_rule}_step_{_overload}")(_step_fake)
 

@@ -248,22 +248,40 @@ class ReferenceBackend(Backend):
             scalar_lists=rule.scalar_lists,
             state_dtype=storage_state_dtype(storage, self.state_dtype),
             require_dense=self.requires_dense,
+            state_shape=rule.state_shape,
         )
         if found_inf is not None and found_inf.item() != 0:
             return
         scale = None if grad_scale is None else grad_scale.item()
         lr = lr.item() if isinstance(lr, Tensor) else lr
         n, used = len(params), len(names)
+        per_param = states_by_param(rule, params, states, names)
         for i, param in enumerate(params):
-            stored = [states[k * n + i] for k in range(used)]
+            keys = list(per_param[i])
+            stored = [per_param[i][key] for key in keys]
             absmax = [states[(used + k) * n + i] for k in range(used)] if storage == "int8" else []
             # Note [state dtypes]: the rule steps fp32 states; the store rounds once.
             values = codecs.decode(stored, absmax)
-            state = dict(zip(names, values))
+            state = dict(zip(keys, values))
             for j, key in enumerate(rule.scalar_keys):
                 state[key] = state_steps[j * n + i]
             rule.reference(param, grads[i], state, lr=lr, grad_scale=scale, **hyper)
             codecs.encode(values, stored, absmax)
+
+
+def states_by_param(
+    rule: Rule, params: Sequence[Tensor], states: Sequence[Tensor], names: Sequence[str]
+) -> list[dict[str, Tensor]]:
+    """Each param's states, from the state-major list of `names` (Note
+    [param-shaped states] in fusedopt/registry.py: a param keeps
+    rule.states_of of them)."""
+    per_param: list[dict[str, Tensor]] = [{} for _ in params]
+    position = iter(states)
+    for name in names:
+        for i, param in enumerate(params):
+            if name in rule.states_of(param, (name,)):
+                per_param[i][name] = next(position)
+    return per_param
 
 
 def _triton_backend() -> Backend:
@@ -290,8 +308,13 @@ def get(name: str) -> Backend:
     return _BACKENDS[name]
 
 
-def why_not(name: str, bucket: Bucket, capturable: bool) -> str | None:
-    """None when backend `name` can step `bucket`, else the reason."""
+def why_not(name: str, bucket: Bucket, capturable: bool, rule: Rule | None = None) -> str | None:
+    """None when backend `name` can step `bucket` (with `rule`, when given), else the reason."""
+    if rule is not None and rule.backends is not None and name not in rule.backends:
+        return (
+            f"the {name} backend does not implement the {rule.name} rule yet (it needs "
+            f"reduction passes; implemented on: {', '.join(rule.backends)})"
+        )
     backend = get(name)
     reason = backend.unavailable_reason() or backend.unsupported_reason(bucket)
     if reason is None and capturable and not backend.supports_capturable:
@@ -308,10 +331,12 @@ class Choice:
     passed_over: tuple[tuple[str, str], ...]
 
 
-def resolve(requested: str, bucket: Bucket, capturable: bool = False) -> Choice:
-    """The backend that steps `bucket`, or a ValueError that says why none can."""
+def resolve(
+    requested: str, bucket: Bucket, capturable: bool = False, rule: Rule | None = None
+) -> Choice:
+    """The backend that steps `bucket` with `rule`, or a ValueError that says why none can."""
     if requested != "auto":
-        reason = why_not(requested, bucket, capturable)
+        reason = why_not(requested, bucket, capturable, rule)
         if reason is not None:
             raise ValueError(
                 f"fusedopt: backend={requested!r} cannot step {bucket.dtype} params on "
@@ -321,7 +346,7 @@ def resolve(requested: str, bucket: Bucket, capturable: bool = False) -> Choice:
     order = AUTO_ORDER.get(bucket.device.type, ("reference",))
     passed_over = []
     for name in order:
-        reason = why_not(name, bucket, capturable)
+        reason = why_not(name, bucket, capturable, rule)
         if reason is None:
             return Choice(get(name), tuple(passed_over))
         passed_over.append((name, reason))

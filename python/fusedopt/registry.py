@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fusedopt.reference.adadelta import adadelta as adadelta_reference
+from fusedopt.reference.adafactor import adafactor as adafactor_reference
 from fusedopt.reference.adagrad import adagrad as adagrad_reference
 from fusedopt.reference.adam import adam as adam_reference
 from fusedopt.reference.adamax import adamax as adamax_reference
@@ -64,6 +65,19 @@ class Rule:
     # whose 256 codes all lie in [0, 1], the others the signed one
     # (fusedopt.reference.codecs; bitsandbytes' "udynamic" and "dynamic").
     nonnegative: tuple[str, ...] = ()
+    # Note [param-shaped states]: for a rule whose states are not all of its
+    # param's shape (factored moments), (state name, param) -> the state's
+    # shape, or None where that param keeps no such state. None: every used
+    # state has its param's shape and every param keeps every used state.
+    state_shape: Callable[[str, Any], tuple[int, ...] | None] | None = None
+    # The backends that implement the rule; None: every backend.
+    backends: tuple[str, ...] | None = None
+
+    def states_of(self, param: Any, used: tuple[str, ...]) -> tuple[str, ...]:
+        """The used states that `param` keeps (all of them, but with state_shape)."""
+        if self.state_shape is None:
+            return used
+        return tuple(name for name in used if self.state_shape(name, param) is not None)
 
     @property
     def scalar_keys(self) -> tuple[str, ...]:
@@ -94,6 +108,26 @@ def _rmsprop_states(h: Mapping[str, Any]) -> tuple[str, ...]:
 def _all_states(states: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[str, ...]]:
     """used_states of a rule that reads and writes every state at every step."""
     return lambda h: states
+
+
+def _adafactor_states(h: Mapping[str, Any]) -> tuple[str, ...]:
+    second = ("row_var", "col_var", "variance")
+    return (*second, "exp_avg") if h["first_moment"] else second
+
+
+def _adafactor_state_shape(name: str, param: Any) -> tuple[int, ...] | None:
+    """torch.optim.Adafactor's shapes: a param of 2+ dims is factored over its
+    last two dims (row_var: last dim 1; col_var: second-to-last dim 1), a
+    vector or 0-dim param keeps a full `variance`; `exp_avg` is full."""
+    shape = tuple(param.shape)
+    factored = len(shape) > 1
+    if name == "row_var":
+        return (*shape[:-1], 1) if factored else None
+    if name == "col_var":
+        return (*shape[:-2], 1, shape[-1]) if factored else None
+    if name == "variance":
+        return None if factored else shape
+    return shape
 
 
 def _sgd_states(h: Mapping[str, Any]) -> tuple[str, ...]:
@@ -267,6 +301,41 @@ RULES: dict[str, Rule] = {
             used_states=_sgd_states,
             reference=sgd_reference,
             fresh_flag="first_step",
+        ),
+    )
+}
+
+
+# Note [reduction rules]: rules that are not elementwise, whose step needs
+# per-tensor or per-row/column reductions of the grads before the element pass
+# (factored second moments). Apart from RULES, whose every rule every backend's
+# elementwise traversal steps: a reduction rule's `backends` names the ones
+# that implement it, and its states may have other shapes than its param's
+# (Note [param-shaped states]).
+REDUCTION_RULES: dict[str, Rule] = {
+    rule.name: rule
+    for rule in (
+        Rule(
+            name="adafactor",
+            states=("row_var", "col_var", "variance", "exp_avg"),
+            has_step=True,
+            hyper=(
+                "beta2_decay",
+                "eps1",
+                "eps2",
+                "d",
+                "weight_decay",
+                "beta1",
+                "first_moment",
+                "relative_step",
+                "warmup_init",
+                "scale_parameter",
+                "maximize",
+            ),
+            used_states=_adafactor_states,
+            reference=adafactor_reference,
+            state_shape=_adafactor_state_shape,
+            backends=("reference", "cpu", "triton"),
         ),
     )
 }

@@ -92,6 +92,7 @@ class TritonBackend(backends.Backend):
             scalar_lists=rule.scalar_lists,
             state_dtype=storage_state_dtype(states_storage(states), self.state_dtype),
             require_dense=self.requires_dense,
+            state_shape=rule.state_shape,
         )
         if not params:
             return
@@ -123,6 +124,24 @@ class TritonBackend(backends.Backend):
         from fusedopt.kernels import mta, rules
 
         interpreter = backends.triton_interpreter_on()
+        if rule.state_shape is not None:
+            # A reduction rule (Note [reduction rules] in fusedopt/registry.py).
+            from fusedopt.kernels import factored
+
+            names = rule.used_states(hyper)
+            factored.step(
+                rules.get(rule.name),
+                params,
+                grads,
+                backends.states_by_param(rule, params, states, names),
+                state_steps,
+                lr=lr,
+                hyper=hyper,
+                grad_scale=grad_scale,
+                found_inf=found_inf,
+                interpreter=interpreter,
+            )
+            return
         self.launcher.step(
             rules.get(rule.name),
             params,

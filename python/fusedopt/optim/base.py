@@ -523,10 +523,23 @@ class FusedOptimizer(Optimizer):
                 # once, when the plan is built.
                 state[key] = state[key].to(counts_device)
         storage = self.state_storage(group, p)
-        for key in used:
-            if key not in state:
+        shape_of = self.rule.state_shape
+        for key in self.rule.states_of(p, used):
+            shape = None if shape_of is None else shape_of(key, p)
+            param_shaped = shape in (None, tuple(p.shape))
+            if key not in state and not param_shaped:
+                # Note [param-shaped states] in fusedopt/registry.py: contiguous.
+                state[key] = torch.full(
+                    shape,
+                    self.initial_state_value(group, key),
+                    dtype=compute_dtype(p.dtype),
+                    device=p.device,
+                )
+            elif key not in state:
                 value = self.initial_state_value(group, key)
                 _store_state(state, key, p, storage, key in self.rule.nonnegative, value)
+            elif not param_shaped:
+                continue
             elif not _stored_as(state, key, p, storage) and _is_a_storage(state, key, p):
                 # Note [state dtypes of a group]: converted once, values kept.
                 # (A state in no storage, a float64 one say, is left to the
@@ -596,7 +609,7 @@ class FusedOptimizer(Optimizer):
         plan = _GroupPlan(list(source), source, has_grad, used)
         for (device, dtype, dense, storage, fresh, sharded), positions in split.items():
             bucket = backends.Bucket(device, dtype, dense, storage)
-            choice = backends.resolve(self.backend, bucket, _capturable(group))
+            choice = backends.resolve(self.backend, bucket, _capturable(group), self.rule)
             call_params = [params[k] for k in positions]
             if sharded:
                 self._check_sharded(group, call_params)
@@ -668,6 +681,18 @@ class FusedOptimizer(Optimizer):
                     f"local shard with its own grad); got {placements}"
                 )
 
+    def _gather_states(self, used: tuple[str, ...], call: _Call) -> list[Tensor]:
+        """A call's states, state-major (Note [state-major lists] in
+        fusedopt/registry.py): per used state, each param's that keeps one."""
+        if self.rule.state_shape is None:
+            return [sd[name] for name in used for sd in call.state_dicts]
+        return [
+            sd[name]
+            for name in used
+            for p, sd in zip(call.params, call.state_dicts)
+            if name in self.rule.states_of(p, (name,))
+        ]
+
     def _cached_plan(
         self, index: int, group: dict[str, Any], grads: list, used
     ) -> _GroupPlan | None:
@@ -698,7 +723,7 @@ class FusedOptimizer(Optimizer):
                 counts[key] = counts.get(key, 0) + 1
             for key, count in counts.items():
                 bucket = backends.Bucket(*key)
-                choice = backends.resolve(self.backend, bucket, _capturable(group))
+                choice = backends.resolve(self.backend, bucket, _capturable(group), self.rule)
                 out.append((index, bucket, count, choice))
         return out
 
@@ -795,7 +820,7 @@ class FusedOptimizer(Optimizer):
                 for call in plan.calls:
                     whole = len(call.indices) == len(grads)
                     call_grads = grads if whole else [grads[i] for i in call.indices]
-                    states = [sd[name] for name in used for sd in call.state_dicts]
+                    states = self._gather_states(used, call)
                     if call.bucket.state_dtype == "int8":
                         states += [
                             sd[name + ABSMAX_SUFFIX] for name in used for sd in call.state_dicts
@@ -823,6 +848,7 @@ class FusedOptimizer(Optimizer):
                             call.bucket.state_dtype, backend.state_dtype
                         ),
                         require_dense=backend.requires_dense,
+                        state_shape=rule.state_shape,
                     )
             copies: dict[tuple[int, torch.device], Tensor] = {}
             for index, call, params, lr, hyper, call_grads, states, steps in work:
