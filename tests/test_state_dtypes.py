@@ -335,6 +335,19 @@ def test_small_tensors_keep_fp32_states():
     assert opt.state[large]["exp_avg"].dtype == torch.float32
 
 
+def test_report_names_a_calls_state_dtype():
+    """An 8-bit group's small tensors form an fp32 call of their own: report()
+    tells the two calls apart."""
+    small, large = torch.nn.Parameter(torch.randn(4095)), torch.nn.Parameter(torch.randn(4096))
+    opt = fusedopt.AdamW8bit([small, large], backend="cpu")
+    for p in (small, large):
+        p.grad = torch.randn_like(p)
+    opt.step()
+    lines = [line for line in fusedopt.report(opt).splitlines() if "group 0:" in line]
+    assert len(lines) == 2
+    assert sum("int8 states" in line for line in lines) == 1
+
+
 @pytest.mark.skipif(not TRITON, reason="needs triton")
 def test_backends_without_8bit_kernels_say_why():
     p = torch.nn.Parameter(torch.randn(5000))

@@ -152,9 +152,12 @@ def report(optimizer: torch.optim.Optimizer | None = None) -> str:
             )
         for index, bucket, count, choice in plan:
             dense = "" if bucket.dense else ", not dense"
+            # Only a storage other than fp32 is named: an 8-bit group's small
+            # tensors keep fp32 states and form a call of their own.
+            states = "" if bucket.state_dtype == "fp32" else f", {bucket.state_dtype} states"
             lines.append(
                 f"  group {index}: {count} {bucket.dtype} params on {bucket.device}"
-                f"{dense} -> {choice.backend.name}"
+                f"{dense}{states} -> {choice.backend.name}"
             )
             for name, reason in choice.passed_over:
                 lines.append(f"      passed over {name}: {reason}")
