@@ -18,7 +18,14 @@ from torch._dynamo.utils import counters
 
 STEPS = 4
 # Classes that have no Case (tests/cases.py), with the options that use every state.
-EXTRA_KWARGS = {"HFAdamW": {"lr": 1e-2, "weight_decay": 0.1}}
+# The 8-bit classes: min_8bit_size 0, so that the small model's tensors keep
+# 8-bit states (its largest has 32 elements).
+EXTRA_KWARGS = {
+    "HFAdamW": {"lr": 1e-2, "weight_decay": 0.1},
+    "Adafactor": {"lr": 1e-2, "weight_decay": 0.1},
+    "Adam8bit": {"lr": 1e-2, "weight_decay": 0.1, "min_8bit_size": 0},
+    "AdamW8bit": {"lr": 1e-2, "weight_decay": 0.1, "min_8bit_size": 0},
+}
 
 
 def _classes() -> list[type[FusedOptimizer]]:
