@@ -237,7 +237,18 @@ def _check_8bit_options(optim_bits, args, percentile_clipping, block_wise, is_pa
         raise ValueError("fusedopt: paged optimizer states (is_paged=True) are not supported")
 
 
-class Adam8bit(Adam):
+class _Min8bitSize:
+    """The 8-bit classes' `min_8bit_size` keyword, as a default of every
+    group (a group may set its own)."""
+
+    _min_8bit_size: int
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        param_group.setdefault("min_8bit_size", self._min_8bit_size)
+        super().add_param_group(param_group)
+
+
+class Adam8bit(_Min8bitSize, Adam):
     """bitsandbytes.optim.Adam8bit's names and defaults: Adam with 8-bit
     blockwise states (Dettmers et al. 2022; state_dtype="int8": block 256,
     the signed dynamic map for exp_avg, the unsigned one for exp_avg_sq,
@@ -272,12 +283,8 @@ class Adam8bit(Adam):
             params, lr, betas, eps, weight_decay, amsgrad, state_dtype="int8", backend=backend
         )
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        param_group.setdefault("min_8bit_size", self._min_8bit_size)
-        super().add_param_group(param_group)
 
-
-class AdamW8bit(AdamW):
+class AdamW8bit(_Min8bitSize, AdamW):
     """bitsandbytes.optim.AdamW8bit's names and defaults: torch's AdamW with
     8-bit blockwise states (as Adam8bit; decoupled weight decay, 1e-2)."""
 
@@ -303,10 +310,6 @@ class AdamW8bit(AdamW):
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, state_dtype="int8", backend=backend
         )
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        param_group.setdefault("min_8bit_size", self._min_8bit_size)
-        super().add_param_group(param_group)
 
 
 class HFAdamW(FusedOptimizer):
