@@ -66,6 +66,16 @@ per-block absmax under `<key>_absmax`. A state in another storage than its
 group's (a checkpoint, a changed `state_dtype`) is converted once, when the
 plan is built. state_dict() gives 8-bit states in torch's layout (float32),
 or as codes and absmax with compact=True; load_state_dict takes either.
+
+Note [master weights of a group]: a group's `master_weights`, `kahan_sum` or
+`stochastic_rounding` key (at most one True) and `rounding_seed`
+(fusedopt.reference.master) say how its bf16/fp16 params are stored; fp32
+params of the group step as without. The policy's states (master_param,
+kahan_comp, rounding_step) are made when the plan is built, master_param from
+the param's value, and kept through load_state_dict in their own dtype (torch
+would cast master_param to the param's); the keys stay with the group through a
+checkpoint that lacks them. Params of one policy form one call; a backend
+without the policy's store is passed over by "auto" and refused by name.
 """
 
 from __future__ import annotations
@@ -86,10 +96,12 @@ from fusedopt._checks import (
     check_hyper,
     check_lists,
     is_dense,
+    param_store_policy,
     same_layout,
     storage_state_dtype,
+    store_policy,
 )
-from fusedopt.reference import WeightDecayMode, codecs, compute_dtype
+from fusedopt.reference import WeightDecayMode, codecs, compute_dtype, master
 from fusedopt.registry import Rule
 
 logger = logging.getLogger("fusedopt")
@@ -201,6 +213,8 @@ class _Call:
     params: list[Tensor]
     state_dicts: list[dict[str, Any]]
     fresh: bool  # its states were created in this step (Rule.fresh_flag)
+    # Each param's position in the optimizer (Note [master weights of a group]).
+    tags: list[int] = field(default_factory=list)
     # The backend's own per-call cache (the Triton launcher's tables): it lives
     # and dies with this plan (Note [cached step plans]).
     cache: dict[str, Any] = field(default_factory=dict)
@@ -297,6 +311,7 @@ class FusedOptimizer(Optimizer):
             raise ValueError(
                 f"fusedopt: state_dtype must be one of {codecs.STATE_DTYPES}, got {storage!r}"
             )
+        store_policy(param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         if group.get("weight_decay_mode") == "fully_decoupled" and group.get("lr_max") is None:
@@ -343,7 +358,8 @@ class FusedOptimizer(Optimizer):
         # (torch's or an fp32 one): its states are converted instead (Note
         # [state dtypes of a group]).
         storage_keys = [
-            {key: g[key] for key in STORAGE_GROUP_KEYS if key in g} for g in self.param_groups
+            {key: g[key] for key in (*STORAGE_GROUP_KEYS, *POLICY_GROUP_KEYS) if key in g}
+            for g in self.param_groups
         ]
         handle = self.register_load_state_dict_pre_hook(capture)
         try:
@@ -378,6 +394,11 @@ class FusedOptimizer(Optimizer):
                 else:
                     values = codecs.decode_8bit(saved[key], absmax.float())
                     state[key] = values.to(device=param.device, dtype=compute_dtype(param.dtype))
+            # Note [master weights of a group]: torch cast them to the param's dtype.
+            for key in (master.MASTER_KEY, master.COUNT_KEY):
+                if key in state and key in saved:
+                    device = param.device if key == master.MASTER_KEY else state[key].device
+                    state[key] = saved[key].to(device, torch.float32, copy=True)
             # Scalar states (NAdam's mu_product) stay float32 beside the count:
             # torch's load casts them to the param's dtype and device.
             for key in self.rule.scalars:
@@ -479,21 +500,29 @@ class FusedOptimizer(Optimizer):
         params = [source[i] for i in indices]
         keys = self._bucket_keys(params, [grads[i] for i in indices])
         fresh_flag = self.rule.fresh_flag
+        policy = store_policy(group)
         split: dict[tuple, list[int]] = {}
         for position, (i, key) in enumerate(zip(indices, keys)):
             p = source[i]
             fresh = fresh_flag is not None and any(k not in self.state[p] for k in used)
-            split.setdefault((*key, self.state_storage(group, p), fresh), []).append(position)
+            stored = (self.state_storage(group, p), param_store_policy(policy, p))
+            split.setdefault((*key, *stored, fresh), []).append(position)
         plan = _GroupPlan(list(source), source, has_grad, used)
-        for (device, dtype, dense, storage, fresh), positions in split.items():
-            bucket = backends.Bucket(device, dtype, dense, storage)
+        offset = 0
+        for other in self.param_groups:
+            if other is group:
+                break
+            offset += len(other["params"])
+        for (device, dtype, dense, storage, store, fresh), positions in split.items():
+            bucket = backends.Bucket(device, dtype, dense, storage, store)
             choice = backends.resolve(self.backend, bucket, group.get("capturable", False))
             call_params = [params[k] for k in positions]
             for p in call_params:
                 if not self.state.get(p):
                     created.append(p)
                 self._new_state(group, p, used, self._counts_device(group, p, choice.backend))
-            stateful = bool(used) or self.rule.has_step
+                _new_policy_state(self.state[p], p, store)
+            stateful = bool(used) or self.rule.has_step or store != master.NONE
             plan.calls.append(
                 _Call(
                     bucket,
@@ -502,6 +531,7 @@ class FusedOptimizer(Optimizer):
                     call_params,
                     [self.state[p] for p in call_params] if stateful else [],
                     fresh,
+                    [offset + indices[k] for k in positions],
                 )
             )
         return plan
@@ -530,7 +560,11 @@ class FusedOptimizer(Optimizer):
         for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             keys = self._bucket_keys(params, [p.grad for p in params])
-            keys = [(*key, self.state_storage(group, p)) for key, p in zip(keys, params)]
+            policy = store_policy(group)
+            keys = [
+                (*key, self.state_storage(group, p), param_store_policy(policy, p))
+                for key, p in zip(keys, params)
+            ]
             counts: dict[tuple, int] = {}
             for key in keys:
                 counts[key] = counts.get(key, 0) + 1
@@ -634,9 +668,11 @@ class FusedOptimizer(Optimizer):
                     steps = [sd[key] for key in rule.scalar_keys for sd in call.state_dicts]
                     if rule.fresh_flag is not None:
                         hyper = {**hyper, rule.fresh_flag: call.fresh}
-                    work.append((index, call, group["lr"], hyper, call_grads, states, steps))
+                    store = _store_of(group, call)
+                    extra = {} if store is None else {"store": store}
+                    work.append((index, call, group["lr"], hyper, call_grads, states, steps, extra))
             if len(work) > 1:
-                for _, call, _, hyper, call_grads, states, steps in work:
+                for _, call, _, hyper, call_grads, states, steps, _ in work:
                     backend = call.choice.backend
                     check_lists(
                         call.params,
@@ -651,7 +687,7 @@ class FusedOptimizer(Optimizer):
                         require_dense=backend.requires_dense,
                     )
             copies: dict[tuple[int, torch.device], Tensor] = {}
-            for _, call, lr, hyper, call_grads, states, steps in work:
+            for _, call, lr, hyper, call_grads, states, steps, extra in work:
                 started += 1
                 device = call.bucket.device
                 call.choice.backend.step(
@@ -665,6 +701,7 @@ class FusedOptimizer(Optimizer):
                     grad_scale=_on_device(grad_scale, device, copies),
                     found_inf=_on_device(found_inf, device, copies),
                     cache=call.cache,
+                    **extra,
                 )
         except Exception as error:
             for p in created:
@@ -692,6 +729,40 @@ class FusedOptimizer(Optimizer):
 ABSMAX_SUFFIX = "_absmax"
 # The group keys that say how states are stored.
 STORAGE_GROUP_KEYS = ("state_dtype", "min_8bit_size")
+# The group keys of master-weight policies (Note [master weights of a group]).
+POLICY_GROUP_KEYS = (*master.POLICIES, master.SEED_KEY)
+
+
+def _new_policy_state(state: dict[str, Any], p: Tensor, policy: str) -> None:
+    """The states of p's master-weight policy, where missing: master_param from
+    p's value, kahan_comp zeros, rounding_step 0 (Note [master weights of a group])."""
+    if policy == master.NONE:
+        return
+    key = master.STATE_KEYS[policy]
+    if policy == "master_weights" and key not in state:
+        state[key] = torch.empty_like(
+            p, dtype=torch.float32, memory_format=torch.preserve_format
+        ).copy_(p)
+    elif policy == "kahan_sum" and key not in state:
+        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    elif policy == "stochastic_rounding" and master.COUNT_KEY not in state:
+        state[master.COUNT_KEY] = torch.zeros((), dtype=torch.float32)
+
+
+def _store_of(group: Mapping[str, Any], call: _Call) -> backends.Store | None:
+    """The call's master-weight policy and its tensors, gathered anew each step
+    (a state replaced in opt.state[p] takes effect, as the rule's states do)."""
+    policy = call.bucket.store
+    if policy == master.NONE:
+        return None
+    key = master.STATE_KEYS[policy]
+    return backends.Store(
+        policy,
+        [sd[key] for sd in call.state_dicts] if key else [],
+        [sd[master.COUNT_KEY] for sd in call.state_dicts] if key is None else [],
+        call.tags,
+        int(group.get(master.SEED_KEY, master.DEFAULT_SEED)),
+    )
 
 
 def _stored_as(state: dict[str, Any], key: str, p: Tensor, storage: str) -> bool:

@@ -1,0 +1,229 @@
+"""Master-weight policies of bf16/fp16 params (fusedopt.reference.master; Note
+[master weights of a group] in fusedopt/optim/base.py): `master_weights`,
+`kahan_sum`, `stochastic_rounding` (+ `rounding_seed`) as group keys.
+
+  - Philox4x32-10 against Random123's published known answers (kat_vectors);
+  - stochastic rounding unbiased in expectation (a stated binomial bound);
+  - the reference: master_weights steps exactly the fp32 run; kahan_sum and
+    stochastic rounding move a param whose updates plain bf16 rounds away;
+  - every policy on the cpu backend against the reference, bit for bit;
+  - an fp32 param in a policy group steps as without (a no-op, not an error:
+    a model's fp32 norms and bf16 weights commonly share one group);
+  - refusals: two policies, a bad seed, stochastic rounding of fp16, and the
+    backends without the policy's store (named, and passed over by "auto");
+  - state_dict round trip: a checkpoint mid-run continues bit for bit;
+  - quality: a small bf16 model ends closer to its fp32 run with each policy
+    than plain bf16 does.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import fusedopt
+import pytest
+import torch
+from fusedopt import backends
+from fusedopt.reference import master
+from helpers import draw_grads, make_params
+
+POLICIES = master.POLICIES
+SIZES = [1, 3, 257, (5, 7)]
+
+
+# --- Philox ---------------------------------------------------------------------------
+
+# Random123 1.14, examples/kat_vectors: "philox4x32 10 <counter x4> <key x2> <result x4>".
+PHILOX_KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    (
+        (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF),
+        (0xFFFFFFFF, 0xFFFFFFFF),
+        (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD),
+    ),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
+]
+
+
+@pytest.mark.parametrize("counter, key, expected", PHILOX_KAT, ids=["zeros", "ones", "pi"])
+def test_philox_known_answers(counter, key, expected):
+    out = master.philox4x32_10([torch.tensor(c) for c in counter], key)
+    assert [int(w) for w in out] == list(expected)
+
+
+# --- stochastic rounding ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.9])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_stochastic_rounding_unbiased(fraction, sign):
+    """x = a + f * ulp between bf16 neighbours a and b: the mean of N rounded
+    copies (element indices 0..N-1, one Philox stream) is x. The rounded value
+    is a or b, b with some probability q: the mean's error is (q_hat - f) * ulp
+    with q_hat's standard deviation sqrt(f (1 - f) / N) <= 0.5 / sqrt(N). The
+    bound is 6 of those (a false failure ~2e-9 for a fair generator; the
+    draw is fixed anyway); round to nearest misses it by 0.1 ulp at least."""
+    n = 1 << 20
+    a = 1.5
+    ulp = 2.0**-7  # bf16's spacing in [1, 2)
+    x = torch.full((n,), sign * (a + fraction * ulp), dtype=torch.float32)
+    rounded = master.stochastic_round_bf16(x, master.rounding_bits(7, 1, 0, n)).double()
+    assert set(rounded.abs().unique().tolist()) <= {a, a + ulp}
+    bound = 6 * 0.5 / n**0.5 * ulp
+    assert abs(rounded.mean().item() - x[0].item()) <= bound
+    nearest = x.to(torch.bfloat16).double()
+    assert abs(nearest.mean().item() - x[0].item()) > bound
+
+
+def test_stochastic_rounding_edges():
+    """Exact bf16 values stay; NaN stays NaN; inf stays inf; bits differ per
+    element, step, tag and seed."""
+    x = torch.tensor([1.0, -2.5, 0.0, float("inf"), float("-inf"), float("nan")])
+    out = master.stochastic_round_bf16(x, torch.full((6,), 0xFFFF, dtype=torch.int64))
+    assert out[:5].float().tolist() == x[:5].tolist() and out[5].isnan()
+    base = master.rounding_bits(0, 1, 0, 64)
+    for other in (
+        master.rounding_bits(1, 1, 0, 64),
+        master.rounding_bits(0, 2, 0, 64),
+        master.rounding_bits(0, 1, 1, 64),
+    ):
+        assert not torch.equal(base, other)
+    assert base.unique().numel() > 60 and int(base.max()) < 1 << 16
+
+
+# --- the reference ---------------------------------------------------------------------
+
+
+def _run(policy, dtype, backend, steps=5, opt_cls=None, **group):
+    params = make_params(SIZES, dtype)
+    opt_cls = opt_cls or fusedopt.AdamW
+    options = {} if policy == master.NONE else {policy: True}
+    opt = opt_cls(
+        [{"params": params, **options, **group}], lr=1e-2, weight_decay=0.1, backend=backend
+    )
+    for k in range(steps):
+        for p, g in zip(params, draw_grads(params, k)):
+            p.grad = g
+        opt.step()
+    return params, opt
+
+
+def test_master_weights_step_the_fp32_run():
+    """master_param is the fp32 run (fp32 params, the same bf16 grads) bit for
+    bit; the bf16 param is its round to nearest."""
+    params, opt = _run("master_weights", torch.bfloat16, "reference")
+    fp32 = make_params(SIZES, torch.bfloat16)
+    fp32 = [p.detach().float().requires_grad_() for p in fp32]
+    ref = fusedopt.AdamW(fp32, lr=1e-2, weight_decay=0.1, backend="reference")
+    for k in range(5):
+        for p, g in zip(fp32, draw_grads(make_params(SIZES, torch.bfloat16), k)):
+            p.grad = g.float()
+        ref.step()
+    for p, q in zip(params, fp32):
+        assert torch.equal(opt.state[p]["master_param"], q.detach())
+        assert torch.equal(p.detach(), q.detach().to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("policy", ["kahan_sum", "stochastic_rounding", "master_weights"])
+def test_policies_keep_updates_plain_bf16_loses(policy):
+    """SGD with updates of 1/16 ulp: plain bf16 never moves a param of 1.0;
+    each policy follows the fp32 run (100 steps, lr * g = 2^-11: the fp32
+    param ends at 1 - 100 * 2^-11). master_weights and kahan_sum: every element
+    within one bf16 ulp (2^-8 below 1). stochastic_rounding: each element is a
+    random walk of 100 unbiased roundings, at most 2^-7 each, so its error's
+    standard deviation is at most sqrt(100 / 4) * 2^-7; the mean of 4096 such
+    within 6 of their standard deviations: 6 * 5 * 2^-7 / 64 < 2^-8."""
+    p = torch.ones(4096, dtype=torch.bfloat16, requires_grad=True)
+    options = {} if policy == master.NONE else {policy: True}
+    opt = fusedopt.SGD([{"params": [p], **options}], lr=2.0**-11, backend="reference")
+    plain = torch.ones(4096, dtype=torch.bfloat16, requires_grad=True)
+    plain_opt = fusedopt.SGD([plain], lr=2.0**-11, backend="reference")
+    for _ in range(100):
+        p.grad = torch.ones_like(p)
+        plain.grad = torch.ones_like(plain)
+        opt.step()
+        plain_opt.step()
+    target = 1.0 - 100 * 2.0**-11
+    assert torch.equal(plain.detach(), torch.ones_like(plain))
+    error = p.detach().double() - target
+    assert abs(error.mean().item()) <= 2.0**-8
+    if policy != "stochastic_rounding":
+        assert error.abs().max().item() <= 2.0**-8
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_fp32_param_is_a_no_op(policy, backend):
+    """An fp32 param in a policy group steps exactly as without the policy and
+    keeps no policy state."""
+    params, opt = _run(policy, torch.float32, backend)
+    plain, _ = _run(master.NONE, torch.float32, backend)
+    for p, q in zip(params, plain):
+        assert torch.equal(p, q)
+        assert not set(opt.state[p]) & {master.MASTER_KEY, master.KAHAN_KEY, master.COUNT_KEY}
+
+
+# --- refusals ---------------------------------------------------------------------------
+
+
+def test_bad_groups_are_refused():
+    p = make_params([3], torch.bfloat16)
+    with pytest.raises(ValueError, match="at most one of"):
+        fusedopt.SGD([{"params": p, "master_weights": True, "kahan_sum": True}], lr=0.1)
+    with pytest.raises(ValueError, match="must be a bool"):
+        fusedopt.SGD([{"params": p, "kahan_sum": 1}], lr=0.1)
+    for seed in (-1, 2**64, 1.5, True):
+        with pytest.raises(ValueError, match=r"rounding_seed must be an int in \[0, 2\^64\)"):
+            fusedopt.SGD([{"params": p, "rounding_seed": seed}], lr=0.1)
+
+
+def test_stochastic_rounding_of_fp16_is_refused():
+    (p,) = make_params([3], torch.float16)
+    opt = fusedopt.SGD([{"params": [p], "stochastic_rounding": True}], lr=0.1)
+    p.grad = torch.ones_like(p)
+    with pytest.raises(RuntimeError, match="stochastic_rounding=True applies to torch.bfloat16"):
+        opt.step()
+    assert not opt.state
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_backends_without_the_store_are_refused_and_passed_over(policy):
+    bucket = backends.Bucket(torch.device("cuda"), torch.bfloat16, True, "fp32", policy)
+    for name in ("triton",):
+        reason = backends.why_not(name, bucket, False)
+        assert reason is not None and f"{policy}=True" in reason
+    cpu_bucket = backends.Bucket(torch.device("cpu"), torch.bfloat16, True, "fp32", policy)
+    choice = backends.resolve("auto", cpu_bucket)
+    assert choice.backend.name == (
+        "cpu" if policy in backends.CpuBackend.store_policies else "reference"
+    )
+
+
+# --- state_dict -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_state_dict_round_trip(policy, backend):
+    """3 steps, a checkpoint loaded into a fresh optimizer (torch's deepcopy of
+    the state_dict, as torch.save would), 3 more: equal to 6 straight steps bit
+    for bit; master_param stays float32 and the policy keys stay with the group."""
+    straight, _ = _run(policy, torch.bfloat16, backend, steps=6, rounding_seed=11)
+    params, opt = _run(policy, torch.bfloat16, backend, steps=3, rounding_seed=11)
+    saved = copy.deepcopy(opt.state_dict())
+    fresh = fusedopt.AdamW([{"params": params}], lr=1e-2, weight_decay=0.1, backend=backend)
+    fresh.load_state_dict(saved)
+    assert fresh.param_groups[0][policy] is True
+    assert fresh.param_groups[0]["rounding_seed"] == 11
+    if policy == "master_weights":
+        assert all(fresh.state[p]["master_param"].dtype == torch.float32 for p in params)
+    for k in range(3, 6):
+        for p, g in zip(params, draw_grads(params, k)):
+            p.grad = g
+        fresh.step()
+    for p, q in zip(params, straight):
+        assert torch.equal(p, q)
