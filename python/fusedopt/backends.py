@@ -153,22 +153,49 @@ class _CompiledOpBackend(Backend):
         grad_scale=None,
         found_inf=None,
         cache=None,
+        store=None,
     ):
         op = rule.op.tensor_lr if isinstance(lr, Tensor) else rule.op.default
         op(
             params,
             grads,
-            states,
+            [*states, *_store_run(store)],
             state_steps,
             lr=lr,
             **hyper,
             grad_scale=grad_scale,
             found_inf=found_inf,
         )
+        if store is not None and store.counts and not _skipped(found_inf):
+            for count in store.counts:
+                count += 1
+
+
+def _store_run(store: Store | None) -> list[Tensor]:
+    """The op's form of a master-weight policy (Note [master weights] in
+    csrc/include/fusedopt/core/master.h): one tensor per param after the
+    states; for stochastic rounding an int64 [seed, this step's rounding
+    count, tag] (the seed's 64 bits as a signed int64)."""
+    if store is None:
+        return []
+    if not store.counts:
+        return store.tensors
+    seed = store.seed - 2**64 if store.seed >= 2**63 else store.seed
+    return [
+        torch.tensor([seed, int(count.item()) + 1, tag], dtype=torch.int64)
+        for count, tag in zip(store.counts, store.tags)
+    ]
+
+
+def _skipped(found_inf: Tensor | None) -> bool:
+    """GradScaler's skip: the op wrote nothing (a CPU found_inf; the CPU op
+    reads it on the host too)."""
+    return found_inf is not None and found_inf.item() != 0
 
 
 class CpuBackend(_CompiledOpBackend):
     name = "cpu"
+    store_policies = master.POLICIES
 
     def unavailable_reason(self):
         return None if _extension.loaded() else _extension.LOAD_ERROR
@@ -176,6 +203,11 @@ class CpuBackend(_CompiledOpBackend):
     def unsupported_reason(self, bucket):
         if bucket.device.type != "cpu":
             return f"params are on {bucket.device}; the cpu backend steps CPU tensors"
+        if bucket.store != master.NONE and bucket.state_dtype == INT8_BLOCKWISE:
+            return (
+                f"{bucket.store}=True with 8-bit states: the cpu backend's 8-bit loop has no "
+                "master-weight store yet; the reference backend steps it"
+            )
         return _kernel_dtype_reason(bucket)
 
 

@@ -521,7 +521,8 @@ class FusedOptimizer(Optimizer):
                 if not self.state.get(p):
                     created.append(p)
                 self._new_state(group, p, used, self._counts_device(group, p, choice.backend))
-                _new_policy_state(self.state[p], p, store)
+                if store != master.NONE:
+                    _new_policy_state(self.state[p], p, store)
             stateful = bool(used) or self.rule.has_step or store != master.NONE
             plan.calls.append(
                 _Call(
@@ -736,8 +737,6 @@ POLICY_GROUP_KEYS = (*master.POLICIES, master.SEED_KEY)
 def _new_policy_state(state: dict[str, Any], p: Tensor, policy: str) -> None:
     """The states of p's master-weight policy, where missing: master_param from
     p's value, kahan_comp zeros, rounding_step 0 (Note [master weights of a group])."""
-    if policy == master.NONE:
-        return
     key = master.STATE_KEYS[policy]
     if policy == "master_weights" and key not in state:
         state[key] = torch.empty_like(
