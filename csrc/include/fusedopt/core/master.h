@@ -13,9 +13,10 @@
 //     neighbour, up with probability (the bits below bf16's last) / 2^16:
 //     16 bits of Philox4x32-10 (core/philox.h) keyed on the seed, with counter
 //     (element index low, high, the param's rounding step, the param's tag).
-// Bytes per element on top of the rule's: master 8 B (fp32 read and write),
-// Kahan 4 B (a bf16/fp16 compensation read and written), stochastic rounding
-// none (10 Philox rounds of compute instead).
+// Bytes per element on top of the rule's (bf16/fp16 params): master +6 B (the
+// fp32 master read instead of the 2 B param, and written), Kahan +4 B (a
+// bf16/fp16 compensation read and written), stochastic rounding none (10
+// Philox rounds of compute instead).
 #pragma once
 
 #include <cstdint>
