@@ -9,10 +9,9 @@ and torch.optim.AdamW(fused=True). For each: the median ms per step, the
 effective GB/s from its bytes per param (read p, g, m, v; write p, m, v: fp32
 states 28 B, bf16 20 B, 8-bit 18 B + 2 x 8 B of absmax per 256 elements), the
 persistent state bytes per param (the state tensors' bytes, `step` left out,
-over the param's elements), and the step's peak temporary allocation: the
-most bytes the step held through torch's CPU allocator at once, read from
-torch.profiler's memory events (fusedopt's C++ keeps only its tensor and
-chunk tables outside it: ~50 B per 64K elements). Provenance (machine, torch,
+over the param's elements), and the step's peak temporary allocation: how far
+the process's resident set rose above its size before the step, at its peak
+(Linux: VmHWM after a reset; peak_temporary_bytes). Provenance (machine, torch,
 commit, date) is printed with the table and written with the CSV
 (bench/results/cpu_states.csv).
 """
@@ -26,6 +25,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -68,23 +68,33 @@ def state_bytes_per_param(opt: torch.optim.Optimizer) -> float:
     return sum(t.nbytes for key, t in state.items() if key != "step") / p.numel()
 
 
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
 def peak_temporary_bytes(opt: torch.optim.Optimizer) -> int:
-    """The most bytes a step held at once through torch's CPU allocator."""
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-    ) as prof:
-        opt.step()
-    events = sorted(
-        (e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start
-    )
-    held = peak = 0
-    for event in events:
-        held += event.cpu_memory_usage
-        peak = max(peak, held)
-    return peak
+    """The most memory a step added at once: the resident set's peak during
+    the step (VmHWM, reset through /proc/self/clear_refs) over its size before.
+    With MALLOC_MMAP_THRESHOLD_ set (main() does), every allocation of 64 KB
+    or more is its own mapping, returned at its free, so a step's large
+    temporaries count even when an earlier step made the same ones."""
+    before = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    opt.step()
+    return max(0, _status_kb("VmHWM") - before) * 1024
+
+
+# glibc's fixed mmap threshold (64 KB): see peak_temporary_bytes.
+MMAP_THRESHOLD = "65536"
 
 
 def main() -> None:
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one 4M tensor, 5 steps")
     parser.add_argument("--steps", type=int, default=11, help="timed steps per optimizer")

@@ -470,7 +470,18 @@ def test_bf16_state_dict_round_trip_is_exact():
 
 def _train_mlp(state_dtype: str, steps: int = 100) -> float:
     """A 3-layer MLP on a fixed regression task (every weight over the 8-bit
-    threshold), AdamW lr 1e-3; the mean loss of the last 10 steps."""
+    threshold), AdamW lr 1e-2; the mean loss of the last 10 steps. One
+    thread: on this shared 2-core machine two threads' barriers took the run
+    from 0.2 s to ~50 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_mlp_steps(state_dtype, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_mlp_steps(state_dtype: str, steps: int) -> float:
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(64, 128),
@@ -481,7 +492,7 @@ def _train_mlp(state_dtype: str, steps: int = 100) -> float:
     )
     x = torch.randn(512, 64, generator=torch.Generator().manual_seed(1))
     y = torch.sin(x[:, :8] * 2) + x[:, 8:16] * x[:, 16:24]
-    opt = fusedopt.AdamW(model.parameters(), lr=1e-3, state_dtype=state_dtype)
+    opt = fusedopt.AdamW(model.parameters(), lr=1e-2, state_dtype=state_dtype)
     losses = []
     for k in range(steps):
         batch = torch.randint(0, 512, (64,), generator=torch.Generator().manual_seed(k))
@@ -494,12 +505,68 @@ def _train_mlp(state_dtype: str, steps: int = 100) -> float:
 
 
 def test_short_training_ends_near_fp32():
-    """100 steps: bf16 and 8-bit states end within 2% of fp32's loss
-    (measured: see the README's State dtypes section)."""
+    """100 steps: bf16 and 8-bit states end within 2% of fp32's loss.
+    Measured: fp32 0.13133, bf16 0.13120 (-0.1%), 8-bit 0.13059 (-0.6%)."""
     fp32 = _train_mlp("fp32")
     for state_dtype in ("bf16", "int8"):
         got = _train_mlp(state_dtype)
         assert abs(got - fp32) <= 0.02 * fp32, (state_dtype, got, fp32)
+
+
+def _train_tiny_gpt2(state_dtype: str, steps: int = 300) -> list[float]:
+    """The issue's quality run: a tiny random GPT-2 (2 layers, width 64, 8,192
+    token embedding rows, so most matrices are 8-bit) on generated tokens (a
+    fixed random bigram chain), AdamW lr 3e-3; the loss curve."""
+    transformers = pytest.importorskip("transformers")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(
+            vocab_size=8192,
+            n_positions=64,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        model = transformers.GPT2LMHeadModel(config)
+        gen = torch.Generator().manual_seed(1)
+        successor = torch.randint(0, 8192, (8192, 4), generator=gen)
+        opt = fusedopt.AdamW(model.parameters(), lr=3e-3, state_dtype=state_dtype)
+        losses = []
+        for k in range(steps):
+            g = torch.Generator().manual_seed(100 + k)
+            tokens = [torch.randint(0, 8192, (16,), generator=g)]
+            for _ in range(31):
+                pick = torch.randint(0, 4, (16,), generator=g)
+                tokens.append(successor[tokens[-1], pick])
+            batch = torch.stack(tokens, dim=1)
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        return losses
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_tiny_gpt2_300_steps_within_1_percent():
+    """Issue 10's criterion: 300 steps of a tiny GPT-2 with bf16 and 8-bit
+    states end within 1% of fp32 AdamW's loss (mean of the last 20 steps).
+    Measured (2026-11-23, ~40 s per run): fp32 6.1485, bf16 6.1698 (+0.35%),
+    8-bit 6.1601 (+0.19%); the curves at steps 0/50/100/200/299: fp32 9.010,
+    8.812, 8.427, 7.363, 5.886; bf16 9.010, 8.812, 8.429, 7.376, 5.907; 8-bit
+    9.010, 8.815, 8.439, 7.372, 5.905."""
+    curves = {sd: _train_tiny_gpt2(sd) for sd in ("fp32", "bf16", "int8")}
+    final = {sd: sum(c[-20:]) / 20 for sd, c in curves.items()}
+    print({sd: [round(c[i], 4) for i in (0, 50, 100, 200, 299)] for sd, c in curves.items()})
+    print(final)
+    for sd in ("bf16", "int8"):
+        assert abs(final[sd] - final["fp32"]) <= 0.01 * final["fp32"], final
 
 
 # --- the fast encoder against the definition, in C++ ----------------------------------

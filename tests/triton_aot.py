@@ -78,6 +78,7 @@ def element_source(rule, dtype: str, used: int, in_table: bool) -> ASTSource:
         "PER_TENSOR": rule.PerTensor,
         "USED": used,
         "PARAM_DTYPE": PARAM_DTYPES[dtype],
+        "STATE_DTYPE": tl.float32,
         "PER_TENSOR_IN_TABLE": in_table,
         "HAS_GRAD_SCALE": True,
         "HAS_FOUND_INF": True,

@@ -447,8 +447,10 @@ class FusedOptimizer(Optimizer):
             if key not in state:
                 value = self.initial_state_value(group, key)
                 _store_state(state, key, p, storage, key in self.rule.nonnegative, value)
-            elif not _stored_as(state, key, p, storage):
+            elif not _stored_as(state, key, p, storage) and _is_a_storage(state, key, p):
                 # Note [state dtypes of a group]: converted once, values kept.
+                # (A state in no storage, a float64 one say, is left to the
+                # backend's checks, which refuse it.)
                 values = _state_values(state, key)
                 _store_state(state, key, p, storage, key in self.rule.nonnegative, values)
             elif _needs_relayout(state[key], p):
@@ -772,6 +774,12 @@ def _stored_as(state: dict[str, Any], key: str, p: Tensor, storage: str) -> bool
         return t.dtype in CODE_DTYPES and key + ABSMAX_SUFFIX in state and not _needs_relayout(t, p)
     want = torch.bfloat16 if storage == "bf16" else compute_dtype(p.dtype)
     return t.dtype == want and key + ABSMAX_SUFFIX not in state
+
+
+def _is_a_storage(state: dict[str, Any], key: str, p: Tensor) -> bool:
+    """True when state[key] is stored in one of the state dtypes (so another
+    group setting may convert it)."""
+    return any(_stored_as(state, key, p, storage) for storage in codecs.STATE_DTYPES)
 
 
 def _state_values(state: dict[str, Any], key: str) -> Tensor:
