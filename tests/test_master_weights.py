@@ -297,6 +297,29 @@ def test_cpu_with_8bit_states_is_refused_and_auto_takes_the_reference(policy):
         explicit.step()
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_a_policy_change_rebuilds_the_plan(backend):
+    """master_weights turned off drops master_param (the param steps on
+    alone); turned on again, the master restarts from the param's value."""
+    (p,) = make_params([33], torch.bfloat16)
+    opt = fusedopt.SGD([{"params": [p], "master_weights": True}], lr=2.0**-11, backend=backend)
+    p.grad = torch.ones_like(p)
+    opt.step()
+    assert opt.state[p]["master_param"].dtype == torch.float32
+    opt.param_groups[0]["master_weights"] = False
+    opt.step()
+    assert "master_param" not in opt.state[p]
+    opt.param_groups[0]["kahan_sum"] = True
+    opt.step()
+    assert set(opt.state[p]) == {"kahan_comp"}
+    opt.param_groups[0]["kahan_sum"] = False
+    opt.param_groups[0]["master_weights"] = True
+    before = p.detach().float()
+    opt.step()
+    assert set(opt.state[p]) == {"master_param"}
+    assert torch.equal(opt.state[p]["master_param"], before - 2.0**-11)
+
+
 # --- state_dict -------------------------------------------------------------------------
 
 

@@ -74,7 +74,8 @@ params of the group step as without. The policy's states (master_param,
 kahan_comp, rounding_step) are made when the plan is built, master_param from
 the param's value, and kept through load_state_dict in their own dtype (torch
 would cast master_param to the param's); the keys stay with the group through a
-checkpoint that lacks them. Params of one policy form one call; a backend
+checkpoint that lacks them. A change of the group's policy rebuilds its plan,
+which drops the states of any other policy. Params of one policy form one call; a backend
 without the policy's store is passed over by "auto" and refused by name.
 """
 
@@ -227,6 +228,8 @@ class _GroupPlan:
     has_grad: list[bool]  # which of them had a grad
     used: tuple[str, ...]
     calls: list[_Call] = field(default_factory=list)
+    # The group's master-weight policy when the plan was built: a change rebuilds it.
+    store: str = "none"
 
 
 def _has_grad(grads: list) -> list[bool]:
@@ -509,7 +512,7 @@ class FusedOptimizer(Optimizer):
             fresh = fresh_flag is not None and any(k not in self.state[p] for k in used)
             stored = (self.state_storage(group, p), param_store_policy(policy, p))
             split.setdefault((*key, *stored, fresh), []).append(position)
-        plan = _GroupPlan(list(source), source, has_grad, used)
+        plan = _GroupPlan(list(source), source, has_grad, used, store=policy)
         offset = 0
         for other in self.param_groups:
             if other is group:
@@ -523,7 +526,7 @@ class FusedOptimizer(Optimizer):
                 if not self.state.get(p):
                     created.append(p)
                 self._new_state(group, p, used, self._counts_device(group, p, choice.backend))
-                if store != master.NONE:
+                if store != master.NONE or p in self.state:
                     _new_policy_state(self.state[p], p, store)
             stateful = bool(used) or self.rule.has_step or store != master.NONE
             plan.calls.append(
@@ -549,6 +552,7 @@ class FusedOptimizer(Optimizer):
             plan is None
             or plan.source is not source
             or plan.used != used
+            or plan.store != store_policy(group)
             or plan.has_grad != _has_grad(grads)
             or len(plan.params) != len(source)
             or not all(map(is_, plan.params, source))
@@ -738,8 +742,13 @@ POLICY_GROUP_KEYS = (*master.POLICIES, master.SEED_KEY)
 
 def _new_policy_state(state: dict[str, Any], p: Tensor, policy: str) -> None:
     """The states of p's master-weight policy, where missing: master_param from
-    p's value, kahan_comp zeros, rounding_step 0 (Note [master weights of a group])."""
-    key = master.STATE_KEYS[policy]
+    p's value, kahan_comp zeros, rounding_step 0; another policy's are dropped,
+    so that a policy turned off and on again starts from the param (Note
+    [master weights of a group])."""
+    for other in master.POLICIES:
+        if other != policy:
+            state.pop(master.STATE_KEYS[other] or master.COUNT_KEY, None)
+    key = master.STATE_KEYS.get(policy)
     if policy == "master_weights" and key not in state:
         state[key] = torch.empty_like(
             p, dtype=torch.float32, memory_format=torch.preserve_format
