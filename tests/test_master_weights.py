@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
+import shutil
+import subprocess
 
 import fusedopt
 import pytest
 import torch
+from _cuda_tools import REPO, run_cuobjdump
 from fusedopt import backends
 from fusedopt.reference import master
 from helpers import draw_grads, make_params
@@ -54,6 +58,43 @@ PHILOX_KAT = [
 def test_philox_known_answers(counter, key, expected):
     out = master.philox4x32_10([torch.tensor(c) for c in counter], key)
     assert [int(w) for w in out] == list(expected)
+
+
+# A kernel of the store's device functions (core/master.h, core/philox.h), for
+# nvcc: the headers are written for the CUDA traversal to use later.
+DEVICE_PROBE = r"""
+#include "fusedopt/core/master.h"
+__global__ void probe(fusedopt::Bf16* out, const float* x, unsigned long long seed, unsigned step) {
+  const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+  out[i] = fusedopt::stochastic_round_bf16(x[i], fusedopt::rounding_bits(seed, step, 7u, i));
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (compiled, never run)")
+def test_philox_header_compiles_for_the_gpu(tmp_path):
+    """nvcc compiles the headers for sm_90; in the SASS the 10 rounds are
+    unrolled: a multiply by Philox's M0 or M1 per product, 2 per round but the
+    last, whose word 0 needs one (19 with nvcc 13.0), and no local memory (a
+    spilled or indexed Philox4 would show as LDL/STL). Compiled and inspected
+    only: no GPU has run it."""
+    source = tmp_path / "probe.cu"
+    source.write_text(DEVICE_PROBE)
+    cubin = tmp_path / "probe.cubin"
+    include = REPO / "csrc" / "include"
+    subprocess.run(
+        ["nvcc", "-std=c++17", "-arch=sm_90", f"-I{include}", "-cubin", "-o", cubin, source],
+        check=True,
+        capture_output=True,
+    )
+    sass = run_cuobjdump("-sass", path=cubin)
+    # M0 and M1 as SASS writes them: signed 32-bit immediates.
+    multipliers = [f"-{2**32 - m:#x}" for m in (master.PHILOX_M0, master.PHILOX_M1)]
+    lines = sass.splitlines()
+    products = [line for line in lines if "IMAD" in line and any(m in line for m in multipliers)]
+    assert len(products) == 2 * master.PHILOX_ROUNDS - 1
+    opcodes = [line.split()[1] for line in lines if re.match(r"\s+/\*[0-9a-f]{4}\*/", line)]
+    assert "EXIT" in opcodes and not [op for op in opcodes if op.startswith(("LDL", "STL"))]
 
 
 # --- stochastic rounding ----------------------------------------------------------------
