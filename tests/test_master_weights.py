@@ -235,12 +235,15 @@ def _cpu_rule(rule):
     def step(param, grad, state, *, lr, grad_scale=None, **hyper):
         states = [state[name] for name in rule.used_states(hyper)]
         steps = [state[key] for key in rule.scalar_keys]
-        rule.op.default([param], [grad.float()], states, steps, lr=lr, **hyper)
+        scale = None if grad_scale is None else torch.tensor(grad_scale)
+        rule.op.default([param], [grad.float()], states, steps, lr=lr, **hyper, grad_scale=scale)
 
     return step
 
 
-def _lockstep(policy, dtype, case, state_dtype="fp32", channels_last=False, steps=4):
+def _lockstep(
+    policy, dtype, case, state_dtype="fp32", channels_last=False, steps=4, grad_scale=None
+):
     cls, kwargs = CPU_CASES[case]
     runs = []
     for backend in ("cpu", "reference"):
@@ -253,6 +256,8 @@ def _lockstep(policy, dtype, case, state_dtype="fp32", channels_last=False, step
         opt = cls([group], backend=backend, **kwargs)
         if backend == "reference":
             opt.rule = dataclasses.replace(cls.rule, reference=_cpu_rule(cls.rule))
+        if grad_scale is not None:
+            opt.grad_scale = torch.tensor(grad_scale)
         for k in range(steps):
             for p, g in zip(params, draw_grads(params, k)):
                 p.grad = torch.empty_like(p).copy_(g)
@@ -277,6 +282,27 @@ def test_cpu_equals_reference_bf16(policy, case):
 @pytest.mark.parametrize("policy", ["master_weights", "kahan_sum"])
 def test_cpu_equals_reference_fp16(policy):
     _lockstep(policy, torch.float16, "adamw")
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_cpu_equals_reference_with_grad_scaler(policy):
+    """GradScaler's grad_scale: the store loop unscales as the plain loop does."""
+    _lockstep(policy, torch.bfloat16, "adamw", grad_scale=1024.0)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_found_inf_skips_the_store_too(policy, backend):
+    """found_inf nonzero: params, policy states and rounding_step unchanged."""
+    params, opt = _run(policy, torch.bfloat16, backend, steps=2)
+    before = copy.deepcopy((params, opt.state_dict()))
+    opt.grad_scale, opt.found_inf = torch.tensor(2.0), torch.tensor(1.0)
+    opt.step()
+    for p, q in zip(params, before[0]):
+        assert torch.equal(p, q)
+    for key, state in opt.state_dict()["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, before[1]["state"][key][name]), name
 
 
 @pytest.mark.parametrize("policy", POLICIES)
