@@ -138,9 +138,11 @@ __attribute__((noinline)) void run_blocks8(P* __restrict__ param, P* __restrict_
 // One chunk of bf16/fp16 params under a master-weight policy (Note [master
 // weights] in core/master.h), `first` its first element's index in the
 // param. Apart from run_elements so that the policy-free loop stays as it was;
-// the policy is a runtime switch per element here (uniform: the branch
-// predictor takes it for free next to the rule's math).
-template <class R, typename P, typename S, uint32_t kMask>
+// the policy is a template parameter so that each loop is branch-free for the
+// vectorizer: a runtime switch per element kept gcc's loop scalar, 4-8x slower
+// than the plain loop (AdamW, 4M bf16 params, 2 threads: 16 ms plain; master
+// 65, Kahan 112, stochastic rounding 128 ms).
+template <class R, typename P, typename S, uint32_t kMask, StorePolicy kStore>
 __attribute__((noinline)) void run_stored(P* __restrict__ param, P* __restrict__ grad,
                                           S* const* streams, void* store, int64_t first, int64_t n,
                                           const Work<R>& work, const Tensor<R>& t) {
@@ -148,7 +150,7 @@ __attribute__((noinline)) void run_stored(P* __restrict__ param, P* __restrict__
   float* const master = static_cast<float*>(store);
   P* const comp = static_cast<P*>(store);
   for (int64_t i = 0; i < n; ++i) {
-    const float old = work.store == StorePolicy::kMasterWeights ? master[i] : to_float(param[i]);
+    const float old = kStore == StorePolicy::kMasterWeights ? master[i] : to_float(param[i]);
     float p = old;
     float g = to_float(grad[i]);
     if (work.grad_scale != 0.0f) {
@@ -163,26 +165,39 @@ __attribute__((noinline)) void run_stored(P* __restrict__ param, P* __restrict__
     for (int k = 0; k < R::kStates; ++k) {
       if (used.has(k)) from_float(s[k], streams[k][i]);
     }
-    switch (work.store) {
-      case StorePolicy::kMasterWeights:
-        master[i] = p;
-        from_float(p, param[i]);
-        break;
-      case StorePolicy::kKahanSum: {
-        const float u = to_float(comp[i]) + (p - old);
-        from_float(old + u, param[i]);
-        from_float(u - (to_float(param[i]) - old), comp[i]);
-        break;
-      }
-      default: {
-        // kStochasticRounding: the binding takes it for bf16 params only.
-        const uint32_t bits = rounding_bits(work.seed, t.rounding_step, t.tag,
-                                            static_cast<uint64_t>(first + i));
-        const Bf16 rounded = stochastic_round_bf16(p, bits);
-        std::memcpy(&param[i], &rounded, sizeof(rounded));
-        break;
-      }
+    if constexpr (kStore == StorePolicy::kMasterWeights) {
+      master[i] = p;
+      from_float(p, param[i]);
+    } else if constexpr (kStore == StorePolicy::kKahanSum) {
+      const float u = to_float(comp[i]) + (p - old);
+      P rounded;
+      from_float(old + u, rounded);
+      param[i] = rounded;
+      from_float(u - (to_float(rounded) - old), comp[i]);
+    } else {
+      // kStochasticRounding: the binding takes it for bf16 params only.
+      const uint32_t bits =
+          rounding_bits(work.seed, t.rounding_step, t.tag, static_cast<uint64_t>(first + i));
+      const Bf16 rounded = stochastic_round_bf16(p, bits);
+      std::memcpy(&param[i], &rounded, sizeof(rounded));
     }
+  }
+}
+
+// run_stored with the call's policy (kNone never comes here).
+template <class R, typename P, typename S, uint32_t kMask>
+void run_policy(P* param, P* grad, S* const* streams, void* store, int64_t first, int64_t n,
+                const Work<R>& work, const Tensor<R>& t) {
+  switch (work.store) {
+    case StorePolicy::kMasterWeights:
+      return run_stored<R, P, S, kMask, StorePolicy::kMasterWeights>(param, grad, streams, store,
+                                                                     first, n, work, t);
+    case StorePolicy::kKahanSum:
+      return run_stored<R, P, S, kMask, StorePolicy::kKahanSum>(param, grad, streams, store, first,
+                                                                n, work, t);
+    default:
+      return run_stored<R, P, S, kMask, StorePolicy::kStochasticRounding>(param, grad, streams,
+                                                                          store, first, n, work, t);
   }
 }
 
@@ -217,13 +232,13 @@ void run_work(const Work<R>& work, int64_t chunk_begin, int64_t chunk_end) {
           for (int k = 0; k < R::kStates; ++k) {
             if ((kMask >> k) & 1u) streams[k] = static_cast<Bf16*>(t.state[k]) + chunk.start;
           }
-          run_stored<R, P, Bf16, kMask>(param, grad, streams, at, chunk.start, chunk.size, work, t);
+          run_policy<R, P, Bf16, kMask>(param, grad, streams, at, chunk.start, chunk.size, work, t);
         } else {
           float* streams[kMaxStates] = {};
           for (int k = 0; k < R::kStates; ++k) {
             if ((kMask >> k) & 1u) streams[k] = static_cast<float*>(t.state[k]) + chunk.start;
           }
-          run_stored<R, P, float, kMask>(param, grad, streams, at, chunk.start, chunk.size, work,
+          run_policy<R, P, float, kMask>(param, grad, streams, at, chunk.start, chunk.size, work,
                                          t);
         }
         continue;
