@@ -139,16 +139,16 @@ __attribute__((noinline)) void run_blocks8(P* __restrict__ param, P* __restrict_
 // weights] in core/master.h), `first` its first element's index in the
 // param. Apart from run_elements so that the policy-free loop stays as it was;
 // the policy is a template parameter so that each loop is branch-free for the
-// vectorizer: a runtime switch per element kept gcc's loop scalar, 4-8x slower
-// than the plain loop (AdamW, 4M bf16 params, 2 threads: 16 ms plain; master
-// 65, Kahan 112, stochastic rounding 128 ms).
+// vectorizer, with one __restrict__ pointer per stream: a runtime switch per
+// element on one untyped store pointer kept gcc's loop scalar, 4-8x slower
+// (AdamW, 4M bf16 params, 2 shared threads, median of 15 steps: plain 16 ms;
+// master 65 -> 16, Kahan 112 -> 16, stochastic rounding 128 -> 24 ms).
 template <class R, typename P, typename S, uint32_t kMask, StorePolicy kStore>
 __attribute__((noinline)) void run_stored(P* __restrict__ param, P* __restrict__ grad,
-                                          S* const* streams, void* store, int64_t first, int64_t n,
+                                          S* const* streams, float* __restrict__ master,
+                                          P* __restrict__ comp, int64_t first, int64_t n,
                                           const Work<R>& work, const Tensor<R>& t) {
   constexpr FixedStates<kMask> used;
-  float* const master = static_cast<float*>(store);
-  P* const comp = static_cast<P*>(store);
   for (int64_t i = 0; i < n; ++i) {
     const float old = kStore == StorePolicy::kMasterWeights ? master[i] : to_float(param[i]);
     float p = old;
@@ -188,16 +188,20 @@ __attribute__((noinline)) void run_stored(P* __restrict__ param, P* __restrict__
 template <class R, typename P, typename S, uint32_t kMask>
 void run_policy(P* param, P* grad, S* const* streams, void* store, int64_t first, int64_t n,
                 const Work<R>& work, const Tensor<R>& t) {
+  // One __restrict__ pointer per stream, as run_elements (the master's
+  // loop stayed scalar with both views of one untyped pointer).
+  float* const master = static_cast<float*>(store);
+  P* const comp = static_cast<P*>(store);
   switch (work.store) {
     case StorePolicy::kMasterWeights:
-      return run_stored<R, P, S, kMask, StorePolicy::kMasterWeights>(param, grad, streams, store,
-                                                                     first, n, work, t);
+      return run_stored<R, P, S, kMask, StorePolicy::kMasterWeights>(
+          param, grad, streams, master, nullptr, first, n, work, t);
     case StorePolicy::kKahanSum:
-      return run_stored<R, P, S, kMask, StorePolicy::kKahanSum>(param, grad, streams, store, first,
-                                                                n, work, t);
+      return run_stored<R, P, S, kMask, StorePolicy::kKahanSum>(param, grad, streams, nullptr, comp,
+                                                                first, n, work, t);
     default:
-      return run_stored<R, P, S, kMask, StorePolicy::kStochasticRounding>(param, grad, streams,
-                                                                          store, first, n, work, t);
+      return run_stored<R, P, S, kMask, StorePolicy::kStochasticRounding>(
+          param, grad, streams, nullptr, nullptr, first, n, work, t);
   }
 }
 
