@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "fusedopt/core/master.h"
 #include "fusedopt/core/rule.h"
 #include "fusedopt/core/storage.h"
 #include "step_args.h"
@@ -48,6 +49,16 @@ double checked_grad_scale(const at::Tensor& grad_scale);
 
 // A one-element CPU tensor's value as a double (grad_scale, found_inf, lr).
 double cpu_scalar(const at::Tensor& t, const char* name);
+
+// Note [master weights] in core/master.h, as the op receives a policy: one
+// trailing run of n tensors after the rule's states (their storage's count,
+// `rule_states`), which keeps the op schemas as they are: each param's master
+// (float32) or Kahan compensation (the param's dtype), or for stochastic
+// rounding an int64 [seed's bits, rounding step, tag]. `rule_args` gets `a`
+// without that run. Checks the run (and that the params are bf16/fp16 and the
+// states not 8-bit); kNone when there is no run.
+StorePolicy split_store(const char* rule, const StepArgs& a, size_t rule_states,
+                        StateDtype state_dtype, StepArgs& rule_args);
 
 // All step counts one-element float32 tensors on `device`.
 void check_steps_on(const StepArgs& a, c10::Device device);

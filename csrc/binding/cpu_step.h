@@ -22,15 +22,21 @@ static_assert(kCpuChunkSize % kBlock8 == 0, "8-bit state blocks never straddle c
 constexpr int64_t kCpuMinParallelElements = 1 << 15;
 
 template <class R>
-void step_cpu(const char* rule, const StepArgs& a) {
-  const double lr = a.lr_tensor.has_value() ? cpu_scalar(*a.lr_tensor, "lr") : a.lr;
+void step_cpu(const char* rule, const StepArgs& call) {
+  const double lr = call.lr_tensor.has_value() ? cpu_scalar(*call.lr_tensor, "lr") : call.lr;
   HyperCheck ck;
-  R::check(a.hyper.data(), ck);
+  R::check(call.hyper.data(), ck);
   check_hyper(rule, lr, ck);
-  const typename R::Config config = R::config(a.hyper.data());
+  const typename R::Config config = R::config(call.hyper.data());
   const uint32_t mask = state_mask<R>(config);
-  const StateDtype state_dtype = state_dtype_of(a);
   const std::vector<const char*> names = used_state_names<R>(mask);
+  // Note [master weights] in core/master.h: the policy's run is split off the
+  // states; `a` is the call without it.
+  const StateDtype state_dtype = names.empty() ? StateDtype::kFloat32 : state_dtype_of(call);
+  const size_t rule_states =
+      call.params.size() * names.size() * (state_dtype == StateDtype::kInt8Blockwise ? 2 : 1);
+  StepArgs a;
+  const StorePolicy store = split_store(rule, call, rule_states, state_dtype, a);
   check_lists(rule, a, names, kScalarLists<R>, c10::DeviceType::CPU, state_dtype);
   check_steps_on(a, c10::Device(c10::kCPU));
   const double scale = a.grad_scale.has_value() ? checked_grad_scale(*a.grad_scale) : 0.0;
@@ -79,9 +85,24 @@ void step_cpu(const char* rule, const StepArgs& a) {
       last_step = step;
     }
     t.scalars = scalars;
+    t.store = nullptr;
+    t.rounding_step = t.tag = 0;
+    if (store == StorePolicy::kStochasticRounding) {
+      const int64_t* words = call.states[rule_states + i].data_ptr<int64_t>();
+      t.rounding_step = static_cast<uint32_t>(words[1]);
+      t.tag = static_cast<uint32_t>(words[2]);
+    } else if (store != StorePolicy::kNone) {
+      t.store = call.states[rule_states + i].data_ptr();
+    }
     numels[i] = a.params[i].numel();
     total += numels[i];
   }
+  // kStochasticRounding: the seed's 64 bits, from the first param's run
+  // (split_store checked that every param's is the same).
+  const uint64_t seed =
+      store == StorePolicy::kStochasticRounding
+          ? static_cast<uint64_t>(call.states[rule_states].data_ptr<int64_t>()[0])
+          : 0;
   const std::vector<Chunk> chunks =
       plan_chunks(numels.data(), static_cast<int32_t>(n), kCpuChunkSize);
   const cpu::Work<R> work{tensors.data(),
@@ -91,7 +112,9 @@ void step_cpu(const char* rule, const StepArgs& a) {
                           param_dtype(a.params[0].scalar_type()),
                           state_dtype,
                           signed_code_mask(a, mask, R::kStates),
-                          static_cast<float>(scale)};
+                          static_cast<float>(scale),
+                          store,
+                          seed};
   const int64_t n_chunks = static_cast<int64_t>(chunks.size());
   if (total < kCpuMinParallelElements) {
     cpu::run_chunks(work, 0, n_chunks);

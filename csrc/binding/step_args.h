@@ -34,6 +34,8 @@ class TensorListView {
   size_t size() const { return items_.size(); }
   bool empty() const { return items_.empty(); }
   const at::Tensor& operator[](size_t i) const { return items_[i].toTensor(); }
+  // The first `count` tensors.
+  TensorListView prefix(size_t count) const { return TensorListView(items_.slice(0, count)); }
 
  private:
   c10::ArrayRef<c10::IValue> items_;

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "fusedopt/core/chunk_plan.h"
+#include "fusedopt/core/master.h"
 #include "fusedopt/core/rule.h"
 #include "fusedopt/core/storage.h"
 
@@ -23,6 +24,10 @@ struct Tensor {
   // kInt8Blockwise only: each state's per-block absmax (core/blockwise8.h).
   float* absmax[R::kStates > 0 ? R::kStates : 1];
   typename R::PerTensor scalars;
+  // Note [master weights] in core/master.h: the master (fp32) or the Kahan
+  // compensation (the param's dtype); null for kNone and kStochasticRounding.
+  void* store;
+  uint32_t rounding_step, tag;  // kStochasticRounding: Philox's counter words
 };
 
 template <class R>
@@ -38,6 +43,8 @@ struct Work {
   // GradScaler's scale: grads are divided by it and stored back unscaled, as
   // torch's fused optimizers do. 0 means no scaler.
   float grad_scale;
+  StorePolicy store;  // Note [master weights] in core/master.h
+  uint64_t seed;      // kStochasticRounding: Philox's key
 };
 
 // Runs chunks [chunk_begin, chunk_end) of the work on the calling thread, with

@@ -311,3 +311,44 @@ def _check_shaped(
                     f"fusedopt: {name} {i} must be contiguous or have its param's strides; "
                     f"got strides {t.stride()}"
                 )
+
+
+def store_policy(group: Mapping[str, Any]) -> str:
+    """The group's master-weight policy (fusedopt.reference.master): the one
+    of its policy keys that is True, else "none"; a ValueError naming the
+    constraint for two at once, a non-bool, or a seed outside [0, 2^64)."""
+    from fusedopt.reference import master
+
+    chosen = []
+    for key in master.POLICIES:
+        value = group.get(key, False)
+        if not isinstance(value, bool):
+            raise ValueError(f"fusedopt: {key} must be a bool, got {value!r}")
+        if value:
+            chosen.append(key)
+    if len(chosen) > 1:
+        raise ValueError(
+            f"fusedopt: a param group takes at most one of {master.POLICIES}, got {chosen}"
+        )
+    seed = group.get(master.SEED_KEY, master.DEFAULT_SEED)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"fusedopt: {master.SEED_KEY} must be an int in [0, 2^64), got {seed!r}")
+    return chosen[0] if chosen else master.NONE
+
+
+def param_store_policy(policy: str, param: Tensor) -> str:
+    """The group's policy as it applies to one param: "none" for an fp32 or
+    fp64 param (its store is exact), a RuntimeError where the param's dtype
+    has no such policy (stochastic rounding of fp16)."""
+    from fusedopt.reference import master
+
+    if policy == master.NONE or param.dtype not in KERNEL_PARAM_DTYPES[1:]:
+        return master.NONE
+    if param.dtype not in master.POLICY_DTYPES[policy]:
+        raise RuntimeError(
+            f"fusedopt: {policy}=True applies to "
+            f"{' and '.join(map(str, master.POLICY_DTYPES[policy]))} params, got a "
+            f"{param.dtype} param of shape {tuple(param.shape)}; use master_weights or "
+            "kahan_sum for it"
+        )
+    return policy

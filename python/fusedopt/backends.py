@@ -28,7 +28,7 @@ from fusedopt._checks import (
     states_storage,
     storage_state_dtype,
 )
-from fusedopt.reference import codecs
+from fusedopt.reference import codecs, master
 from fusedopt.registry import Rule
 
 BACKEND_NAMES = ("auto", "cuda", "triton", "cpu", "reference")
@@ -40,12 +40,29 @@ class Bucket:
     """What a backend must serve: one device, one param dtype, whether every
     param is dense (the kernels' flat loop needs it; the reference does not),
     and how the states are stored (a group's `state_dtype`: "fp32", "bf16",
-    "int8"; Note [state dtypes] in csrc/include/fusedopt/core/storage.h)."""
+    "int8"; Note [state dtypes] in csrc/include/fusedopt/core/storage.h),
+    and the master-weight policy of its params' store ("none", or a key of
+    fusedopt.reference.master.POLICIES)."""
 
     device: torch.device
     dtype: torch.dtype
     dense: bool
     state_dtype: str = "fp32"
+    store: str = "none"
+
+
+@dataclass(frozen=True)
+class Store:
+    """A call's master-weight policy (fusedopt.reference.master), per param:
+    its master_param or kahan_comp (none for stochastic rounding), its
+    rounding_step (stochastic rounding only), its tag (its position in the
+    optimizer's params, as state_dict numbers them), and the group's seed."""
+
+    policy: str
+    tensors: list[Tensor]
+    counts: list[Tensor]
+    tags: list[int]
+    seed: int
 
 
 class Backend:
@@ -60,6 +77,8 @@ class Backend:
     # fp32 states, and dense params with grads and states of the same layout.
     state_dtype: torch.dtype | None = torch.float32
     requires_dense: bool = True
+    # The master-weight policies its store implements (Bucket.store).
+    store_policies: tuple[str, ...] = ()
 
     def unavailable_reason(self) -> str | None:
         """None when the backend can run on this machine, else why not."""
@@ -82,6 +101,7 @@ class Backend:
         grad_scale: Tensor | None = None,
         found_inf: Tensor | None = None,
         cache: dict[str, Any] | None = None,
+        store: Store | None = None,
     ) -> None:
         """Steps every tensor once with `rule` and advances its step count
         (Note [step-count protocol] in fusedopt/registry.py), after checking all
@@ -89,7 +109,9 @@ class Backend:
         holds rule.used_states(hyper); `hyper` has exactly rule.hyper's keys.
         With `found_inf` nonzero it writes nothing at all (GradScaler skips the
         step). `cache` is the caller's dict for what the backend keeps between
-        steps of these same lists (the optimizer gives one per call of its plan)."""
+        steps of these same lists (the optimizer gives one per call of its plan).
+        `store` is the call's master-weight policy, given only when it is not
+        "none" (and only to a backend whose store_policies has it)."""
         raise NotImplementedError
 
 
@@ -131,22 +153,49 @@ class _CompiledOpBackend(Backend):
         grad_scale=None,
         found_inf=None,
         cache=None,
+        store=None,
     ):
         op = rule.op.tensor_lr if isinstance(lr, Tensor) else rule.op.default
         op(
             params,
             grads,
-            states,
+            [*states, *_store_run(store)],
             state_steps,
             lr=lr,
             **hyper,
             grad_scale=grad_scale,
             found_inf=found_inf,
         )
+        if store is not None and store.counts and not _skipped(found_inf):
+            for count in store.counts:
+                count += 1
+
+
+def _store_run(store: Store | None) -> list[Tensor]:
+    """The op's form of a master-weight policy (Note [master weights] in
+    csrc/include/fusedopt/core/master.h): one tensor per param after the
+    states; for stochastic rounding an int64 [seed, this step's rounding
+    count, tag] (the seed's 64 bits as a signed int64)."""
+    if store is None:
+        return []
+    if not store.counts:
+        return store.tensors
+    seed = store.seed - 2**64 if store.seed >= 2**63 else store.seed
+    return [
+        torch.tensor([seed, int(count.item()) + 1, tag], dtype=torch.int64)
+        for count, tag in zip(store.counts, store.tags)
+    ]
+
+
+def _skipped(found_inf: Tensor | None) -> bool:
+    """GradScaler's skip: the op wrote nothing (a CPU found_inf; the CPU op
+    reads it on the host too)."""
+    return found_inf is not None and found_inf.item() != 0
 
 
 class CpuBackend(_CompiledOpBackend):
     name = "cpu"
+    store_policies = master.POLICIES
 
     def unavailable_reason(self):
         return None if _extension.loaded() else _extension.LOAD_ERROR
@@ -154,6 +203,11 @@ class CpuBackend(_CompiledOpBackend):
     def unsupported_reason(self, bucket):
         if bucket.device.type != "cpu":
             return f"params are on {bucket.device}; the cpu backend steps CPU tensors"
+        if bucket.store != master.NONE and bucket.state_dtype == INT8_BLOCKWISE:
+            return (
+                f"{bucket.store}=True with 8-bit states: the cpu backend's 8-bit loop has no "
+                "master-weight store yet; the reference backend steps it"
+            )
         return _kernel_dtype_reason(bucket)
 
 
@@ -212,6 +266,7 @@ class ReferenceBackend(Backend):
     supports_capturable = False
     state_dtype = None  # the param's compute dtype: fp64 states for fp64 params
     requires_dense = False
+    store_policies = master.POLICIES
 
     def unavailable_reason(self):
         return None
@@ -236,6 +291,7 @@ class ReferenceBackend(Backend):
         grad_scale=None,
         found_inf=None,
         cache=None,
+        store=None,
     ):
         names = rule.used_states(hyper)
         storage = states_storage(states)
@@ -265,7 +321,23 @@ class ReferenceBackend(Backend):
             state = dict(zip(keys, values))
             for j, key in enumerate(rule.scalar_keys):
                 state[key] = state_steps[j * n + i]
-            rule.reference(param, grads[i], state, lr=lr, grad_scale=scale, **hyper)
+            if store is None:
+                rule.reference(param, grads[i], state, lr=lr, grad_scale=scale, **hyper)
+            else:
+                master.step(
+                    rule.reference,
+                    store.policy,
+                    param,
+                    grads[i],
+                    state,
+                    store.tensors[i] if store.tensors else None,
+                    store.counts[i] if store.counts else None,
+                    store.tags[i],
+                    store.seed,
+                    lr=lr,
+                    grad_scale=scale,
+                    **hyper,
+                )
             codecs.encode(values, stored, absmax)
 
 
@@ -317,11 +389,22 @@ def why_not(name: str, bucket: Bucket, capturable: bool, rule: Rule | None = Non
         )
     backend = get(name)
     reason = backend.unavailable_reason() or backend.unsupported_reason(bucket)
+    if reason is None and bucket.store not in ("none", *backend.store_policies):
+        reason = (
+            f"{bucket.store}=True: the {name} backend has no master-weight store yet; "
+            f"backends that step it: {', '.join(_store_backends(bucket.store))}"
+        )
     if reason is None and capturable and not backend.supports_capturable:
         reason = (
             f"capturable=True needs a backend that reads lr and step on the device; {name} does not"
         )
     return reason
+
+
+def _store_backends(policy: str) -> list[str]:
+    # The classes' attributes: no backend is created (Triton's import) to name them.
+    classes = (CudaBackend, CpuBackend, ReferenceBackend)
+    return [c.name for c in classes if policy in c.store_policies]
 
 
 @dataclass(frozen=True)

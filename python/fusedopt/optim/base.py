@@ -113,6 +113,17 @@ per-block absmax under `<key>_absmax`. A state in another storage than its
 group's (a checkpoint, a changed `state_dtype`) is converted once, when the
 plan is built. state_dict() gives 8-bit states in torch's layout (float32),
 or as codes and absmax with compact=True; load_state_dict takes either.
+
+Note [master weights of a group]: a group's `master_weights`, `kahan_sum` or
+`stochastic_rounding` key (at most one True) and `rounding_seed`
+(fusedopt.reference.master) say how its bf16/fp16 params are stored; fp32
+params of the group step as without. The policy's states (master_param,
+kahan_comp, rounding_step) are made when the plan is built, master_param from
+the param's value, and kept through load_state_dict in their own dtype (torch
+would cast master_param to the param's); the keys stay with the group through a
+checkpoint that lacks them. A change of the group's policy rebuilds its plan,
+which drops the states of any other policy. Params of one policy form one call; a backend
+without the policy's store is passed over by "auto" and refused by name.
 """
 
 from __future__ import annotations
@@ -135,10 +146,12 @@ from fusedopt._checks import (
     check_hyper,
     check_lists,
     is_dense,
+    param_store_policy,
     same_layout,
     storage_state_dtype,
+    store_policy,
 )
-from fusedopt.reference import WeightDecayMode, codecs, compute_dtype
+from fusedopt.reference import WeightDecayMode, codecs, compute_dtype, master
 from fusedopt.registry import Rule
 
 logger = logging.getLogger("fusedopt")
@@ -274,6 +287,8 @@ class _Call:
     state_dicts: list[dict[str, Any]]
     fresh: bool  # its states were created in this step (Rule.fresh_flag)
     sharded: bool  # its params are DTensors: it steps their local shards (Note [sharded params])
+    # Each param's position in the optimizer (Note [master weights of a group]).
+    tags: list[int] = field(default_factory=list)
     # The backend's own per-call cache (the Triton launcher's tables): it lives
     # and dies with this plan (Note [cached step plans]).
     cache: dict[str, Any] = field(default_factory=dict)
@@ -286,6 +301,8 @@ class _GroupPlan:
     has_grad: list[bool]  # which of them had a grad
     used: tuple[str, ...]
     calls: list[_Call] = field(default_factory=list)
+    # The group's master-weight policy when the plan was built: a change rebuilds it.
+    store: str = "none"
 
 
 def _has_grad(grads: list) -> list[bool]:
@@ -381,6 +398,7 @@ class FusedOptimizer(Optimizer):
             raise ValueError(
                 f"fusedopt: state_dtype must be one of {codecs.STATE_DTYPES}, got {storage!r}"
             )
+        store_policy(param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         if group.get("weight_decay_mode") == "fully_decoupled" and group.get("lr_max") is None:
@@ -402,6 +420,11 @@ class FusedOptimizer(Optimizer):
             return (
                 "8-bit states quantize blocks of the whole tensor's memory order, which "
                 "a shard boundary splits (Note [state dtypes of a group])"
+            )
+        if store_policy(group) != master.NONE:
+            return (
+                "a master-weight policy's store is not written for local shards yet (and "
+                "stochastic rounding keys its bits on the whole tensor's element index)"
             )
         return None
 
@@ -444,7 +467,8 @@ class FusedOptimizer(Optimizer):
         # (torch's or an fp32 one): its states are converted instead (Note
         # [state dtypes of a group]).
         storage_keys = [
-            {key: g[key] for key in STORAGE_GROUP_KEYS if key in g} for g in self.param_groups
+            {key: g[key] for key in (*STORAGE_GROUP_KEYS, *POLICY_GROUP_KEYS) if key in g}
+            for g in self.param_groups
         ]
         handle = self.register_load_state_dict_pre_hook(capture)
         try:
@@ -479,6 +503,11 @@ class FusedOptimizer(Optimizer):
                 else:
                     values = codecs.decode_8bit(saved[key], absmax.float())
                     state[key] = values.to(device=param.device, dtype=compute_dtype(param.dtype))
+            # Note [master weights of a group]: torch cast them to the param's dtype.
+            for key in (master.MASTER_KEY, master.COUNT_KEY):
+                if key in state and key in saved:
+                    device = param.device if key == master.MASTER_KEY else state[key].device
+                    state[key] = saved[key].to(device, torch.float32, copy=True)
             # Scalar states (NAdam's mu_product) stay float32 beside the count:
             # torch's load casts them to the param's dtype and device.
             for key in self.rule.scalars:
@@ -599,16 +628,22 @@ class FusedOptimizer(Optimizer):
         keys = self._bucket_keys(params, [grads[i] for i in indices])
         fresh_flag = self.rule.fresh_flag
         dtensor = _dtensor_class()
+        policy = store_policy(group)
         split: dict[tuple, list[int]] = {}
         for position, (i, key) in enumerate(zip(indices, keys)):
             p = source[i]
             fresh = fresh_flag is not None and any(k not in self.state[p] for k in used)
             sharded = dtensor is not None and isinstance(p, dtensor)
-            storage = self.state_storage(group, p)
-            split.setdefault((*key, storage, fresh, sharded), []).append(position)
-        plan = _GroupPlan(list(source), source, has_grad, used)
-        for (device, dtype, dense, storage, fresh, sharded), positions in split.items():
-            bucket = backends.Bucket(device, dtype, dense, storage)
+            stored = (self.state_storage(group, p), param_store_policy(policy, p))
+            split.setdefault((*key, *stored, fresh, sharded), []).append(position)
+        plan = _GroupPlan(list(source), source, has_grad, used, store=policy)
+        offset = 0
+        for other in self.param_groups:
+            if other is group:
+                break
+            offset += len(other["params"])
+        for (device, dtype, dense, storage, store, fresh, sharded), positions in split.items():
+            bucket = backends.Bucket(device, dtype, dense, storage, store)
             choice = backends.resolve(self.backend, bucket, _capturable(group), self.rule)
             call_params = [params[k] for k in positions]
             if sharded:
@@ -617,9 +652,11 @@ class FusedOptimizer(Optimizer):
                 if not self.state.get(p):
                     created.append(p)
                 self._new_state(group, p, used, self._counts_device(group, p, choice.backend))
+                if store != master.NONE or p in self.state:
+                    _new_policy_state(self.state[p], p, store)
             if sharded:
                 _check_placements(call_params, [self.state[p] for p in call_params], used)
-            stateful = bool(used) or self.rule.has_step
+            stateful = bool(used) or self.rule.has_step or store != master.NONE
             plan.calls.append(
                 _Call(
                     bucket,
@@ -629,6 +666,7 @@ class FusedOptimizer(Optimizer):
                     [self.state[p] for p in call_params] if stateful else [],
                     fresh,
                     sharded,
+                    [offset + indices[k] for k in positions],
                 )
             )
         return plan
@@ -703,6 +741,7 @@ class FusedOptimizer(Optimizer):
             plan is None
             or plan.source is not source
             or plan.used != used
+            or plan.store != store_policy(group)
             or plan.has_grad != _has_grad(grads)
             or len(plan.params) != len(source)
             or not all(map(is_, plan.params, source))
@@ -717,7 +756,11 @@ class FusedOptimizer(Optimizer):
         for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             keys = self._bucket_keys(params, [p.grad for p in params])
-            keys = [(*key, self.state_storage(group, p)) for key, p in zip(keys, params)]
+            policy = store_policy(group)
+            keys = [
+                (*key, self.state_storage(group, p), param_store_policy(policy, p))
+                for key, p in zip(keys, params)
+            ]
             counts: dict[tuple, int] = {}
             for key in keys:
                 counts[key] = counts.get(key, 0) + 1
@@ -831,11 +874,13 @@ class FusedOptimizer(Optimizer):
                         params, call_grads, states = map(_locals, (params, call_grads, states))
                     if rule.fresh_flag is not None:
                         hyper = {**hyper, rule.fresh_flag: call.fresh}
+                    store = _store_of(group, call)
+                    extra = {} if store is None else {"store": store}
                     work.append(
-                        (index, call, params, group["lr"], hyper, call_grads, states, steps)
+                        (index, call, params, group["lr"], hyper, call_grads, states, steps, extra)
                     )
             if len(work) > 1:
-                for _, call, params, _, hyper, call_grads, states, steps in work:
+                for _, call, params, _, hyper, call_grads, states, steps, _ in work:
                     backend = call.choice.backend
                     check_lists(
                         params,
@@ -851,7 +896,7 @@ class FusedOptimizer(Optimizer):
                         state_shape=rule.state_shape,
                     )
             copies: dict[tuple[int, torch.device], Tensor] = {}
-            for index, call, params, lr, hyper, call_grads, states, steps in work:
+            for index, call, params, lr, hyper, call_grads, states, steps, extra in work:
                 started += 1
                 device = call.bucket.device
                 call.choice.backend.step(
@@ -865,6 +910,7 @@ class FusedOptimizer(Optimizer):
                     grad_scale=_on_device(grad_scales[index], device, copies),
                     found_inf=_on_device(found_inf, device, copies),
                     cache=call.cache,
+                    **extra,
                 )
         except Exception as error:
             for p in created:
@@ -959,6 +1005,43 @@ def _capturable(group: Mapping[str, Any]) -> bool:
 ABSMAX_SUFFIX = "_absmax"
 # The group keys that say how states are stored.
 STORAGE_GROUP_KEYS = ("state_dtype", "min_8bit_size")
+# The group keys of master-weight policies (Note [master weights of a group]).
+POLICY_GROUP_KEYS = (*master.POLICIES, master.SEED_KEY)
+
+
+def _new_policy_state(state: dict[str, Any], p: Tensor, policy: str) -> None:
+    """The states of p's master-weight policy, where missing: master_param from
+    p's value, kahan_comp zeros, rounding_step 0; another policy's are dropped,
+    so that a policy turned off and on again starts from the param (Note
+    [master weights of a group])."""
+    for other in master.POLICIES:
+        if other != policy:
+            state.pop(master.STATE_KEYS[other] or master.COUNT_KEY, None)
+    key = master.STATE_KEYS.get(policy)
+    if policy == "master_weights" and key not in state:
+        state[key] = torch.empty_like(
+            p, dtype=torch.float32, memory_format=torch.preserve_format
+        ).copy_(p)
+    elif policy == "kahan_sum" and key not in state:
+        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    elif policy == "stochastic_rounding" and master.COUNT_KEY not in state:
+        state[master.COUNT_KEY] = torch.zeros((), dtype=torch.float32)
+
+
+def _store_of(group: Mapping[str, Any], call: _Call) -> backends.Store | None:
+    """The call's master-weight policy and its tensors, gathered anew each step
+    (a state replaced in opt.state[p] takes effect, as the rule's states do)."""
+    policy = call.bucket.store
+    if policy == master.NONE:
+        return None
+    key = master.STATE_KEYS[policy]
+    return backends.Store(
+        policy,
+        [sd[key] for sd in call.state_dicts] if key else [],
+        [sd[master.COUNT_KEY] for sd in call.state_dicts] if key is None else [],
+        call.tags,
+        int(group.get(master.SEED_KEY, master.DEFAULT_SEED)),
+    )
 
 
 def _stored_as(state: dict[str, Any], key: str, p: Tensor, storage: str) -> bool:
