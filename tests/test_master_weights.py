@@ -28,6 +28,7 @@ import fusedopt
 import pytest
 import torch
 from _cuda_tools import REPO, run_cuobjdump
+from _op_hyper import OP_HYPER, op_lists
 from fusedopt import backends
 from fusedopt.reference import master
 from helpers import draw_grads, make_params
@@ -455,3 +456,72 @@ def test_policies_train_closer_to_fp32_than_plain_bf16():
     for policy in POLICIES:
         distance = (_train(torch.bfloat16, {policy: True}) - fp32).norm().item()
         assert distance < 0.5 * plain, (policy, distance, plain)
+
+
+# --- the op's store arguments (Note [store arguments] in csrc/binding/checks.h) -------
+
+
+def _adam_op_call(numels, store_policy, store, store_tags=(), found_inf=None):
+    """fusedopt::adam_step_ on the cpu backend, bf16 params, called directly;
+    returns the params."""
+    params, grads, states, steps = op_lists("adam", numels, torch.bfloat16)
+    torch.ops.fusedopt.adam_step_(
+        params,
+        grads,
+        states,
+        steps,
+        lr=1e-2,
+        **OP_HYPER["adam"],
+        found_inf=found_inf,
+        store_policy=store_policy,
+        store=store,
+        store_tags=list(store_tags),
+        rounding_seed=7,
+    )
+    return params
+
+
+def test_op_advances_rounding_step_and_found_inf_leaves_it():
+    counts = [torch.zeros((), dtype=torch.float32), torch.full((), 4.0)]
+    code = backends.STORE_POLICY_CODES["stochastic_rounding"]
+    _adam_op_call([300, 40], code, counts, [0, 1])
+    assert [c.item() for c in counts] == [1.0, 5.0]
+    _adam_op_call([300, 40], code, counts, [0, 1], found_inf=torch.ones((), dtype=torch.float32))
+    assert [c.item() for c in counts] == [1.0, 5.0]
+
+
+@pytest.mark.parametrize(
+    "policy, store, tags, message",
+    [
+        (9, None, (), "store_policy must be 0 to 3"),
+        (0, [torch.zeros(3)], (), "store and store_tags are for a store_policy"),
+        (1, [torch.zeros(3)], (), "want 2 store tensors"),
+        (1, [torch.zeros(3), torch.zeros(4, dtype=torch.float64)], (), "store tensor 1 must be"),
+        (
+            2,
+            [torch.zeros(3, dtype=torch.bfloat16), torch.zeros(5, dtype=torch.bfloat16)],
+            (),
+            "store tensor 1 must have its param's shape",
+        ),
+        (3, [torch.zeros(()), torch.zeros(())], (0,), "want 2 store tensors and 2 store_tags"),
+        (3, [torch.zeros(()), torch.zeros(2)], (0, 1), "one-element float32 rounding_step"),
+    ],
+)
+def test_op_refuses_bad_store_arguments(policy, store, tags, message):
+    with pytest.raises(RuntimeError, match=message):
+        _adam_op_call([3, 4], policy, store, tags)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_factored_passes_refuse_a_policy_and_auto_takes_the_reference(policy):
+    """Adafactor's cpu and Triton passes have no store: an explicit cpu says
+    why, "auto" steps the group on the reference backend."""
+    params = make_params([(6, 5)], torch.bfloat16)
+    params[0].grad = torch.ones_like(params[0])
+    opt = fusedopt.Adafactor([{"params": params, policy: True}], lr=1e-2)
+    opt.step()
+    [(_, bucket, _, choice)] = opt.last_step()
+    assert (bucket.store, choice.backend.name) == (policy, "reference")
+    explicit = fusedopt.Adafactor([{"params": params, policy: True}], lr=1e-2, backend="cpu")
+    with pytest.raises(ValueError, match="passes have no master-weight store yet"):
+        explicit.step()

@@ -16,6 +16,8 @@ from fusedopt.registry import REDUCTION_RULES, RULES
 OVERLOADS = ["default", "tensor_lr"]
 LISTS = ["params", "grads", "states", "state_steps"]
 SCALER = ["grad_scale", "found_inf"]
+# Note [store arguments] in csrc/binding/checks.h: a master-weight policy.
+STORE = ["store_policy", "store", "store_tags", "rounding_seed"]
 EMULATION_EXTRA = ["steps_in_kernel", "lr_in_kernel", "threads_per_block", "max_grid_blocks"]
 
 
@@ -44,14 +46,18 @@ def test_step_op_schema(name, overload):
     rule = RULES[name]
     schema = _schema(rule.op, overload)
     args = schema.arguments
-    assert [a.name for a in args] == [*LISTS, "lr", *rule.hyper, *SCALER]
+    assert [a.name for a in args] == [*LISTS, "lr", *rule.hyper, *SCALER, *STORE]
     assert str(args[4].type) == ("float" if overload == "default" else "Tensor")
-    # The four lists are mutated in place (Tensor(a!)[]); nothing else is.
-    assert [bool(a.alias_info and a.alias_info.is_write) for a in args] == [True] * 4 + [False] * (
-        len(args) - 4
-    )
+    # The four lists and the store are mutated in place (Tensor(a!)[]); nothing else is.
+    writes = [bool(a.alias_info and a.alias_info.is_write) for a in args]
+    assert writes == [True] * 4 + [False] * (len(args) - 8) + [False, True, False, False]
     assert all(a.kwarg_only for a in args[4:]), "everything after the lists is keyword-only"
-    assert [str(a.type) for a in args[-2:]] == ["Optional[Tensor]"] * 2
+    assert [str(a.type) for a in args[-6:]] == ["Optional[Tensor]"] * 2 + [
+        "int",
+        "Optional[List[Tensor]]",
+        "List[int]",
+        "int",
+    ]
     assert list(schema.returns) == []
 
 
@@ -62,7 +68,14 @@ def test_emulation_op_schema(name):
     )
     op = getattr(torch.ops.fusedopt_testing, f"{name}_emulate_step_")
     args = _schema(op, "default").arguments
-    assert [a.name for a in args] == [*LISTS, "lr", *RULES[name].hyper, *SCALER, *EMULATION_EXTRA]
+    assert [a.name for a in args] == [
+        *LISTS,
+        "lr",
+        *RULES[name].hyper,
+        *SCALER,
+        *STORE,
+        *EMULATION_EXTRA,
+    ]
     assert str(args[4].type) == "Tensor"
 
 

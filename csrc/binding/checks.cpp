@@ -73,45 +73,55 @@ uint32_t signed_code_mask(const StepArgs& a, uint32_t mask, int n_states) {
   return signed_mask;
 }
 
-StorePolicy split_store(const char* rule, const StepArgs& a, size_t rule_states,
-                        StateDtype state_dtype, StepArgs& rule_args) {
-  rule_args = a;
+StorePolicy check_store(const char* rule, const StepArgs& a, StateDtype state_dtype) {
+  const StorePolicy policy = a.store_policy;
   const size_t n = a.params.size();
-  if (n == 0 || a.states.size() != rule_states + n) return StorePolicy::kNone;
-  rule_args.states = a.states.prefix(rule_states);
+  TORCH_CHECK(policy >= StorePolicy::kNone && policy <= StorePolicy::kStochasticRounding,
+              "fusedopt: ", rule, ": store_policy must be 0 to 3 (core/master.h), got ",
+              static_cast<int>(policy));
+  if (policy == StorePolicy::kNone) {
+    TORCH_CHECK(a.store.empty() && a.store_tags.empty(), "fusedopt: ", rule,
+                ": store and store_tags are for a store_policy; got ", a.store.size(), " and ",
+                a.store_tags.size(), " with none");
+    return policy;
+  }
+  const bool rounding = policy == StorePolicy::kStochasticRounding;
+  TORCH_CHECK(a.store.size() == n && a.store_tags.size() == (rounding ? n : 0), "fusedopt: ",
+              rule, ": for ", n, " params, want ", n, " store tensors and ", rounding ? n : 0,
+              " store_tags; got ", a.store.size(), " and ", a.store_tags.size());
+  if (n == 0) return policy;
   const at::ScalarType dtype = a.params[0].scalar_type();
-  const at::ScalarType run = a.states[rule_states].scalar_type();
-  const StorePolicy policy = run == at::kFloat  ? StorePolicy::kMasterWeights
-                             : run == at::kLong ? StorePolicy::kStochasticRounding
-                                                : StorePolicy::kKahanSum;
   TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kHalf, "fusedopt: ", rule,
               ": a master-weight policy applies to bfloat16 and float16 params, got ", dtype);
   TORCH_CHECK(state_dtype != StateDtype::kInt8Blockwise, "fusedopt: ", rule,
               ": a master-weight policy with 8-bit states is not implemented");
-  TORCH_CHECK(policy != StorePolicy::kStochasticRounding || dtype == at::kBFloat16,
-              "fusedopt: ", rule, ": stochastic rounding applies to bfloat16 params, got ", dtype);
-  const at::ScalarType want = policy == StorePolicy::kMasterWeights ? at::kFloat
-                              : policy == StorePolicy::kKahanSum    ? dtype
-                                                                    : at::kLong;
+  TORCH_CHECK(!rounding || dtype == at::kBFloat16, "fusedopt: ", rule,
+              ": stochastic rounding applies to bfloat16 params, got ", dtype);
+  const at::ScalarType want = policy == StorePolicy::kKahanSum ? dtype : at::kFloat;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = a.params[i];
-    const at::Tensor& t = a.states[rule_states + i];
+    const at::Tensor& t = a.store[i];
+    if (rounding) {
+      TORCH_CHECK(t.scalar_type() == want && t.numel() == 1 && t.device().is_cpu(), "fusedopt: ",
+                  rule, ": store tensor ", i,
+                  " must be a one-element float32 rounding_step count on the CPU, got ",
+                  t.numel(), " elements of ", t.scalar_type(), " on ", t.device());
+      continue;
+    }
     TORCH_CHECK(t.scalar_type() == want && t.device() == p.device(), "fusedopt: ", rule,
                 ": store tensor ", i, " must be ", want, " on ", p.device(), ", got ",
                 t.scalar_type(), " on ", t.device());
-    if (policy == StorePolicy::kStochasticRounding) {
-      TORCH_CHECK(t.numel() == 3 && t.is_contiguous() && t.device().is_cpu(), "fusedopt: ", rule,
-                  ": stochastic rounding's tensor ", i,
-                  " must hold 3 int64 (seed, rounding step, tag) on the CPU");
-      TORCH_CHECK(t.data_ptr<int64_t>()[0] == a.states[rule_states].data_ptr<int64_t>()[0],
-                  "fusedopt: ", rule, ": one seed per call");
-    } else {
-      TORCH_CHECK(t.sizes() == p.sizes() && same_layout(t, p), "fusedopt: ", rule,
-                  ": store tensor ", i, " must have its param's shape ", p.sizes(),
-                  " and strides ", p.strides(), ", got ", t.sizes(), " and ", t.strides());
-    }
+    TORCH_CHECK(t.sizes() == p.sizes() && same_layout(t, p), "fusedopt: ", rule,
+                ": store tensor ", i, " must have its param's shape ", p.sizes(), " and strides ",
+                p.strides(), ", got ", t.sizes(), " and ", t.strides());
   }
   return policy;
+}
+
+void check_no_store(const char* rule, const StepArgs& a, const char* what) {
+  TORCH_CHECK(a.store_policy == StorePolicy::kNone, "fusedopt: ", rule, ": ", what,
+              " has no master-weight store yet (store_policy ", static_cast<int>(a.store_policy),
+              ")");
 }
 
 void check_lists(const char* rule, const StepArgs& a, const std::vector<const char*>& state_names,

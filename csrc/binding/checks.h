@@ -50,15 +50,20 @@ double checked_grad_scale(const at::Tensor& grad_scale);
 // A one-element CPU tensor's value as a double (grad_scale, found_inf, lr).
 double cpu_scalar(const at::Tensor& t, const char* name);
 
-// Note [master weights] in core/master.h, as the op receives a policy: one
-// trailing run of n tensors after the rule's states (their storage's count,
-// `rule_states`), which keeps the op schemas as they are: each param's master
-// (float32) or Kahan compensation (the param's dtype), or for stochastic
-// rounding an int64 [seed's bits, rounding step, tag]. `rule_args` gets `a`
-// without that run. Checks the run (and that the params are bf16/fp16 and the
-// states not 8-bit); kNone when there is no run.
-StorePolicy split_store(const char* rule, const StepArgs& a, size_t rule_states,
-                        StateDtype state_dtype, StepArgs& rule_args);
+// Note [store arguments]: how the op receives a master-weight policy (Note
+// [master weights] in core/master.h), in four named arguments after found_inf:
+// `store_policy` (a StorePolicy), and per param in `store` its master
+// (float32) or Kahan compensation (the param's dtype), both in the param's
+// shape and layout, or for stochastic rounding its rounding_step: a
+// one-element float32 CPU count that the op advances after the loops as it
+// does state_steps (Philox's counter takes count + 1); `store_tags` the
+// params' tags and `rounding_seed` the seed's 64 bits, for stochastic rounding
+// only. Checks them, and that the params are bf16/fp16 (bf16 for stochastic
+// rounding) and the states not 8-bit; the policy.
+StorePolicy check_store(const char* rule, const StepArgs& a, StateDtype state_dtype);
+
+// A backend (or rule) whose store has no policies yet: refuses any.
+void check_no_store(const char* rule, const StepArgs& a, const char* what);
 
 // All step counts one-element float32 tensors on `device`.
 void check_steps_on(const StepArgs& a, c10::Device device);

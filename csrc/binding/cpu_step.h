@@ -22,21 +22,16 @@ static_assert(kCpuChunkSize % kBlock8 == 0, "8-bit state blocks never straddle c
 constexpr int64_t kCpuMinParallelElements = 1 << 15;
 
 template <class R>
-void step_cpu(const char* rule, const StepArgs& call) {
-  const double lr = call.lr_tensor.has_value() ? cpu_scalar(*call.lr_tensor, "lr") : call.lr;
+void step_cpu(const char* rule, const StepArgs& a) {
+  const double lr = a.lr_tensor.has_value() ? cpu_scalar(*a.lr_tensor, "lr") : a.lr;
   HyperCheck ck;
-  R::check(call.hyper.data(), ck);
+  R::check(a.hyper.data(), ck);
   check_hyper(rule, lr, ck);
-  const typename R::Config config = R::config(call.hyper.data());
+  const typename R::Config config = R::config(a.hyper.data());
   const uint32_t mask = state_mask<R>(config);
   const std::vector<const char*> names = used_state_names<R>(mask);
-  // Note [master weights] in core/master.h: the policy's run is split off the
-  // states; `a` is the call without it.
-  const StateDtype state_dtype = names.empty() ? StateDtype::kFloat32 : state_dtype_of(call);
-  const size_t rule_states =
-      call.params.size() * names.size() * (state_dtype == StateDtype::kInt8Blockwise ? 2 : 1);
-  StepArgs a;
-  const StorePolicy store = split_store(rule, call, rule_states, state_dtype, a);
+  const StateDtype state_dtype = names.empty() ? StateDtype::kFloat32 : state_dtype_of(a);
+  const StorePolicy store = check_store(rule, a, state_dtype);
   check_lists(rule, a, names, kScalarLists<R>, c10::DeviceType::CPU, state_dtype);
   check_steps_on(a, c10::Device(c10::kCPU));
   const double scale = a.grad_scale.has_value() ? checked_grad_scale(*a.grad_scale) : 0.0;
@@ -88,21 +83,16 @@ void step_cpu(const char* rule, const StepArgs& call) {
     t.store = nullptr;
     t.rounding_step = t.tag = 0;
     if (store == StorePolicy::kStochasticRounding) {
-      const int64_t* words = call.states[rule_states + i].data_ptr<int64_t>();
-      t.rounding_step = static_cast<uint32_t>(words[1]);
-      t.tag = static_cast<uint32_t>(words[2]);
+      // Note [store arguments] in checks.h: the count after this step.
+      t.rounding_step = static_cast<uint32_t>(*a.store[i].data_ptr<float>()) + 1;
+      t.tag = static_cast<uint32_t>(a.store_tags[i].toInt());
     } else if (store != StorePolicy::kNone) {
-      t.store = call.states[rule_states + i].data_ptr();
+      t.store = a.store[i].data_ptr();
     }
     numels[i] = a.params[i].numel();
     total += numels[i];
   }
-  // kStochasticRounding: the seed's 64 bits, from the first param's run
-  // (split_store checked that every param's is the same).
-  const uint64_t seed =
-      store == StorePolicy::kStochasticRounding
-          ? static_cast<uint64_t>(call.states[rule_states].data_ptr<int64_t>()[0])
-          : 0;
+  const uint64_t seed = static_cast<uint64_t>(a.rounding_seed);
   const std::vector<Chunk> chunks =
       plan_chunks(numels.data(), static_cast<int32_t>(n), kCpuChunkSize);
   const cpu::Work<R> work{tensors.data(),
@@ -126,6 +116,9 @@ void step_cpu(const char* rule, const StepArgs& call) {
                      [&](int64_t begin, int64_t end) { cpu::run_chunks(work, begin, end); });
   }
   for (float* step : steps) *step += 1.0f;
+  if (store == StorePolicy::kStochasticRounding) {
+    for (size_t i = 0; i < n; ++i) *a.store[i].data_ptr<float>() += 1.0f;
+  }
   for (size_t j = 0; j < scalar_states.size(); ++j) {
     *a.steps[n + j].data_ptr<float>() = scalar_states[j];
   }

@@ -57,6 +57,7 @@ void step_cuda(const char* rule, const StepArgs& a) {
   TORCH_CHECK(state_dtype != StateDtype::kInt8Blockwise, "fusedopt: ", rule,
               ": 8-bit blockwise states have no CUDA kernels yet (the cpu and reference "
               "backends step them)");
+  check_no_store(rule, a, "the cuda backend");
   check_lists(rule, a, used_state_names<R>(mask), kScalarLists<R>, c10::DeviceType::CUDA,
               state_dtype);
   if (a.params.empty()) return;

@@ -79,6 +79,7 @@ void factored_step_cpu(const char* rule, const StepArgs& a) {
   HyperCheck ck;
   R::check(a.hyper.data(), ck);
   check_hyper(rule, lr, ck);
+  check_no_store(rule, a, "a factored rule's cpu step");
   const typename R::Config config = R::config(a.hyper.data());
   const size_t n = a.params.size();
   size_t want_states = 0;

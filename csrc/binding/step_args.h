@@ -3,10 +3,14 @@
 // the same shape (Note [one op family]):
 //   <rule>_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] states,
 //                Tensor(d!)[] state_steps, *, float lr, <R::kHyper...>,
-//                Tensor? grad_scale=None, Tensor? found_inf=None) -> ()
+//                Tensor? grad_scale=None, Tensor? found_inf=None,
+//                int store_policy=0, Tensor(e!)[]? store=None, int[] store_tags=[],
+//                int rounding_seed=0) -> ()
 // with a `.tensor_lr` overload taking `Tensor lr`. `states` is state-major
 // (Note [state-major lists] in python/fusedopt/registry.py); `state_steps` is
-// empty for a rule without step counts.
+// empty for a rule without step counts. The last four are a call's
+// master-weight policy (Note [master weights] in core/master.h; Note [store
+// arguments] in checks.h).
 //
 // Note [one op family]: the schemas are generated from the rule (its kHyper),
 // so one boxed kernel per device serves every rule: it reads the
@@ -20,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "fusedopt/core/master.h"
 #include "fusedopt/core/rule.h"
 
 namespace fusedopt::binding {
@@ -34,8 +39,6 @@ class TensorListView {
   size_t size() const { return items_.size(); }
   bool empty() const { return items_.empty(); }
   const at::Tensor& operator[](size_t i) const { return items_[i].toTensor(); }
-  // The first `count` tensors.
-  TensorListView prefix(size_t count) const { return TensorListView(items_.slice(0, count)); }
 
  private:
   c10::ArrayRef<c10::IValue> items_;
@@ -48,15 +51,20 @@ struct StepArgs {
   std::optional<at::Tensor> lr_tensor;   // the tensor_lr overload's lr
   std::vector<double> hyper;             // R::kHyper's values, in order
   std::optional<at::Tensor> grad_scale, found_inf;
+  StorePolicy store_policy = StorePolicy::kNone;  // Note [store arguments] in checks.h
+  TensorListView store;
+  c10::ArrayRef<c10::IValue> store_tags;  // ints, read in place as the lists are
+  int64_t rounding_seed = 0;              // the seed's 64 bits as a signed int64
 };
 
 // Inputs of a step op before any extra arguments (the test-only ops add some).
 constexpr size_t kListArgs = 4;  // params, grads, states, state_steps
 constexpr size_t kScalerArgs = 2;  // grad_scale, found_inf
+constexpr size_t kStoreArgs = 4;   // store_policy, store, store_tags, rounding_seed
 
 template <class R>
 constexpr size_t step_arg_count() {
-  return kListArgs + 1 + std::size(R::kHyper) + kScalerArgs;
+  return kListArgs + 1 + std::size(R::kHyper) + kScalerArgs + kStoreArgs;
 }
 
 // The step op's arguments, `extra` inputs before the stack's end; they stay
@@ -84,12 +92,18 @@ StepArgs peek_step_args(const torch::jit::Stack& stack, size_t extra) {
   const size_t scaler = 5 + std::size(R::kHyper);
   if (!args[scaler].isNone()) a.grad_scale = args[scaler].toTensor();
   if (!args[scaler + 1].isNone()) a.found_inf = args[scaler + 1].toTensor();
+  const size_t store = scaler + kScalerArgs;
+  a.store_policy = static_cast<StorePolicy>(args[store].toInt());
+  // (A Tensor[] argument cannot default to []: None stands for no tensors.)
+  if (!args[store + 1].isNone()) a.store = TensorListView(args[store + 1].toListRef());
+  a.store_tags = args[store + 2].toListRef();
+  a.rounding_seed = args[store + 3].toInt();
   return a;
 }
 
 // The schema of the op `name` (e.g. "adam_step_.tensor_lr") whose lr has
-// type `lr_type` ("float" or "Tensor"), with `extra` appended after found_inf
-// and `returns` as its result.
+// type `lr_type` ("float" or "Tensor"), with `extra` appended after
+// rounding_seed and `returns` as its result.
 template <class R>
 std::string step_schema(const std::string& name, const char* lr_type,
                         const std::string& extra = "", const std::string& returns = "()") {
@@ -103,7 +117,10 @@ std::string step_schema(const std::string& name, const char* lr_type,
                                                       : "bool";
     s += std::string(", ") + type + " " + arg.name;
   }
-  return s + ", Tensor? grad_scale=None, Tensor? found_inf=None" + extra + ") -> " + returns;
+  return s +
+         ", Tensor? grad_scale=None, Tensor? found_inf=None, int store_policy=0, "
+         "Tensor(e!)[]? store=None, int[] store_tags=[], int rounding_seed=0" +
+         extra + ") -> " + returns;
 }
 
 }  // namespace fusedopt::binding

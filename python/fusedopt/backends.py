@@ -159,38 +159,34 @@ class _CompiledOpBackend(Backend):
         op(
             params,
             grads,
-            [*states, *_store_run(store)],
+            states,
             state_steps,
             lr=lr,
             **hyper,
             grad_scale=grad_scale,
             found_inf=found_inf,
+            **_store_args(store),
         )
-        if store is not None and store.counts and not _skipped(found_inf):
-            for count in store.counts:
-                count += 1
 
 
-def _store_run(store: Store | None) -> list[Tensor]:
-    """The op's form of a master-weight policy (Note [master weights] in
-    csrc/include/fusedopt/core/master.h): one tensor per param after the
-    states; for stochastic rounding an int64 [seed, this step's rounding
-    count, tag] (the seed's 64 bits as a signed int64)."""
+# The op's store_policy of each policy: core/master.h's StorePolicy.
+STORE_POLICY_CODES = {"master_weights": 1, "kahan_sum": 2, "stochastic_rounding": 3}
+
+
+def _store_args(store: Store | None) -> dict[str, Any]:
+    """The op's arguments of a master-weight policy (Note [store arguments] in
+    csrc/binding/checks.h): the policy's code, each param's master_param or
+    kahan_comp, or for stochastic rounding its rounding_step count (which the
+    op advances), the tags, and the seed's 64 bits as a signed int64."""
     if store is None:
-        return []
-    if not store.counts:
-        return store.tensors
-    seed = store.seed - 2**64 if store.seed >= 2**63 else store.seed
-    return [
-        torch.tensor([seed, int(count.item()) + 1, tag], dtype=torch.int64)
-        for count, tag in zip(store.counts, store.tags)
-    ]
-
-
-def _skipped(found_inf: Tensor | None) -> bool:
-    """GradScaler's skip: the op wrote nothing (a CPU found_inf; the CPU op
-    reads it on the host too)."""
-    return found_inf is not None and found_inf.item() != 0
+        return {}
+    rounding = bool(store.counts)
+    return {
+        "store_policy": STORE_POLICY_CODES[store.policy],
+        "store": store.counts if rounding else store.tensors,
+        "store_tags": store.tags if rounding else [],
+        "rounding_seed": store.seed - 2**64 if store.seed >= 2**63 else store.seed,
+    }
 
 
 class CpuBackend(_CompiledOpBackend):
@@ -389,6 +385,12 @@ def why_not(name: str, bucket: Bucket, capturable: bool, rule: Rule | None = Non
         )
     backend = get(name)
     reason = backend.unavailable_reason() or backend.unsupported_reason(bucket)
+    factored = rule is not None and rule.backends is not None
+    if reason is None and bucket.store != "none" and factored and name != "reference":
+        reason = (
+            f"{bucket.store}=True: the {name} backend's {rule.name} passes have no "
+            "master-weight store yet; the reference backend steps it"
+        )
     if reason is None and bucket.store not in ("none", *backend.store_policies):
         reason = (
             f"{bucket.store}=True: the {name} backend has no master-weight store yet; "
