@@ -129,7 +129,16 @@ from types import ModuleType
 import torch
 import triton
 import triton.language as tl
-from fusedopt.kernels.storage import from_float, to_float
+from fusedopt.kernels.storage import (
+    STORE_KAHAN_SUM,
+    STORE_MASTER_WEIGHTS,
+    STORE_NONE,
+    STORE_STOCHASTIC_ROUNDING,
+    from_float,
+    rounding_bits,
+    stochastic_round_bf16,
+    to_float,
+)
 from torch import Tensor
 
 # Columns of the tensor table, one int64 row per tensor.
@@ -152,6 +161,13 @@ TENSOR_COLS = tl.constexpr(COL_SCALAR_STATE.value + MAX_SCALAR_STATES.value)
 COL_CODE = tl.constexpr(0)  # tensor index << 1 | 1 for a full, aligned block
 COL_START = tl.constexpr(1)  # the block's first element in its tensor (int64: 2^31+ is real)
 BLOCK_COLS = tl.constexpr(2)
+# Columns of the store table of a master-weight policy (Note [master weights]
+# in csrc/include/fusedopt/core/master.h), one int64 row per tensor, apart from
+# the tensor table so that a call without a policy reads nothing more:
+COL_STORE = tl.constexpr(0)  # master (fp32) / compensation address, or rounding_step's (float32)
+COL_TAG = tl.constexpr(1)  # the param's tag (stochastic rounding)
+COL_SEED = tl.constexpr(2)  # the group's rounding_seed, its 64 bits
+STORE_COLS = tl.constexpr(4)  # rows of 32 B: 8-byte aligned entries, as the tensor table's
 # The per-tensor table: one fp32 row per tensor, the rule's PerTensor first
 # (ASGD has 5 fields; rows of 8 keep them 32-byte aligned).
 PER_TENSOR_COLS = tl.constexpr(8)
@@ -184,6 +200,7 @@ def _element_kernel(
     per_tensor,
     grad_scale_ptr,
     found_inf_ptr,
+    store_table,
     UPDATE: tl.constexpr,
     PER_TENSOR: tl.constexpr,
     USED: tl.constexpr,
@@ -192,6 +209,7 @@ def _element_kernel(
     PER_TENSOR_IN_TABLE: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
+    STORE_POLICY: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """One block of one tensor per program, stepped by the rule's UPDATE.
@@ -200,7 +218,10 @@ def _element_kernel(
     `launch` is the rule's Launch; `per_tensor` its PerTensor, or None when
     PER_TENSOR_IN_TABLE (Note [per-tensor scalars]). States outside the USED
     mask are neither loaded nor stored. With found_inf nonzero nothing is
-    written. Bytes per element: the rule module's docstring."""
+    written. STORE_POLICY (a StorePolicy code) says where p comes from and how
+    the new p is stored (_load_param, _store_param; store_table's row per
+    tensor). Bytes per element: the rule module's docstring, + Note [master
+    weights]'s for a policy."""
     pid = tl.program_id(0)
     code = tl.load(block_table + pid * BLOCK_COLS + COL_CODE)
     start = tl.load(block_table + pid * BLOCK_COLS + COL_START)
@@ -230,7 +251,10 @@ def _element_kernel(
                     mask = offs < tl.load(row + COL_NUMEL)
                 p_ptrs = _address(row, COL_PARAM, PARAM_DTYPE, FULL) + offs
                 g_ptrs = _address(row, COL_GRAD, PARAM_DTYPE, FULL) + offs
-                p = to_float(tl.load(p_ptrs, mask=mask))
+                store_row = row  # unread without a policy
+                if STORE_POLICY != STORE_NONE:
+                    store_row = store_table + tensor * STORE_COLS
+                p = _load_param(p_ptrs, store_row, offs, mask, STORE_POLICY, FULL)
                 g = to_float(tl.load(g_ptrs, mask=mask))
                 if HAS_GRAD_SCALE:
                     # GradScaler's unscale, stored back unscaled as torch's fused optimizers do.
@@ -251,8 +275,9 @@ def _element_kernel(
                             )
                         )
                     s = s + (value,)
+                old = p
                 p, s = UPDATE(p, g, s, USED, launch, per_tensor)
-                tl.store(p_ptrs, from_float(p, PARAM_DTYPE), mask=mask)
+                _store_param(p_ptrs, p, old, store_row, offs, mask, PARAM_DTYPE, STORE_POLICY, FULL)
                 for k in tl.static_range(MAX_STATES):
                     if (USED >> k) & 1:
                         tl.store(
@@ -260,6 +285,69 @@ def _element_kernel(
                             from_float(s[k], STATE_DTYPE),
                             mask=mask,
                         )
+
+
+@triton.jit
+def _load_param(p_ptrs, store_row, offs, mask, STORE_POLICY: tl.constexpr, FULL: tl.constexpr):
+    """The fp32 p a rule steps: the master's under master_weights, else the
+    param's (Note [master weights] in csrc/include/fusedopt/core/master.h)."""
+    if STORE_POLICY == STORE_MASTER_WEIGHTS:
+        return tl.load(_address(store_row, COL_STORE, tl.float32, FULL) + offs, mask=mask)
+    return to_float(tl.load(p_ptrs, mask=mask))
+
+
+@triton.jit
+def _store_param(
+    p_ptrs,
+    p,
+    old,
+    store_row,
+    offs,
+    mask,
+    PARAM_DTYPE: tl.constexpr,
+    STORE_POLICY: tl.constexpr,
+    FULL: tl.constexpr,
+):
+    """Stores the rule's new p (`old` the p it stepped) by STORE_POLICY, in
+    cpu/loop.cpp's run_stored order, bit for bit: the param rounded to
+    nearest even; with master_weights the master too; with kahan_sum through
+    the compensation (in the param's dtype); with stochastic rounding by the
+    bits of the element's index in the param's memory order (offs)."""
+    if STORE_POLICY == STORE_NONE or STORE_POLICY == STORE_MASTER_WEIGHTS:
+        tl.store(p_ptrs, from_float(p, PARAM_DTYPE), mask=mask)
+        if STORE_POLICY == STORE_MASTER_WEIGHTS:
+            tl.store(_address(store_row, COL_STORE, tl.float32, FULL) + offs, p, mask=mask)
+    elif STORE_POLICY == STORE_KAHAN_SUM:
+        comp_ptrs = _address(store_row, COL_STORE, PARAM_DTYPE, FULL) + offs
+        update = to_float(tl.load(comp_ptrs, mask=mask)) + (p - old)
+        rounded = from_float(old + update, PARAM_DTYPE)
+        tl.store(p_ptrs, rounded, mask=mask)
+        tl.store(comp_ptrs, from_float(update - (to_float(rounded) - old), PARAM_DTYPE), mask=mask)
+    else:
+        tl.static_assert(STORE_POLICY == STORE_STOCHASTIC_ROUNDING)
+        # Note [store arguments] (csrc/binding/checks.h): the count after this step.
+        count = tl.load(_address(store_row, COL_STORE, tl.float32, False)).to(tl.uint32) + 1
+        tag = tl.load(store_row + COL_TAG).to(tl.uint32)
+        bits = rounding_bits(tl.load(store_row + COL_SEED), count, tag, offs)
+        tl.store(p_ptrs, stochastic_round_bf16(p, bits), mask=mask)
+
+
+@triton.jit
+def _advance_rounding_steps_kernel(
+    store_table, n_tensors, found_inf_ptr, HAS_FOUND_INF: tl.constexpr, BLOCK: tl.constexpr
+):
+    """Adds 1 to every tensor's rounding_step (Note [store arguments] in
+    csrc/binding/checks.h), unless GradScaler found an inf: the launch after
+    the element kernel of a stochastic-rounding call. Reads and writes 4 B per
+    tensor."""
+    index = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = n_tensors
+    if HAS_FOUND_INF:
+        live = tl.where(tl.load(found_inf_ptr) == 0.0, n_tensors, 0)
+    mask = index < live
+    counts = tl.load(store_table + index * STORE_COLS + COL_STORE, mask=mask, other=0)
+    counts = counts.to(tl.pointer_type(tl.float32))
+    tl.store(counts, tl.load(counts, mask=mask) + 1.0, mask=mask)
 
 
 @triton.jit
@@ -459,7 +547,9 @@ class _Plan:
     plan lives as long as the optimizer's plan of that call
     (fusedopt/optim/base.py, Note [cached step plans])."""
 
-    def __init__(self, addresses, numels, n_states: int, used: int, host_counts: bool, device):
+    def __init__(
+        self, addresses, numels, n_states: int, used: int, host_counts: bool, device, store_key
+    ):
         n = len(numels)
         self.addresses, self.numels, self.device = addresses, numels, device
         used_columns = [COL_STATE.value + k for k in range(MAX_STATES.value) if (used >> k) & 1]
@@ -479,6 +569,20 @@ class _Plan:
         self.fixed_aligned = (
             host[:, [COL_PARAM.value, *used_columns]] % VECTOR_BYTES.value == 0
         ).all(1)
+        # The store table of a master-weight policy (None without one).
+        self.store_key, self.store_host = store_key, None
+        policy, store_addresses, tags, seed = store_key
+        if policy != STORE_NONE.value:
+            self.store_host = torch.zeros((n, STORE_COLS.value), dtype=torch.int64)
+            self.store_host[:, COL_STORE.value] = torch.tensor(store_addresses, dtype=torch.int64)
+            if tags:
+                self.store_host[:, COL_TAG.value] = torch.tensor(tags, dtype=torch.int64)
+            self.store_host[:, COL_SEED.value] = seed
+            if policy != STORE_STOCHASTIC_ROUNDING.value:
+                # A master or compensation is loaded and stored as the param is.
+                store_aligned = self.store_host[:, COL_STORE.value] % VECTOR_BYTES.value == 0
+                self.fixed_aligned &= store_aligned
+        self.store_table: Tensor | None = None
         self.captured_uploads: list[Tensor] = []
         self.stream: int | None = None
         self.grad_addresses: list[int] | None = None
@@ -523,6 +627,8 @@ class _Plan:
             new_stream = True
         if new_stream:
             self.block_table = self._upload(self.block_host)
+            if self.store_host is not None:
+                self.store_table = self._upload(self.store_host)
         self.tensor_table = self._upload(self.host)
         self.grad_addresses, self.stream = addresses, stream
 
@@ -549,7 +655,17 @@ class Launcher:
         # Plans some CUDA graph launched with (Note [table uploads]), by identity.
         self._graph_plans: dict[int, _Plan] = {}
 
-    def _plan(self, params, states, device_counts, used: int, host_counts: bool, block: int, plans):
+    def _plan(
+        self,
+        params,
+        states,
+        device_counts,
+        used: int,
+        host_counts: bool,
+        block: int,
+        plans,
+        store_key,
+    ):
         """The plan of these lists, from `plans` (the caller's, kept with its
         own lists) or else from the launcher's LRU."""
         key = (id(params), params[0].device, used, host_counts, block)
@@ -557,7 +673,12 @@ class Launcher:
         numels = list(map(_numel, params))
         store = self._plans if plans is None else plans
         plan = store.get(key)
-        if plan is None or plan.addresses != addresses or plan.numels != numels:
+        if (
+            plan is None
+            or plan.addresses != addresses
+            or plan.numels != numels
+            or plan.store_key != store_key
+        ):
             plan = _Plan(
                 addresses,
                 numels,
@@ -565,6 +686,7 @@ class Launcher:
                 used,
                 host_counts,
                 params[0].device,
+                store_key,
             )
             store[key] = plan
         if plans is None:
@@ -588,6 +710,10 @@ class Launcher:
         counts_on_device: bool = False,
         block: int = BLOCK_SIZE,
         plans: dict | None = None,
+        store_policy: int = 0,
+        store: Sequence[Tensor] = (),
+        store_tags: Sequence[int] = (),
+        rounding_seed: int = 0,
     ) -> None:
         """Steps checked, dense tensors of one device and param dtype
         (fusedopt._checks.check_lists) with `rule`, a kernels/rules module.
@@ -601,7 +727,13 @@ class Launcher:
 
         `plans`: where to keep this call's tables between steps (the
         optimizer's per-call cache; Note [table uploads]); else the launcher's
-        LRU of MAX_PLANS plans serves."""
+        LRU of MAX_PLANS plans serves.
+
+        `store_policy`, `store`, `store_tags`, `rounding_seed`: a master-weight
+        policy, as the ops take it (Note [store arguments] in
+        csrc/binding/checks.h), checked by the caller; stochastic rounding's
+        rounding_step counts live on the params' device, read by the element
+        kernel and advanced by _advance_rounding_steps_kernel."""
         if not params:
             return
         config = rule.config(hyper)
@@ -629,7 +761,8 @@ class Launcher:
             found_inf = None
         counts_on_device = counts_on_device and rule.HAS_STEP
         device_counts = state_steps if counts_on_device else ()
-        plan = self._plan(params, states, device_counts, used, host_counts, block, plans)
+        store_key = (store_policy, list(map(_data_ptr, store)), list(store_tags), rounding_seed)
+        plan = self._plan(params, states, device_counts, used, host_counts, block, plans, store_key)
         counts = list(map(Tensor.item, state_steps[:n])) if host_counts else None
         scalars_after = ()
         device = params[0].device
@@ -655,6 +788,7 @@ class Launcher:
                     per_tensor,
                     grad_scale,
                     found_inf,
+                    plan.store_table,
                     UPDATE=rule.update,
                     PER_TENSOR=rule.PerTensor,
                     USED=used,
@@ -663,6 +797,7 @@ class Launcher:
                     PER_TENSOR_IN_TABLE=per_tensor is None,
                     HAS_GRAD_SCALE=grad_scale is not None,
                     HAS_FOUND_INF=found_inf is not None,
+                    STORE_POLICY=store_policy,
                     BLOCK=block,
                     num_warps=NUM_WARPS,
                     enable_fp_fusion=FP_FUSION,
@@ -670,6 +805,15 @@ class Launcher:
                 self.launches += 1
             if counts_on_device:
                 self._advance_counts(rule, plan, config, lr, found_inf)
+            if store_policy == STORE_STOCHASTIC_ROUNDING.value:
+                _advance_rounding_steps_kernel[(triton.cdiv(n, TABLE_BLOCK),)](
+                    plan.store_table,
+                    n,
+                    found_inf,
+                    HAS_FOUND_INF=found_inf is not None,
+                    BLOCK=TABLE_BLOCK,
+                )
+                self.launches += 1
         if host_counts:
             torch._foreach_add_(list(state_steps[:n]), 1.0)
             for j, values in enumerate(scalars_after, start=1):

@@ -56,3 +56,66 @@ def from_float(x, DTYPE: tl.constexpr):
         rounded = tl.where(is_nan, BF16_QUIET_NAN, (bits + rounding_bias) >> BF16_SHIFT)
         return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return x.to(DTYPE)
+
+
+# --- master-weight stores ---------------------------------------------------------------
+# Mirrored from csrc/include/fusedopt/core/master.h (Note [master weights]) and
+# core/philox.h, name for name; fusedopt.reference.master is their definition.
+
+# StorePolicy's codes (core/master.h), the kernels' STORE_POLICY.
+STORE_NONE = tl.constexpr(0)
+STORE_MASTER_WEIGHTS = tl.constexpr(1)
+STORE_KAHAN_SUM = tl.constexpr(2)
+STORE_STOCHASTIC_ROUNDING = tl.constexpr(3)
+# Random123's multipliers and Weyl key increments (core/philox.h).
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
+PHILOX_ROUNDS = tl.constexpr(10)
+BF16_QUIET_BIT = tl.constexpr(0x40)  # stochastic_round_bf16's quieting of a NaN
+# The random bits a rounding adds below bf16's last bit: Philox's word 0's top 16.
+ROUNDING_SHIFT = tl.constexpr(16)
+
+
+@triton.jit
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """One Philox4x32-10 block of uint32 words: counter (c0..c3), key (k0,
+    k1). tl.umulhi is the product's high word (mul.hi.u32), the plain
+    product its low word; static_range unrolls the 10 rounds."""
+    m0 = tl.full([], PHILOX_M0, tl.uint32)
+    m1 = tl.full([], PHILOX_M1, tl.uint32)
+    for r in tl.static_range(PHILOX_ROUNDS):
+        if r > 0:
+            k0 = k0 + PHILOX_W0
+            k1 = k1 + PHILOX_W1
+        hi0 = tl.umulhi(c0, m0)
+        lo0 = c0 * m0
+        hi1 = tl.umulhi(c2, m1)
+        lo1 = c2 * m1
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def rounding_bits(seed, count, tag, index):
+    """The 16 random bits of elements `index` (int64, the param's memory
+    order) of a param at rounding step `count` with tag `tag` (uint32), under
+    the int64 `seed`'s 64 bits: core/master.h's rounding_bits."""
+    lo = index.to(tl.uint32)
+    hi = (index >> 32).to(tl.uint32)
+    zeros = tl.zeros(index.shape, tl.uint32)
+    words = philox4x32_10(
+        lo, hi, count + zeros, tag + zeros, seed.to(tl.uint32), (seed >> 32).to(tl.uint32)
+    )
+    return words[0] >> ROUNDING_SHIFT
+
+
+@triton.jit
+def stochastic_round_bf16(x, bits):
+    """fp32 x rounded to bf16 by 16 random bits (core/master.h): the carry of
+    bits + x's low half rounds up; a NaN becomes a quiet NaN."""
+    raw = x.to(tl.uint32, bitcast=True)
+    is_nan = (raw & F32_ABS_MASK) > F32_INFINITY
+    rounded = tl.where(is_nan, (raw >> BF16_SHIFT) | BF16_QUIET_BIT, (raw + bits) >> BF16_SHIFT)
+    return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)

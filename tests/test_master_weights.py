@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -199,7 +200,7 @@ def test_policies_keep_updates_plain_bf16_loses(policy):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_fp32_param_is_a_no_op(policy, backend):
     """An fp32 param in a policy group steps exactly as without the policy and
     keeps no policy state."""
@@ -243,11 +244,21 @@ def _cpu_rule(rule):
 
 
 def _lockstep(
-    policy, dtype, case, state_dtype="fp32", channels_last=False, steps=4, grad_scale=None
+    policy,
+    dtype,
+    case,
+    state_dtype="fp32",
+    channels_last=False,
+    steps=4,
+    grad_scale=None,
+    pair=("cpu", "reference"),
 ):
+    """`pair`'s two backends step the same params and grads; the params and
+    every state equal bit for bit ("reference" steps the cpu op's rule under
+    the reference store: _cpu_rule)."""
     cls, kwargs = CPU_CASES[case]
     runs = []
-    for backend in ("cpu", "reference"):
+    for backend in pair:
         params = make_params(CPU_SIZES, dtype)
         if channels_last:
             params[3] = params[3].detach().to(memory_format=torch.channels_last).requires_grad_()
@@ -268,7 +279,7 @@ def _lockstep(
     (cpu, cpu_opt), (ref, ref_opt) = runs
     for p, q in zip(cpu, ref):
         assert torch.equal(p.detach().view(torch.int16), q.detach().view(torch.int16)), (
-            f"{policy} {case}: param of shape {tuple(p.shape)}"
+            f"{policy} {case} {pair}: param of shape {tuple(p.shape)}"
         )
         for key, value in ref_opt.state[q].items():
             assert torch.equal(cpu_opt.state[p][key], value), key
@@ -292,7 +303,7 @@ def test_cpu_equals_reference_with_grad_scaler(policy):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_found_inf_skips_the_store_too(policy, backend):
     """found_inf nonzero: params, policy states and rounding_step unchanged."""
     params, opt = _run(policy, torch.bfloat16, backend, steps=2)
@@ -311,6 +322,73 @@ def test_cpu_equals_reference_bf16_states_channels_last(policy):
     """bf16 states, and a channels_last param: elements are numbered in memory
     order on both backends."""
     _lockstep(policy, torch.bfloat16, "adamw", state_dtype="bf16", channels_last=True)
+
+
+# --- triton (under the interpreter) against cpu ---------------------------------------
+# The Triton frame's store (kernels/mta.py _store_param, kernels/storage.py's
+# Philox mirror) bit for bit against the cpu loop's: the same rule math on both
+# (Note [bit-identical backends] in kernels/mta.py). CPU_SIZES' largest param
+# spans 5 of the interpreter's 16K-element programs (INTERPRETER_BLOCK_SIZE):
+# block starts inside a param check Philox's element index.
+
+
+@pytest.mark.parametrize("case", CPU_CASES)
+@pytest.mark.parametrize("policy", POLICIES)
+def test_triton_equals_cpu_bf16(policy, case):
+    _lockstep(policy, torch.bfloat16, case, pair=("triton", "cpu"))
+
+
+@pytest.mark.parametrize("policy", ["master_weights", "kahan_sum"])
+def test_triton_equals_cpu_fp16(policy):
+    _lockstep(policy, torch.float16, "adamw", pair=("triton", "cpu"))
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_triton_equals_cpu_with_grad_scaler(policy):
+    _lockstep(policy, torch.bfloat16, "adamw", grad_scale=1024.0, pair=("triton", "cpu"))
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_triton_equals_cpu_bf16_states_channels_last(policy):
+    _lockstep(
+        policy,
+        torch.bfloat16,
+        "adamw",
+        state_dtype="bf16",
+        channels_last=True,
+        pair=("triton", "cpu"),
+    )
+
+
+@pytest.mark.parametrize("found", [0.0, 1.0])
+def test_triton_device_path_advances_rounding_step_unless_found_inf(found):
+    """The GPU layout (counts, found_inf and rounding_step read in memory, no
+    host read) driven on CPU tensors: found_inf nonzero writes nothing, zero
+    steps and advances every rounding_step, a zero-size param's too."""
+    from fusedopt.kernels import mta, rules
+
+    params, grads, states, steps = op_lists("adam", [300, 0, 40], torch.bfloat16)
+    counts = [torch.full((), 3.0) for _ in params]
+    before = [p.clone() for p in params]
+    mta.Launcher().step(
+        rules.get("adam"),
+        params,
+        grads,
+        states,
+        steps,
+        lr=1e-2,
+        hyper=OP_HYPER["adam"],
+        found_inf=torch.tensor(found),
+        counts_on_device=True,
+        block=mta.INTERPRETER_BLOCK_SIZE,
+        store_policy=backends.STORE_POLICY_CODES["stochastic_rounding"],
+        store=counts,
+        store_tags=[0, 1, 2],
+        rounding_seed=7,
+    )
+    assert [c.item() for c in counts] == [3.0 + (found == 0.0)] * 3
+    assert [c.item() for c in steps] == [float(found == 0.0)] * 3
+    assert all(torch.equal(p, q) for p, q in zip(params, before)) == (found != 0.0)
 
 
 # --- refusals ---------------------------------------------------------------------------
@@ -392,7 +470,7 @@ def test_a_policy_change_rebuilds_the_plan(backend):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_state_dict_round_trip(policy, backend):
     """3 steps, a checkpoint loaded into a fresh optimizer (torch's deepcopy of
     the state_dict, as torch.save would), 3 more: equal to 6 straight steps bit
@@ -525,3 +603,109 @@ def test_factored_passes_refuse_a_policy_and_auto_takes_the_reference(policy):
     explicit = fusedopt.Adafactor([{"params": params, policy: True}], lr=1e-2, backend="cpu")
     with pytest.raises(ValueError, match="passes have no master-weight store yet"):
         explicit.step()
+
+
+# --- the CUDA kernels' body, emulated on the CPU, against the cpu op ---------------------
+# fusedopt._testing runs the CUDA op's argument filling (binding/cuda_work.h)
+# and the traversal (mta/traversal.h: store_param, chunk_store) on CPU tensors;
+# its params, grads, states and store tensors must equal the cpu op's bit for
+# bit. Sizes: one element, a scalar tail, a param over two 64K CUDA chunks (a
+# second chunk's element index in Philox's counter), an odd-offset view (the
+# scalar path), and an empty param.
+EMULATION_SIZES = [1, 3, (1 << 16) + 4099, 4099, 0]
+EMULATION_LR = 2.0**-7  # exact in float32: the emulation reads lr from a float32 tensor
+EMULATION_RULES = {"adam": torch.float32, "sgd": torch.float32, "nadam": torch.bfloat16}
+
+
+def _emulation_lists(rule, policy, dtype, seed):
+    """The op's lists and store arguments, param 3 a view at an odd offset."""
+    gen = torch.Generator().manual_seed(seed)
+    params, grads, states, steps = op_lists(rule, EMULATION_SIZES, dtype)
+    params[3] = torch.randn(EMULATION_SIZES[3] + 1, generator=gen).to(dtype)[1:]
+    for s in states:
+        s.copy_(torch.rand(s.shape, generator=gen))
+    code = backends.STORE_POLICY_CODES[policy]
+    tags = []
+    if policy == "master_weights":
+        store = [p.float() + torch.randn(p.shape, generator=gen) * 1e-3 for p in params]
+    elif policy == "kahan_sum":
+        store = [(torch.randn(p.shape, generator=gen) * 1e-3).to(dtype) for p in params]
+    else:
+        store = [torch.full((), 5.0) for _ in params]
+        tags = list(range(10, 10 + len(params)))
+    return [params, grads, states, steps, store], dict(
+        store_policy=code, store_tags=tags, rounding_seed=-(2**63) + 3
+    )
+
+
+def _clone_lists(lists):
+    return [[t.clone() for t in group] for group in lists]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("fusedopt._testing") is None, reason="needs fusedopt._testing"
+)
+@pytest.mark.parametrize("steps_in_kernel", [False, True])
+@pytest.mark.parametrize("scaler", [None, "grad_scale", "found_inf"])
+@pytest.mark.parametrize("rule", EMULATION_RULES)
+@pytest.mark.parametrize(
+    "policy, dtype",
+    [
+        ("master_weights", torch.bfloat16),
+        ("master_weights", torch.float16),
+        ("kahan_sum", torch.bfloat16),
+        ("kahan_sum", torch.float16),
+        ("stochastic_rounding", torch.bfloat16),
+    ],
+)
+def test_cuda_emulation_equals_cpu(policy, dtype, rule, scaler, steps_in_kernel):
+    """Two steps; `rule`'s states in EMULATION_RULES' dtype (NAdam's bf16);
+    with GradScaler's scale, or a found_inf that skips the second step
+    (rounding_step included), read on the device or on the host."""
+    lists, store_args = _emulation_lists(rule, policy, dtype, seed=1)
+    lists[2] = [s.to(EMULATION_RULES[rule]) for s in lists[2]]
+    runs = {"cpu": lists, "emulation": _clone_lists(lists)}
+    for k in range(2):
+        scale = {}
+        if scaler == "grad_scale":
+            scale["grad_scale"] = torch.tensor(1024.0)
+        elif scaler == "found_inf":
+            scale["found_inf"] = torch.tensor(float(k))
+        for backend, (params, grads, states, steps, store) in runs.items():
+            for g in grads:
+                g.copy_(torch.randn(g.shape, generator=torch.Generator().manual_seed(k)))
+            if backend == "cpu":
+                op = getattr(torch.ops.fusedopt, f"{rule}_step_")
+                op(
+                    params,
+                    grads,
+                    states,
+                    steps,
+                    lr=EMULATION_LR,
+                    **OP_HYPER[rule],
+                    **scale,
+                    store=store,
+                    **store_args,
+                )
+                continue
+            op = getattr(torch.ops.fusedopt_testing, f"{rule}_emulate_step_")
+            stats = op(
+                params,
+                grads,
+                states,
+                steps,
+                lr=torch.tensor(EMULATION_LR),
+                **OP_HYPER[rule],
+                **scale,
+                store=store,
+                **store_args,
+                steps_in_kernel=steps_in_kernel,
+            )
+            assert stats[5:9] == [0, 0, 0, 0], stats  # misaligned, out of range, never, twice
+    for name, cpu, emulated in zip(
+        ["params", "grads", "states", "steps", "store"], runs["cpu"], runs["emulation"]
+    ):
+        for i, (a, b) in enumerate(zip(cpu, emulated)):
+            assert torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8)), (
+                f"{name} {i}"
+            )

@@ -128,6 +128,11 @@ def _kernel_dtype_reason(bucket: Bucket) -> str | None:
 
 def _no_blockwise_kernels(bucket: Bucket, name: str) -> str | None:
     """Why a backend without 8-bit blockwise kernels cannot step a bucket."""
+    if bucket.store != master.NONE and bucket.state_dtype == INT8_BLOCKWISE:
+        return (
+            f"{bucket.store}=True with 8-bit states: the {name} backend's 8-bit loop has no "
+            "master-weight store; the reference backend steps it"
+        )
     if bucket.state_dtype == INT8_BLOCKWISE:
         return (
             f"the {name} backend has no 8-bit blockwise state kernels yet (state_dtype='int8'); "

@@ -15,7 +15,14 @@ import torch
 from torch import Tensor
 
 from fusedopt import backends
-from fusedopt._checks import check_hyper, check_lists, states_storage, storage_state_dtype
+from fusedopt._checks import (
+    check_hyper,
+    check_lists,
+    same_layout,
+    states_storage,
+    storage_state_dtype,
+)
+from fusedopt.reference import master
 
 
 def _device_scalar(value: Tensor | None, name: str, device: torch.device) -> None:
@@ -26,12 +33,51 @@ def _device_scalar(value: Tensor | None, name: str, device: torch.device) -> Non
         )
 
 
+def _check_store(store: backends.Store | None, params) -> None:
+    """The ops' check_store (csrc/binding/checks.h, Note [store arguments]),
+    for the kernels: a master or compensation per param in its shape and
+    layout, or a one-element float32 rounding_step on the params' device."""
+    if store is None or not params:
+        return
+    dtype = params[0].dtype
+    if dtype not in master.POLICY_DTYPES[store.policy]:
+        raise RuntimeError(
+            f"fusedopt: {store.policy} applies to "
+            f"{', '.join(map(str, master.POLICY_DTYPES[store.policy]))} params, got {dtype}"
+        )
+    rounding = store.policy == "stochastic_rounding"
+    tensors = store.counts if rounding else store.tensors
+    if len(tensors) != len(params) or (rounding and len(store.tags) != len(params)):
+        raise RuntimeError(
+            f"fusedopt: for {len(params)} params, want {len(params)} store tensors (and tags "
+            f"with stochastic rounding), got {len(tensors)} and {len(store.tags)}"
+        )
+    want = dtype if store.policy == "kahan_sum" else torch.float32
+    for i, (p, t) in enumerate(zip(params, tensors)):
+        if t.dtype != want or t.device != p.device:
+            raise RuntimeError(
+                f"fusedopt: store tensor {i} must be {want} on {p.device}, got {t.dtype} on "
+                f"{t.device}"
+            )
+        if rounding and t.numel() != 1:
+            raise RuntimeError(
+                f"fusedopt: store tensor {i} must be a one-element rounding_step count, got "
+                f"{t.numel()} elements"
+            )
+        if not rounding and (t.shape != p.shape or not same_layout(t, p)):
+            raise RuntimeError(
+                f"fusedopt: store tensor {i} must have its param's shape {tuple(p.shape)} and "
+                f"strides {p.stride()}, got {tuple(t.shape)} and {t.stride()}"
+            )
+
+
 class TritonBackend(backends.Backend):
     name = "triton"
     # With step counts on the params' device (torch's capturable layout) the
     # kernels read lr, counts, grad_scale and found_inf in memory: no host sync.
     supports_capturable = True
     counts_on_device = True
+    store_policies = master.POLICIES
 
     def __init__(self) -> None:
         self._launcher = None
@@ -80,6 +126,7 @@ class TritonBackend(backends.Backend):
         grad_scale=None,
         found_inf=None,
         cache=None,
+        store=None,
     ):
         # The ops' checks, in their order: hyperparameters, then the lists.
         check_hyper(rule, lr, hyper)
@@ -121,6 +168,7 @@ class TritonBackend(backends.Backend):
                 lr = lr.item()  # a CPU value: no device sync
         _device_scalar(grad_scale, "grad_scale", device)
         _device_scalar(found_inf, "found_inf", device)
+        _check_store(store, params)
         from fusedopt.kernels import mta, rules
 
         interpreter = backends.triton_interpreter_on()
@@ -157,4 +205,5 @@ class TritonBackend(backends.Backend):
             counts_on_device=step_devices == {device} and device.type != "cpu",
             block=mta.INTERPRETER_BLOCK_SIZE if interpreter else mta.BLOCK_SIZE,
             plans=cache,
+            **backends._store_args(store),
         )

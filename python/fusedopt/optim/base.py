@@ -506,8 +506,7 @@ class FusedOptimizer(Optimizer):
             # Note [master weights of a group]: torch cast them to the param's dtype.
             for key in (master.MASTER_KEY, master.COUNT_KEY):
                 if key in state and key in saved:
-                    device = param.device if key == master.MASTER_KEY else state[key].device
-                    state[key] = saved[key].to(device, torch.float32, copy=True)
+                    state[key] = saved[key].to(param.device, torch.float32, copy=True)
             # Scalar states (NAdam's mu_product) stay float32 beside the count:
             # torch's load casts them to the param's dtype and device.
             for key in self.rule.scalars:
@@ -1025,7 +1024,7 @@ def _new_policy_state(state: dict[str, Any], p: Tensor, policy: str) -> None:
     elif policy == "kahan_sum" and key not in state:
         state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
     elif policy == "stochastic_rounding" and master.COUNT_KEY not in state:
-        state[master.COUNT_KEY] = torch.zeros((), dtype=torch.float32)
+        state[master.COUNT_KEY] = torch.zeros((), dtype=torch.float32, device=p.device)
 
 
 def _store_of(group: Mapping[str, Any], call: _Call) -> backends.Store | None:

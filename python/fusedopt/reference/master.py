@@ -49,8 +49,10 @@ DEFAULT_SEED = 0
 # The states each policy keeps per param (torch's key names where one exists).
 MASTER_KEY = "master_param"  # fp32, the param's shape and layout
 KAHAN_KEY = "kahan_comp"  # the param's dtype, shape and layout
-# A float32 one-element count on the CPU, as torch's "step": Philox's counter
-# takes it after this step's increment (1 at the first step); exact to 2^24 steps.
+# A float32 one-element count on the param's device, as torch's capturable
+# "step": Philox's counter takes it after this step's increment (1 at the first
+# step); exact to 2^24 steps. The GPU kernels read it in memory and advance it
+# on the device (no host sync: Note [store arguments] in csrc/binding/checks.h).
 COUNT_KEY = "rounding_step"
 STATE_KEYS = {"master_weights": MASTER_KEY, "kahan_sum": KAHAN_KEY, "stochastic_rounding": None}
 POLICY_DTYPES = {
