@@ -102,10 +102,11 @@ StorePolicy check_store(const char* rule, const StepArgs& a, StateDtype state_dt
     const at::Tensor& p = a.params[i];
     const at::Tensor& t = a.store[i];
     if (rounding) {
-      TORCH_CHECK(t.scalar_type() == want && t.numel() == 1 && t.device().is_cpu(), "fusedopt: ",
-                  rule, ": store tensor ", i,
-                  " must be a one-element float32 rounding_step count on the CPU, got ",
-                  t.numel(), " elements of ", t.scalar_type(), " on ", t.device());
+      TORCH_CHECK(t.scalar_type() == want && t.numel() == 1 && t.device() == p.device(),
+                  "fusedopt: ", rule, ": store tensor ", i,
+                  " must be a one-element float32 rounding_step count on ", p.device(),
+                  " (its param's device), got ", t.numel(), " elements of ", t.scalar_type(),
+                  " on ", t.device());
       continue;
     }
     TORCH_CHECK(t.scalar_type() == want && t.device() == p.device(), "fusedopt: ", rule,

@@ -55,8 +55,11 @@ double cpu_scalar(const at::Tensor& t, const char* name);
 // `store_policy` (a StorePolicy), and per param in `store` its master
 // (float32) or Kahan compensation (the param's dtype), both in the param's
 // shape and layout, or for stochastic rounding its rounding_step: a
-// one-element float32 CPU count that the op advances after the loops as it
-// does state_steps (Philox's counter takes count + 1); `store_tags` the
+// one-element float32 count on the param's device that the op advances
+// after the loops as it does state_steps (Philox's counter takes count + 1).
+// On a GPU the kernels read it in memory and a launch after the element
+// launches advances it (unless found_inf): no host sync, capturable, as the
+// device step counts; `store_tags` the
 // params' tags and `rounding_seed` the seed's 64 bits, for stochastic rounding
 // only. Checks them, and that the params are bf16/fp16 (bf16 for stochastic
 // rounding) and the states not 8-bit; the policy.

@@ -57,7 +57,7 @@ void step_cuda(const char* rule, const StepArgs& a) {
   TORCH_CHECK(state_dtype != StateDtype::kInt8Blockwise, "fusedopt: ", rule,
               ": 8-bit blockwise states have no CUDA kernels yet (the cpu and reference "
               "backends step them)");
-  check_no_store(rule, a, "the cuda backend");
+  const StorePolicy store = check_store(rule, a, state_dtype);
   check_lists(rule, a, used_state_names<R>(mask), kScalarLists<R>, c10::DeviceType::CUDA,
               state_dtype);
   if (a.params.empty()) return;
@@ -79,7 +79,7 @@ void step_cuda(const char* rule, const StepArgs& a) {
       return;
     }
   }
-  const CudaWork<R> work = prepare_cuda<R>(a, config, mask, sources);
+  const CudaWork<R> work = prepare_cuda<R>(a, config, mask, sources, store);
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   const ParamDtype dtype = param_dtype(a.params[0].scalar_type());
@@ -90,6 +90,9 @@ void step_cuda(const char* rule, const StepArgs& a) {
   }
   for (const mta::AdvanceArgs<R>& args : work.advances) {
     C10_CUDA_CHECK(cuda::launch_advance<R>(args, stream));
+  }
+  for (const mta::StepIncrementArgs& args : work.store_advances) {
+    C10_CUDA_CHECK(cuda::launch_increment(args, stream));
   }
   work.advance_host_scalars();
 }

@@ -29,6 +29,9 @@ template <class R>
 struct CudaWork {
   std::vector<mta::Launch<R>> launches;
   std::vector<mta::AdvanceArgs<R>> advances;  // empty unless steps_in_kernel
+  // Stochastic rounding's rounding_step counts, advanced on the device after
+  // the element launches (Note [store arguments] in checks.h).
+  std::vector<mta::StepIncrementArgs> store_advances;
   std::vector<float*> host_steps;  // advanced by the host after the launches
   // Note [scalar states] (core/rule.h): (where, value after this step),
   // stored by the host after the launches.
@@ -42,10 +45,10 @@ struct CudaWork {
 };
 
 // Fills every launch's kernel arguments from checked tensors of a call
-// (`config` and `mask` from R::config and state_mask).
+// (`config` and `mask` from R::config and state_mask; `store` from check_store).
 template <class R>
 CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, uint32_t mask,
-                         const CudaScalarSources& sources) {
+                         const CudaScalarSources& sources, StorePolicy store) {
   const size_t n = a.params.size();
   constexpr int kS = kScalarStates<R>;
   if constexpr (kS > 0) {
@@ -70,7 +73,10 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
   header.grad_scale = sources.grad_scale;
   header.found_inf = sources.found_inf;
   header.scalars_on_device = sources.steps_in_kernel || sources.lr != nullptr;
+  header.store_policy = store;
+  header.rounding_seed = static_cast<uint64_t>(a.rounding_seed);
   CudaWork<R> work;
+  std::vector<float*> rounding_steps;
   std::vector<mta::Slot<R>> slots(n);
   std::vector<float*> device_steps;
   std::vector<float*> device_scalar_states;  // tensor-major: mta::build_advances
@@ -82,6 +88,13 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
       slot.state[k] = (mask >> k) & 1u ? a.states[used++ * n + i].data_ptr() : nullptr;
     }
     slot.numel = a.params[i].numel();
+    slot.store = nullptr;
+    slot.tag = 0;
+    if (store != StorePolicy::kNone) slot.store = a.store[i].data_ptr();
+    if (store == StorePolicy::kStochasticRounding) {
+      slot.tag = static_cast<uint32_t>(a.store_tags[i].toInt());
+      rounding_steps.push_back(a.store[i].data_ptr<float>());
+    }
     float* step = R::kHasStep ? a.steps[i].data_ptr<float>() : nullptr;
     // Note [step-count protocol]: the scalars of count + 1 (1 for a rule
     // without counts); the host advances its counts once the launches are queued.
@@ -106,6 +119,7 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
     if (step != nullptr) work.host_steps.push_back(step);
   }
   work.launches = mta::build_launches<R>(slots, header);
+  work.store_advances = mta::build_increments(rounding_steps, sources.found_inf);
   if (sources.steps_in_kernel) {
     work.advances = mta::build_advances<R>(device_steps, device_scalar_states, header);
   }

@@ -25,10 +25,10 @@ struct NoObserver {
   __device__ void updated(int32_t, int64_t, int32_t) {}
 };
 
-template <class R, typename P, typename S>
+template <class R, typename P, typename S, StorePolicy kStore>
 __device__ void element_kernel_body(const mta::LaunchArgs<R>& args) {
   NoObserver observer;
-  mta::element_thread<R, P, S>(args, static_cast<int32_t>(blockIdx.x), static_cast<int32_t>(gridDim.x),
+  mta::element_thread<R, P, S, kStore>(args, static_cast<int32_t>(blockIdx.x), static_cast<int32_t>(gridDim.x),
                             static_cast<int32_t>(threadIdx.x), mta::kBlockSize, observer);
 }
 
@@ -48,6 +48,10 @@ static cudaError_t advance(const mta::StepIncrementArgs& args, cudaStream_t stre
   return cudaGetLastError();
 }
 
+cudaError_t launch_increment(const mta::StepIncrementArgs& args, cudaStream_t stream) {
+  return advance(args, stream);
+}
+
 #define FUSEDOPT_SCALAR_ADVANCE_KERNEL(Type, name)                                              \
   extern "C" __global__ void __launch_bounds__(mta::kBlockSize)                                 \
       fusedopt_##name##_advance(const mta::ScalarAdvanceArgs<Type> args) {                      \
@@ -63,43 +67,79 @@ FUSEDOPT_SCALAR_ADVANCE_KERNEL(NAdam, nadam)
 #undef FUSEDOPT_SCALAR_ADVANCE_KERNEL
 
 // extern "C": plain symbol names (fusedopt_<rule>_<dtype>, and
-// fusedopt_<rule>_<dtype>_sbf16 with bf16 states), so that the SASS checks
-// (tests/test_cuda_sass.py) find each kernel by name. __launch_bounds__: see
-// mta::kMinBlocksPerSm.
-#define FUSEDOPT_ELEMENT_KERNEL(Type, name, suffix, P, S)                             \
+// fusedopt_<rule>_<dtype>_sbf16 with bf16 states; a 16-bit param's policy
+// kernels add _master, _kahan and, bf16 only, _sround: Note [master weights]
+// in core/master.h, one kernel per policy as mta::chunk_thread says), so that
+// the SASS checks (tests/test_cuda_sass.py) find each kernel by name.
+// __launch_bounds__: see mta::kMinBlocksPerSm.
+#define FUSEDOPT_ELEMENT_KERNEL(Type, name, suffix, P, S, store)                      \
   extern "C" __global__ void __launch_bounds__(mta::kBlockSize, mta::kMinBlocksPerSm) \
       fusedopt_##name##_##suffix(const mta::LaunchArgs<Type> args) {                  \
-    element_kernel_body<Type, P, S>(args);                                            \
+    element_kernel_body<Type, P, S, StorePolicy::store>(args);                        \
   }
-#define FUSEDOPT_LAUNCH_CASE(name, dtype, suffix)                                   \
-  case ParamDtype::dtype:                                                           \
-    fusedopt_##name##_##suffix<<<n_blocks, mta::kBlockSize, 0, stream>>>(args);     \
-    break;
-// Per rule: param dtypes x state dtypes (fp32, bf16): 6 kernels.
+// A 16-bit param dtype's kernels: plain, then master weights and Kahan.
+#define FUSEDOPT_16BIT_KERNELS(Type, name, suffix, P, S)                      \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, suffix, P, S, kNone)                    \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, suffix##_master, P, S, kMasterWeights) \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, suffix##_kahan, P, S, kKahanSum)
+#define FUSEDOPT_BF16_KERNELS(Type, name, suffix, S)      \
+  FUSEDOPT_16BIT_KERNELS(Type, name, suffix, Bf16, S)     \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, suffix##_sround, Bf16, S, kStochasticRounding)
+#define FUSEDOPT_CALL(name, suffix) \
+  fusedopt_##name##_##suffix<<<n_blocks, mta::kBlockSize, 0, stream>>>(args)
+// The kernel of the launch's policy (check_store took it for this dtype).
+#define FUSEDOPT_CALL_16BIT(name, suffix)                   \
+  if (store == StorePolicy::kMasterWeights) {               \
+    FUSEDOPT_CALL(name, suffix##_master);                   \
+  } else if (store == StorePolicy::kKahanSum) {             \
+    FUSEDOPT_CALL(name, suffix##_kahan);                    \
+  } else {                                                  \
+    FUSEDOPT_CALL(name, suffix);                            \
+  }
+#define FUSEDOPT_CALL_BF16(name, suffix)                    \
+  if (store == StorePolicy::kStochasticRounding) {          \
+    FUSEDOPT_CALL(name, suffix##_sround);                   \
+  } else {                                                  \
+    FUSEDOPT_CALL_16BIT(name, suffix)                       \
+  }
+// Per rule: param dtypes x state dtypes (fp32, bf16), with the 16-bit
+// params' policy kernels: 20 kernels.
 #define FUSEDOPT_RULE_KERNELS(Type, name)                                                     \
   static_assert(mta::check_launch_args<Type>());                                              \
-  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp32, float, float)                                     \
-  FUSEDOPT_ELEMENT_KERNEL(Type, name, bf16, Bf16, float)                                      \
-  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp16, Fp16, float)                                      \
-  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp32_sbf16, float, Bf16)                                \
-  FUSEDOPT_ELEMENT_KERNEL(Type, name, bf16_sbf16, Bf16, Bf16)                                 \
-  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp16_sbf16, Fp16, Bf16)                                 \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp32, float, float, kNone)                              \
+  FUSEDOPT_BF16_KERNELS(Type, name, bf16, float)                                              \
+  FUSEDOPT_16BIT_KERNELS(Type, name, fp16, Fp16, float)                                       \
+  FUSEDOPT_ELEMENT_KERNEL(Type, name, fp32_sbf16, float, Bf16, kNone)                         \
+  FUSEDOPT_BF16_KERNELS(Type, name, bf16_sbf16, Bf16)                                         \
+  FUSEDOPT_16BIT_KERNELS(Type, name, fp16_sbf16, Fp16, Bf16)                                  \
   template <>                                                                                 \
   cudaError_t launch_elements<Type>(const mta::LaunchArgs<Type>& args, int32_t n_blocks,      \
                                     ParamDtype dtype, StateDtype state_dtype,                 \
                                     cudaStream_t stream) {                                    \
-    if (state_dtype == StateDtype::kBFloat16) {                                               \
-      switch (dtype) {                                                                        \
-        FUSEDOPT_LAUNCH_CASE(name, kFloat32, fp32_sbf16)                                      \
-        FUSEDOPT_LAUNCH_CASE(name, kBFloat16, bf16_sbf16)                                     \
-        FUSEDOPT_LAUNCH_CASE(name, kFloat16, fp16_sbf16)                                      \
-      }                                                                                       \
-    } else {                                                                                  \
-      switch (dtype) {                                                                        \
-        FUSEDOPT_LAUNCH_CASE(name, kFloat32, fp32)                                            \
-        FUSEDOPT_LAUNCH_CASE(name, kBFloat16, bf16)                                           \
-        FUSEDOPT_LAUNCH_CASE(name, kFloat16, fp16)                                            \
-      }                                                                                       \
+    const StorePolicy store = args.header.store_policy;                                       \
+    const bool bf16_states = state_dtype == StateDtype::kBFloat16;                            \
+    switch (dtype) {                                                                          \
+      case ParamDtype::kFloat32:                                                              \
+        if (bf16_states) {                                                                    \
+          FUSEDOPT_CALL(name, fp32_sbf16);                                                    \
+        } else {                                                                              \
+          FUSEDOPT_CALL(name, fp32);                                                          \
+        }                                                                                     \
+        break;                                                                                \
+      case ParamDtype::kBFloat16:                                                             \
+        if (bf16_states) {                                                                    \
+          FUSEDOPT_CALL_BF16(name, bf16_sbf16)                                                \
+        } else {                                                                              \
+          FUSEDOPT_CALL_BF16(name, bf16)                                                      \
+        }                                                                                     \
+        break;                                                                                \
+      case ParamDtype::kFloat16:                                                              \
+        if (bf16_states) {                                                                    \
+          FUSEDOPT_CALL_16BIT(name, fp16_sbf16)                                               \
+        } else {                                                                              \
+          FUSEDOPT_CALL_16BIT(name, fp16)                                                     \
+        }                                                                                     \
+        break;                                                                                \
     }                                                                                         \
     return cudaGetLastError();                                                                \
   }                                                                                           \
@@ -109,7 +149,11 @@ FUSEDOPT_SCALAR_ADVANCE_KERNEL(NAdam, nadam)
   }
 FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_KERNELS)
 #undef FUSEDOPT_RULE_KERNELS
-#undef FUSEDOPT_LAUNCH_CASE
+#undef FUSEDOPT_CALL_BF16
+#undef FUSEDOPT_CALL_16BIT
+#undef FUSEDOPT_CALL
+#undef FUSEDOPT_BF16_KERNELS
+#undef FUSEDOPT_16BIT_KERNELS
 #undef FUSEDOPT_ELEMENT_KERNEL
 
 }  // namespace fusedopt::cuda

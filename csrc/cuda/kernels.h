@@ -25,4 +25,8 @@ cudaError_t launch_elements(const mta::LaunchArgs<R>& args, int32_t n_blocks, Pa
 template <class R>
 cudaError_t launch_advance(const mta::AdvanceArgs<R>& args, cudaStream_t stream);
 
+// One launch of fusedopt_step_increment: count += 1 for each of its counts,
+// unless *found_inf (stochastic rounding's rounding_step counts).
+cudaError_t launch_increment(const mta::StepIncrementArgs& args, cudaStream_t stream);
+
 }  // namespace fusedopt::cuda

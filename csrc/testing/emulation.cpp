@@ -34,6 +34,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "binding/cuda_work.h"
@@ -108,7 +109,7 @@ struct EmulationObserver {
 
 // Runs every launch of `work` over a grid of grid_blocks(n_chunks,
 // max_grid_blocks) blocks of `threads_per_block` threads; returns the blocks run.
-template <class R, typename P, typename S>
+template <class R, typename P, typename S, StorePolicy kStore>
 int64_t emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_block,
                          int32_t max_grid_blocks, EmulationObserver& observer) {
   int64_t blocks_run = 0;
@@ -117,8 +118,8 @@ int64_t emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_b
     const int32_t n_blocks = mta::grid_blocks(launch.args.header.n_chunks, max_grid_blocks);
     for (int32_t block = 0; block < n_blocks; ++block) {
       for (int32_t thread = 0; thread < threads_per_block; ++thread) {
-        mta::element_thread<R, P, S>(launch.args, block, n_blocks, thread, threads_per_block,
-                                  observer);
+        mta::element_thread<R, P, S, kStore>(launch.args, block, n_blocks, thread,
+                                             threads_per_block, observer);
       }
     }
     blocks_run += n_blocks;
@@ -130,24 +131,52 @@ int64_t emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_b
       }
     }
   }
+  for (const mta::StepIncrementArgs& args : work.store_advances) {
+    for (int32_t block = 0; block < mta::advance_blocks(args); ++block) {
+      for (int32_t thread = 0; thread < mta::kBlockSize; ++thread) {
+        mta::advance_thread(args, block, thread);
+      }
+    }
+  }
   // The host's counts advance once the launches are queued, as in the CUDA op.
   work.advance_host_scalars();
   return blocks_run;
 }
 
-// emulate_launches for the call's param dtype, with states stored as S.
+// emulate_launches of a 16-bit param dtype P with the kernel of the call's
+// policy, as cuda::launch_elements picks it.
+template <class R, typename P, typename S>
+int64_t emulate_policy(StorePolicy store, const binding::CudaWork<R>& work, int32_t threads,
+                       int32_t grid_cap, EmulationObserver& observer) {
+  if (store == StorePolicy::kMasterWeights) {
+    return emulate_launches<R, P, S, StorePolicy::kMasterWeights>(work, threads, grid_cap,
+                                                                  observer);
+  }
+  if (store == StorePolicy::kKahanSum) {
+    return emulate_launches<R, P, S, StorePolicy::kKahanSum>(work, threads, grid_cap, observer);
+  }
+  if constexpr (std::is_same_v<P, Bf16>) {
+    if (store == StorePolicy::kStochasticRounding) {
+      return emulate_launches<R, P, S, StorePolicy::kStochasticRounding>(work, threads, grid_cap,
+                                                                         observer);
+    }
+  }
+  return emulate_launches<R, P, S, StorePolicy::kNone>(work, threads, grid_cap, observer);
+}
+
+// emulate_launches for the call's param dtype and policy, with states stored as S.
 template <class R, typename S>
-int64_t emulate_for_dtype(const StepArgs& a, const binding::CudaWork<R>& work, int32_t threads,
-                          int32_t grid_cap, EmulationObserver& observer) {
+int64_t emulate_for_dtype(const StepArgs& a, StorePolicy store, const binding::CudaWork<R>& work,
+                          int32_t threads, int32_t grid_cap, EmulationObserver& observer) {
   switch (binding::param_dtype(a.params[0].scalar_type())) {
     case ParamDtype::kBFloat16:
-      return emulate_launches<R, Bf16, S>(work, threads, grid_cap, observer);
+      return emulate_policy<R, Bf16, S>(store, work, threads, grid_cap, observer);
     case ParamDtype::kFloat16:
-      return emulate_launches<R, Fp16, S>(work, threads, grid_cap, observer);
+      return emulate_policy<R, Fp16, S>(store, work, threads, grid_cap, observer);
     case ParamDtype::kFloat32:
       break;
   }
-  return emulate_launches<R, float, S>(work, threads, grid_cap, observer);
+  return emulate_launches<R, float, S, StorePolicy::kNone>(work, threads, grid_cap, observer);
 }
 
 // steps_in_kernel, lr_in_kernel, threads_per_block, max_grid_blocks
@@ -173,6 +202,7 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   const StateDtype state_dtype = binding::state_dtype_of(a);
   TORCH_CHECK(state_dtype != StateDtype::kInt8Blockwise,
               "fusedopt: the CUDA traversal has no 8-bit blockwise states yet");
+  const StorePolicy store = binding::check_store(kName, a, state_dtype);
   binding::check_lists(kName, a, binding::used_state_names<R>(mask), kScalarLists<R>,
                        c10::DeviceType::CPU, state_dtype);
   TORCH_CHECK(threads_per_block >= 1 && threads_per_block <= mta::kBlockSize,
@@ -200,12 +230,12 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
         steps_in_kernel, lr_in_kernel ? a.lr_tensor->data_ptr<float>() : nullptr, lr,
         a.grad_scale.has_value() ? a.grad_scale->data_ptr<float>() : nullptr,
         device_reads_found_inf ? found_inf : nullptr};
-    work = binding::prepare_cuda<R>(a, config, mask, sources);
+    work = binding::prepare_cuda<R>(a, config, mask, sources, store);
     const int32_t threads = static_cast<int32_t>(threads_per_block);
     const int32_t grid_cap = static_cast<int32_t>(max_grid_blocks.value_or(INT32_MAX));
     blocks_run = state_dtype == StateDtype::kBFloat16
-                     ? emulate_for_dtype<R, Bf16>(a, work, threads, grid_cap, observer)
-                     : emulate_for_dtype<R, float>(a, work, threads, grid_cap, observer);
+                     ? emulate_for_dtype<R, Bf16>(a, store, work, threads, grid_cap, observer)
+                     : emulate_for_dtype<R, float>(a, store, work, threads, grid_cap, observer);
   }
   int64_t chunks = 0, never = 0, more = 0;
   for (const mta::Launch<R>& launch : work.launches) chunks += launch.args.header.n_chunks;

@@ -216,6 +216,7 @@ class CudaBackend(_CompiledOpBackend):
     name = "cuda"
     supports_capturable = True
     counts_on_device = True
+    store_policies = master.POLICIES
 
     def unavailable_reason(self):
         if not _extension.loaded():

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "fusedopt/core/master.h"
 #include "fusedopt/core/rule.h"
 
 namespace fusedopt::mta {
@@ -66,6 +67,13 @@ struct Slot : SlotScalarStates<kScalarStates<R>> {
   int64_t numel;           // 64-bit: tensors over 2^31 elements are real
   typename R::PerTensor scalars;  // computed on the host; read when !scalars_on_device
   float host_step;         // the host's count after this step, for a device lr with host counts
+  // Note [master weights] in core/master.h, under the launch's store_policy:
+  // the param's master (fp32) or Kahan compensation (the param's dtype), or
+  // for stochastic rounding its rounding_step count (float32, device memory);
+  // null without a policy. The tag is stochastic rounding's Philox word 3
+  // (it fills host_step's padding: Adam's slot stays 80 B + the pointer).
+  void* store;
+  uint32_t tag;
 };
 
 // The launch-wide fields of LaunchArgs, apart so that their size is known
@@ -89,6 +97,10 @@ struct LaunchHeader {
   bool scalars_on_device;
   // Chunks in this launch's table (chunk_slot, chunk_index): each launch sets its own.
   int32_t n_chunks;
+  // How bf16/fp16 params are stored (Note [master weights] in core/master.h;
+  // Slot::store), and stochastic rounding's Philox key.
+  StorePolicy store_policy;
+  uint64_t rounding_seed;
 };
 
 // Slots and chunks per launch, derived from the rule's slot size and the

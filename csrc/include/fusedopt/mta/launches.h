@@ -82,28 +82,37 @@ std::vector<Launch<R>> build_launches(const std::vector<Slot<R>>& slots,
 // count and scalar states advance like the others'). `steps[i]` is tensor i's
 // count; `scalar_states[i * kScalarStates<R> + j]` its j-th scalar state (none
 // for a rule without). `header` gives config, lr and found_inf.
+// Count increments (fusedopt_step_increment) of `steps`, unless *found_inf:
+// the step counts of a rule without scalar states, and stochastic rounding's
+// rounding_step counts (Note [store arguments] in binding/checks.h).
+inline std::vector<StepIncrementArgs> build_increments(const std::vector<float*>& steps,
+                                                       const float* found_inf) {
+  std::vector<StepIncrementArgs> launches;
+  for (size_t first = 0; first < steps.size(); first += kStepsPerLaunch) {
+    StepIncrementArgs& args = launches.emplace_back();
+    const size_t end =
+        first + kStepsPerLaunch < steps.size() ? first + kStepsPerLaunch : steps.size();
+    args.found_inf = found_inf;
+    args.n_steps = static_cast<int32_t>(end - first);
+    for (size_t i = first; i < end; ++i) args.steps[i - first] = steps[i];
+  }
+  return launches;
+}
+
 template <class R>
 std::vector<AdvanceArgs<R>> build_advances(const std::vector<float*>& steps,
                                            const std::vector<float*>& scalar_states,
                                            const LaunchHeader<R>& header) {
-  std::vector<AdvanceArgs<R>> launches;
   constexpr int kS = kScalarStates<R>;
-  constexpr int32_t kPerLaunch = [] {
-    if constexpr (kS == 0) {
-      return kStepsPerLaunch;
-    } else {
-      return ScalarAdvanceArgs<R>::kSteps;
-    }
-  }();
-  for (size_t first = 0; first < steps.size(); first += kPerLaunch) {
-    AdvanceArgs<R>& args = launches.emplace_back();
-    const size_t end = first + kPerLaunch < steps.size() ? first + kPerLaunch : steps.size();
-    const int32_t n_steps = static_cast<int32_t>(end - first);
-    if constexpr (kS == 0) {
-      args.found_inf = header.found_inf;
-      args.n_steps = n_steps;
-      for (size_t i = first; i < end; ++i) args.steps[i - first] = steps[i];
-    } else {
+  if constexpr (kS == 0) {
+    return build_increments(steps, header.found_inf);
+  } else {
+    std::vector<AdvanceArgs<R>> launches;
+    constexpr int32_t kPerLaunch = ScalarAdvanceArgs<R>::kSteps;
+    for (size_t first = 0; first < steps.size(); first += kPerLaunch) {
+      AdvanceArgs<R>& args = launches.emplace_back();
+      const size_t end = first + kPerLaunch < steps.size() ? first + kPerLaunch : steps.size();
+      const int32_t n_steps = static_cast<int32_t>(end - first);
       args.header = {header.config, header.lr, header.lr_value, header.found_inf, n_steps};
       for (size_t i = first; i < end; ++i) {
         ScalarAdvanceEntry<R>& entry = args.entries[i - first];
@@ -111,8 +120,8 @@ std::vector<AdvanceArgs<R>> build_advances(const std::vector<float*>& steps,
         for (int j = 0; j < kS; ++j) entry.scalar_state[j] = scalar_states[i * kS + j];
       }
     }
+    return launches;
   }
-  return launches;
 }
 
 // Blocks of kBlockSize threads that one advance launch needs: a thread per tensor.

@@ -18,7 +18,9 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
+#include "fusedopt/core/master.h"
 #include "fusedopt/core/rule.h"
 #include "fusedopt/core/storage.h"
 #include "fusedopt/mta/args.h"
@@ -124,6 +126,43 @@ FUSEDOPT_HD void store_floats(T* dst, const Strided<N>& at, const float (&src)[N
   }
 }
 
+// Stores values already in T (a master-weight store's rounded params) into a
+// group of `dst`, as they are.
+template <int N, typename T, typename Observer>
+FUSEDOPT_HD void store_values(T* dst, const Contiguous<N>& at, const T (&src)[N],
+                              Observer& observer) {
+  constexpr int kPack = kPackSize<T, N>;
+  Pack<T, kPack>* packs = reinterpret_cast<Pack<T, kPack>*>(dst + at.first);
+  assume_global(packs);
+  for (int a = 0; a < N / kPack; ++a) {
+    Pack<T, kPack> pack;
+    for (int j = 0; j < kPack; ++j) pack.v[j] = src[a * kPack + j];
+    observer.access(packs + a, static_cast<int>(sizeof(Pack<T, kPack>)), true);
+    packs[a] = pack;
+  }
+}
+
+template <int N, typename T, typename Observer>
+FUSEDOPT_HD void store_values(T* dst, const Strided<N>& at, const T (&src)[N],
+                              Observer& observer) {
+  assume_global(dst);
+  for (int r = 0; r < N; ++r) {
+    if (!at.has(r)) continue;
+    observer.access(dst + at.index(r), static_cast<int>(sizeof(T)), false);
+    dst[at.index(r)] = src[r];
+  }
+}
+
+// Element r of a group: its index in the chunk.
+template <int N>
+FUSEDOPT_HD int32_t index_in_chunk(const Contiguous<N>& at, int r) {
+  return at.first + r;
+}
+template <int N>
+FUSEDOPT_HD int32_t index_in_chunk(const Strided<N>& at, int r) {
+  return at.index(r);
+}
+
 // Tells the observer which elements of the chunk starting at `chunk_start` a
 // group updated.
 template <int N, typename Observer>
@@ -140,6 +179,21 @@ FUSEDOPT_HD void report_updated(Observer& observer, int32_t slot, int64_t chunk_
   }
 }
 
+// One chunk's master-weight store (Note [master weights] in core/master.h),
+// read once per chunk; the policy is the kernel's (chunk_thread).
+template <typename P>
+struct ChunkStore {
+  float* master;  // kMasterWeights, offset to the chunk
+  P* comp;        // kKahanSum, offset to the chunk
+  // kStochasticRounding: Philox's key and counter words 2 and 3 (the count
+  // after this step: Note [store arguments] in binding/checks.h), and the
+  // chunk's first element's index in the param (words 0 and 1 add the
+  // element's index in the chunk).
+  uint64_t seed;
+  uint32_t rounding_step, tag;
+  int64_t first;
+};
+
 // One chunk's buffers, offset to the chunk's first element. S: the states'
 // storage, fp32 or bf16 (Note [state dtypes] in core/storage.h), loaded into
 // and stored from fp32 registers as P is.
@@ -148,7 +202,43 @@ struct ChunkBuffers {
   P* param;
   P* grad;
   S* state[R::kStates > 0 ? R::kStates : 1];  // null where unused
+  ChunkStore<P> store;
 };
+
+// Stores a group's new p under policy kStore, as cpu/loop.cpp's run_stored
+// does, bit for bit. Kahan's old p and compensation are loaded here, after
+// the update, not kept from before it: the update already fills the 64
+// registers of kMinBlocksPerSm (Adam's 16-bit kernels), and 8 more values
+// live across it spilled (sm_90: 24-32 B of stack); the old p is read again
+// from the param, which nothing has written yet.
+template <StorePolicy kStore, int N, typename P, typename Group, typename Observer>
+FUSEDOPT_HD void store_param(P* param, const ChunkStore<P>& st, const Group& at,
+                             const float (&p)[N], Observer& observer) {
+  if constexpr (kStore == StorePolicy::kKahanSum) {
+    float old[N], comp[N];
+    load_floats(param, at, old, observer);
+    load_floats(st.comp, at, comp, observer);
+    P rounded[N];
+    for (int j = 0; j < N; ++j) {
+      const float u = comp[j] + (p[j] - old[j]);
+      from_float(old[j] + u, rounded[j]);
+      comp[j] = u - (to_float(rounded[j]) - old[j]);
+    }
+    store_values(param, at, rounded, observer);
+    store_floats(st.comp, at, comp, observer);
+  } else if constexpr (kStore == StorePolicy::kStochasticRounding) {
+    Bf16 rounded[N];
+    for (int j = 0; j < N; ++j) {
+      const uint64_t index = static_cast<uint64_t>(st.first + index_in_chunk(at, j));
+      rounded[j] =
+          stochastic_round_bf16(p[j], rounding_bits(st.seed, st.rounding_step, st.tag, index));
+    }
+    store_values(param, at, rounded, observer);
+  } else {
+    if constexpr (kStore == StorePolicy::kMasterWeights) store_floats(st.master, at, p, observer);
+    store_floats(param, at, p, observer);
+  }
+}
 
 // GradScaler's scale, read once per thread and launch: when `on`, grads are
 // divided by `scale` and stored back.
@@ -157,15 +247,21 @@ struct Unscale {
   float scale;
 };
 
-// One group of N elements of a chunk: load, unscale, update, store.
-template <class R, int N, typename P, typename S, typename Group, typename Observer>
+// One group of N elements of a chunk: load, unscale, update, store (the
+// param under policy kStore: Note [master weights] in core/master.h).
+template <class R, int N, StorePolicy kStore, typename P, typename S, typename Group,
+          typename Observer>
 FUSEDOPT_HD void element_group(const ChunkBuffers<R, P, S>& b, const Group& at,
                                const LaunchHeader<R>& h, const Unscale& unscale,
                                const typename R::PerTensor& scalars, Observer& observer) {
   const RuntimeStates used{h.state_mask};
   float p[N], g[N];
   float s[N][R::kStates > 0 ? R::kStates : 1];
-  load_floats(b.param, at, p, observer);
+  if constexpr (kStore == StorePolicy::kMasterWeights) {
+    load_floats(b.store.master, at, p, observer);
+  } else {
+    load_floats(b.param, at, p, observer);
+  }
   load_floats(b.grad, at, g, observer);
   for (int k = 0; k < R::kStates; ++k) {
     float column[N] = {};
@@ -177,12 +273,21 @@ FUSEDOPT_HD void element_group(const ChunkBuffers<R, P, S>& b, const Group& at,
     store_floats(b.grad, at, g, observer);
   }
   for (int j = 0; j < N; ++j) R::update(p[j], g[j], s[j], used, h.launch, scalars);
-  store_floats(b.param, at, p, observer);
+  if constexpr (kStore == StorePolicy::kNone) {
+    store_param<kStore>(b.param, b.store, at, p, observer);
+  }
   for (int k = 0; k < R::kStates; ++k) {
     if (!used.has(k)) continue;
     float column[N];
     for (int j = 0; j < N; ++j) column[j] = s[j][k];
     store_floats(b.state[k], at, column, observer);
+  }
+  // A policy's store comes after the states': its loads (Kahan) and Philox
+  // rounds then hold no state in registers. Before them, Adam's, RAdam's and
+  // RMSprop's 16-bit Kahan and stochastic-rounding kernels spilled 8-12 B on
+  // sm_90.
+  if constexpr (kStore != StorePolicy::kNone) {
+    store_param<kStore>(b.param, b.store, at, p, observer);
   }
 }
 
@@ -211,6 +316,24 @@ FUSEDOPT_HD typename R::PerTensor scalars_in_kernel(const LaunchHeader<R>& h, co
   return per_tensor_of<R>(h.config, lr, static_cast<double>(step), values);
 }
 
+// A chunk's store under policy kStore (ChunkStore), from its slot.
+template <class R, typename P, StorePolicy kStore>
+FUSEDOPT_HD ChunkStore<P> chunk_store(const LaunchHeader<R>& h, const Slot<R>& slot,
+                                      int64_t chunk_start) {
+  ChunkStore<P> st{nullptr, nullptr, h.rounding_seed, 0, slot.tag, chunk_start};
+  if constexpr (kStore == StorePolicy::kMasterWeights) {
+    st.master = static_cast<float*>(slot.store) + chunk_start;
+  } else if constexpr (kStore == StorePolicy::kKahanSum) {
+    st.comp = static_cast<P*>(slot.store) + chunk_start;
+  } else if constexpr (kStore == StorePolicy::kStochasticRounding) {
+    // Note [store arguments] (binding/checks.h): the count after this step;
+    // every chunk reads the old count, which a launch after the element
+    // launches advances.
+    st.rounding_step = static_cast<uint32_t>(*static_cast<const float*>(slot.store)) + 1u;
+  }
+  return st;
+}
+
 // Elements per vector group: one 16-byte pack of each fp32 stream; 8 bytes of
 // a bf16/fp16 param or grad. (Groups of 8 gave 16-bit params 16-byte packs
 // too, but took 77-79 registers on sm_100/sm_120 for Adam, and spilled when
@@ -221,8 +344,20 @@ constexpr int32_t kGroup = 4;
 // scalar path fits the same registers.
 constexpr int32_t kIlp = 4;
 
-// Thread `thread` (of `n_threads`) of a block on table entry `entry` of a launch.
-template <class R, typename P, typename S, typename Observer>
+// Elements per scalar group of a policy kernel: its scalar path (per-element
+// addresses and bounds, plus Kahan's two loads or Philox's rounds after the
+// update) spilled 4-12 B at 4 in Adam's, RAdam's and RMSprop's 16-bit kernels
+// on sm_90 (at the 64 registers of kMinBlocksPerSm); at 2, none. The scalar
+// path runs only in tails and unaligned views.
+constexpr int32_t kStoreIlp = 2;
+
+// Thread `thread` (of `n_threads`) of a block on table entry `entry` of a
+// launch whose bf16/fp16 params are stored under policy kStore (kNone for
+// fp32 params). One kernel per policy: with the four stores' loops in one
+// kernel, ptxas spilled 8-20 B in Adam's and RMSprop's 16-bit kernels on
+// sm_90 (at the 64 registers of kMinBlocksPerSm), with any one of them none;
+// and the policy-free kernels stay as they were.
+template <class R, typename P, typename S, StorePolicy kStore, typename Observer>
 FUSEDOPT_HD void chunk_thread(const LaunchArgs<R>& args, int32_t entry, int32_t thread,
                               int32_t n_threads, const Unscale& unscale, Observer& observer) {
   const LaunchHeader<R>& h = args.header;
@@ -234,8 +369,10 @@ FUSEDOPT_HD void chunk_thread(const LaunchArgs<R>& args, int32_t entry, int32_t 
   const int32_t n = static_cast<int32_t>(left < kChunkSize ? left : kChunkSize);
   const typename R::PerTensor scalars =
       h.scalars_on_device ? scalars_in_kernel(h, slot) : slot.scalars;
-  ChunkBuffers<R, P, S> b{
-      static_cast<P*>(slot.param) + chunk_start, static_cast<P*>(slot.grad) + chunk_start, {}};
+  ChunkBuffers<R, P, S> b{static_cast<P*>(slot.param) + chunk_start,
+                          static_cast<P*>(slot.grad) + chunk_start,
+                          {},
+                          chunk_store<R, P, kStore>(h, slot, chunk_start)};
   // The vector path needs every buffer 16-byte aligned. A chunk starts a
   // multiple of 64K elements into its tensor, so this is the alignment of the
   // tensors' own data pointers; a view at an odd offset takes the scalar path.
@@ -244,15 +381,18 @@ FUSEDOPT_HD void chunk_thread(const LaunchArgs<R>& args, int32_t entry, int32_t 
     b.state[k] = slot.state[k] != nullptr ? static_cast<S*>(slot.state[k]) + chunk_start : nullptr;
     aligned = aligned && (b.state[k] == nullptr || is_aligned16(b.state[k]));
   }
+  aligned = aligned && (b.store.master == nullptr || is_aligned16(b.store.master)) &&
+            (b.store.comp == nullptr || is_aligned16(b.store.comp));
   const int32_t vector_end = aligned ? n - n % kGroup : 0;
   for (int32_t i = thread * kGroup; i < vector_end; i += n_threads * kGroup) {
     const Contiguous<kGroup> at{i};
-    element_group<R, kGroup>(b, at, h, unscale, scalars, observer);
+    element_group<R, kGroup, kStore>(b, at, h, unscale, scalars, observer);
     report_updated(observer, slot_index, chunk_start, at);
   }
-  for (int32_t i = vector_end + thread; i < n; i += n_threads * kIlp) {
-    const Strided<kIlp> at{i, n_threads, n};
-    element_group<R, kIlp>(b, at, h, unscale, scalars, observer);
+  constexpr int32_t kTail = kStore == StorePolicy::kNone ? kIlp : kStoreIlp;
+  for (int32_t i = vector_end + thread; i < n; i += n_threads * kTail) {
+    const Strided<kTail> at{i, n_threads, n};
+    element_group<R, kTail, kStore>(b, at, h, unscale, scalars, observer);
     report_updated(observer, slot_index, chunk_start, at);
   }
 }
@@ -261,7 +401,7 @@ FUSEDOPT_HD void chunk_thread(const LaunchArgs<R>& args, int32_t entry, int32_t 
 // launch: a persistent grid (grid_blocks in mta/launches.h) whose block b
 // takes the table's entries b, b + n_blocks, ... With n_blocks = n_chunks it
 // is one block per chunk.
-template <class R, typename P, typename S, typename Observer>
+template <class R, typename P, typename S, StorePolicy kStore, typename Observer>
 FUSEDOPT_HD void element_thread(const LaunchArgs<R>& args, int32_t block, int32_t n_blocks,
                                 int32_t thread, int32_t n_threads, Observer& observer) {
   const LaunchHeader<R>& h = args.header;
@@ -277,7 +417,7 @@ FUSEDOPT_HD void element_thread(const LaunchArgs<R>& args, int32_t block, int32_
   const Unscale unscale{h.grad_scale != nullptr, h.grad_scale != nullptr ? *h.grad_scale : 1.0f};
   const int32_t n_chunks = found_inf ? 0 : h.n_chunks;
   for (int32_t entry = block; entry < n_chunks; entry += n_blocks) {
-    chunk_thread<R, P, S>(args, entry, thread, n_threads, unscale, observer);
+    chunk_thread<R, P, S, kStore>(args, entry, thread, n_threads, unscale, observer);
   }
 }
 
