@@ -275,9 +275,8 @@ def _element_kernel(
                             )
                         )
                     s = s + (value,)
-                old = p
                 p, s = UPDATE(p, g, s, USED, launch, per_tensor)
-                _store_param(p_ptrs, p, old, store_row, offs, mask, PARAM_DTYPE, STORE_POLICY, FULL)
+                _store_param(p_ptrs, p, store_row, offs, mask, PARAM_DTYPE, STORE_POLICY, FULL)
                 for k in tl.static_range(MAX_STATES):
                     if (USED >> k) & 1:
                         tl.store(
@@ -300,7 +299,6 @@ def _load_param(p_ptrs, store_row, offs, mask, STORE_POLICY: tl.constexpr, FULL:
 def _store_param(
     p_ptrs,
     p,
-    old,
     store_row,
     offs,
     mask,
@@ -308,17 +306,20 @@ def _store_param(
     STORE_POLICY: tl.constexpr,
     FULL: tl.constexpr,
 ):
-    """Stores the rule's new p (`old` the p it stepped) by STORE_POLICY, in
+    """Stores the rule's new p by STORE_POLICY, in
     cpu/loop.cpp's run_stored order, bit for bit: the param rounded to
     nearest even; with master_weights the master too; with kahan_sum through
     the compensation (in the param's dtype); with stochastic rounding by the
-    bits of the element's index in the param's memory order (offs)."""
+    bits of the element's index in the param's memory order (offs). Kahan's
+    old p is read again from the param (not yet written), not kept live
+    across the update."""
     if STORE_POLICY == STORE_NONE or STORE_POLICY == STORE_MASTER_WEIGHTS:
         tl.store(p_ptrs, from_float(p, PARAM_DTYPE), mask=mask)
         if STORE_POLICY == STORE_MASTER_WEIGHTS:
             tl.store(_address(store_row, COL_STORE, tl.float32, FULL) + offs, p, mask=mask)
     elif STORE_POLICY == STORE_KAHAN_SUM:
         comp_ptrs = _address(store_row, COL_STORE, PARAM_DTYPE, FULL) + offs
+        old = to_float(tl.load(p_ptrs, mask=mask))
         update = to_float(tl.load(comp_ptrs, mask=mask)) + (p - old)
         rounded = from_float(old + update, PARAM_DTYPE)
         tl.store(p_ptrs, rounded, mask=mask)
@@ -548,8 +549,10 @@ class _Plan:
     (fusedopt/optim/base.py, Note [cached step plans])."""
 
     def __init__(
-        self, addresses, numels, n_states: int, used: int, host_counts: bool, device, store_key
+        self, addresses, numels, n_states: int, used: int, host_counts: bool, device, store_key=None
     ):
+        # store_key: (policy code, store addresses, tags, seed), None without a policy.
+        store_key = store_key or (STORE_NONE.value, [], [], 0)
         n = len(numels)
         self.addresses, self.numels, self.device = addresses, numels, device
         used_columns = [COL_STATE.value + k for k in range(MAX_STATES.value) if (used >> k) & 1]
@@ -812,6 +815,7 @@ class Launcher:
                     found_inf,
                     HAS_FOUND_INF=found_inf is not None,
                     BLOCK=TABLE_BLOCK,
+                    enable_fp_fusion=FP_FUSION,
                 )
                 self.launches += 1
         if host_counts:

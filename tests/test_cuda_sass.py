@@ -6,7 +6,8 @@ with fp32 states, and the same with the suffix _sbf16 for bf16 states) use
 grads and states), nothing spills to local memory, and the register count keeps two
 512-thread blocks resident per SM; the advance kernels too
 (fusedopt_step_increment, and fusedopt_<rule>_advance of the rules with
-scalar states).
+scalar states), and each 16-bit dtype's master-weight kernels (suffixes
+_master, _kahan, _sround: STORE_KERNELS).
 
 And what Note [bit-identical backends] (kernels/mta.py) asks of the code
 nvcc made, in the SASS of every arch and in the PTX the library embeds: no
@@ -47,6 +48,19 @@ PTX_ARCHS = [int(a) for a in cuda_archs.split(",") if a and not a.endswith("-rea
 PARAM_DTYPES = ("fp32", "bf16", "fp16")
 DTYPES = PARAM_DTYPES + tuple(f"{dtype}_sbf16" for dtype in PARAM_DTYPES)
 KERNELS = [f"fusedopt_{rule}_{dtype}" for rule in RULES for dtype in DTYPES]
+# A 16-bit param's master-weight kernels (Note [master weights] in
+# core/master.h): master weights and Kahan, and stochastic rounding for bf16.
+STORE_SUFFIXES = {
+    dtype: ("_master", "_kahan", "_sround") if dtype.startswith("bf16") else ("_master", "_kahan")
+    for dtype in DTYPES
+    if not dtype.startswith("fp32")
+}
+STORE_KERNELS = [
+    f"fusedopt_{rule}_{dtype}{suffix}"
+    for rule in RULES
+    for dtype, suffixes in STORE_SUFFIXES.items()
+    for suffix in suffixes
+]
 # Note [the advance launch] in mta/args.h: one kernel shared by the rules
 # without scalar states, one per rule with them.
 ADVANCE_KERNELS = ["fusedopt_step_increment"] + [
@@ -141,7 +155,7 @@ def test_no_spills_and_bounded_registers():
     usage = _resource_usage()
     failures = []
     for arch in ARCHS:
-        for kernel in KERNELS + ADVANCE_KERNELS:
+        for kernel in KERNELS + STORE_KERNELS + ADVANCE_KERNELS:
             res = usage.get((f"sm_{arch}", kernel))
             assert res is not None, f"no resource usage for {kernel} on sm_{arch}"
             if res["STACK"] != 0 or res["LOCAL"] != 0:
@@ -212,6 +226,42 @@ def test_ptx_is_uncontracted_ieee(rule):
         assert not any(".f64" in loop or "call" in loop for loop in loops), kernel
         if rule == "adam":
             assert ".f64" in body and "call" in body, f"{kernel}: the control has no pow"
+
+
+# Philox4x32-10's multipliers as SASS writes them (signed 32-bit immediates).
+PHILOX_IMMEDIATES = tuple(f"-{2**32 - m:#x}" for m in (0xD2511F53, 0xCD9E8D57))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("rule", RULES)
+def test_store_kernels_loops(rule, arch):
+    """Each master-weight kernel of the rule: a vector and a tail loop with no
+    contracted FFMA and no FP64 (as the plain kernels); its 16-bit store
+    by round to nearest even; stochastic rounding's Philox unrolled in each
+    loop: at least one element's 19 multiplies by M0 or M1 (2 a round, the
+    last round's word 0 needs one), and none in the other kernels."""
+    code_of = _sass_code(arch)
+    for kernel in (k for k in STORE_KERNELS if k.startswith(f"fusedopt_{rule}_")):
+        assert kernel in code_of, f"{kernel} missing from sm_{arch}"
+        code = code_of[kernel]
+        loops = [body for body in sass_loops(code) if len(body) > 1]
+        assert len(loops) >= 2, f"{kernel} sm_{arch}: want a vector and a tail loop"
+        for body in loops:
+            where = f"{kernel} sm_{arch} loop at {body[0].address:#x}"
+            assert contracted_fmas(body) == 0, f"{where}: {contracted_fmas(body)} contracted FMAs"
+            fp64 = [i.opcode for i in body + sass_called(code, body) if is_fp64(i.opcode)]
+            assert not fp64, f"{where}: FP64 {sorted(set(fp64))}"
+            products = [
+                i
+                for i in body
+                if "IMAD" in i.opcode and any(m in i.operands for m in PHILOX_IMMEDIATES)
+            ]
+            if kernel.endswith("_sround"):
+                assert len(products) >= 2 * 10 - 1, f"{where}: {len(products)} Philox products"
+            else:
+                assert not products, f"{where}: Philox products"
+        converts = [i.opcode for i in code if i.opcode.startswith("F2FP")]
+        assert all(not re.search(r"\.R[ZMP]\b", op) for op in converts), (kernel, converts)
 
 
 def test_the_readers_see_what_they_must_refuse():

@@ -8,7 +8,10 @@ ships in triton's wheel. Every rule of fusedopt.registry is compiled, for each
 param dtype and each of its state sets (STATE_SETS), with a GradScaler
 (grad_scale and found_inf in memory, the heaviest variant); the per-tensor
 table variant (Note [per-tensor scalars] in kernels/mta.py) only changes
-scalar loads, so it is compiled for fp32 params alone.
+scalar loads, so it is compiled for fp32 params alone. The master-weight
+stores (STORE_POLICY: 1 master weights, 2 Kahan, 3 stochastic rounding) are
+compiled for sm_90, each rule's every state set in bf16 and fp16 (stochastic
+rounding bf16 only), named <target>/<rule>_store<policy>_<dtype>_used<mask>.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ TARGETS = {
     "sm120": GPUTarget("cuda", 120, 32),
 }
 PARAM_DTYPES = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16}
+# The master-weight policies (StorePolicy codes) and the param dtypes each takes.
+STORE_VARIANTS = {1: ("bf16", "fp16"), 2: ("bf16", "fp16"), 3: ("bf16",)}
 # torch's caching allocator hands out 512-byte aligned blocks: the tables are
 # at least 16-byte aligned, as Triton assumes of every tensor argument.
 ALIGNED = [["tt.divisibility", 16]]
@@ -63,8 +68,9 @@ def _source(fn, signature: dict, constexprs: dict, aligned_args: tuple[str, ...]
     )
 
 
-def element_source(rule, dtype: str, used: int, in_table: bool) -> ASTSource:
-    """The element kernel as the launcher runs it with a GradScaler."""
+def element_source(rule, dtype: str, used: int, in_table: bool, store: int = 0) -> ASTSource:
+    """The element kernel as the launcher runs it with a GradScaler, its
+    params stored by policy `store` (a StorePolicy code)."""
     signature = {
         "tensor_table": "*i64",
         "block_table": "*i64",
@@ -72,6 +78,7 @@ def element_source(rule, dtype: str, used: int, in_table: bool) -> ASTSource:
         "launch": _fp32_tuple(rule.Launch),
         "grad_scale_ptr": "*fp32",
         "found_inf_ptr": "*fp32",
+        "store_table": "*i64",
     }
     constexprs = {
         "UPDATE": rule.update,
@@ -82,13 +89,14 @@ def element_source(rule, dtype: str, used: int, in_table: bool) -> ASTSource:
         "PER_TENSOR_IN_TABLE": in_table,
         "HAS_GRAD_SCALE": True,
         "HAS_FOUND_INF": True,
+        "STORE_POLICY": store,
         "BLOCK": mta.BLOCK_SIZE,
     }
     if in_table:
         constexprs["per_tensor"] = None
     else:
         signature["per_tensor"] = _fp32_tuple(rule.PerTensor)
-    aligned = ("tensor_table", "block_table", "per_tensor_table")
+    aligned = ("tensor_table", "block_table", "per_tensor_table", "store_table")
     return _source(mta._element_kernel, signature, constexprs, aligned)
 
 
@@ -188,6 +196,8 @@ def facts(source: ASTSource, target: GPUTarget, num_warps: int) -> dict:
         "st": len(re.findall(r"st\.global", ptx)),
         # Anything on doubles: add.f64, cvt.rn.f32.f64, a .reg .f64 declaration.
         "f64": ptx.count(".f64"),
+        # Philox's high products (stochastic rounding: kernels/storage.py).
+        "mul_hi_u32": len(re.findall(r"mul\.hi\.u32", ptx)),
         # Native bf16 conversions (cvt.rn.bf16x2.f32, cvt.f32.bf16, ...).
         "cvt_bf16": len(re.findall(r"\bcvt\.[\w.]*bf16", ptx)),
         **ptx_facts(ptx),
@@ -213,6 +223,14 @@ def main() -> None:
             if RULES[name].scalars:
                 out[f"{target_name}/{name}_advance"] = facts(count_source(rule), target, 4)
         out[f"{target_name}/count_steps"] = facts(count_source(), target, 4)
+    for name in RULES:
+        rule = rules.get(name)
+        for used in rule.STATE_SETS:
+            for store, dtypes in STORE_VARIANTS.items():
+                for dtype in dtypes:
+                    variant = f"sm90/{name}_store{store}_{dtype}_used{used:b}"
+                    source = element_source(rule, dtype, used, False, store)
+                    out[variant] = facts(source, TARGETS["sm90"], mta.NUM_WARPS)
     json.dump(out, sys.stdout, indent=1)
 
 
