@@ -148,10 +148,12 @@ def test_random_lists(rule):
         check_plan(rule, numels)
 
 
-def test_adam_2000_tensors_of_4096_in_at_most_8_launches():
-    # The issue's target (torch's fused AdamW: ~8; the 4 KB tables took 63).
+def test_adam_2000_tensors_of_4096_in_at_most_9_launches():
+    # The issue's target (torch's fused AdamW: ~8; the 4 KB tables took 63):
+    # 8 until the master-weight store's pointer grew the slot from 80 to 88 B
+    # (Slot in mta/args.h).
     launches = check_plan("adam", [4096] * 2000)
-    assert len(launches) <= 8, len(launches)
+    assert len(launches) <= 9, len(launches)
 
 
 def test_adam_gpt2_small_in_one_or_two_launches():
@@ -187,12 +189,12 @@ def test_persistent_grid_on_the_issue_workloads():
         }.items()
     }
     assert rows == {
-        "2000 x 4096": [254] * 7 + [222],
+        "2000 x 4096": [231] * 8 + [152],
         "gpt2": [1995],
         "64M": [1024],
         "320 chunks": [320],
     }
-    assert {grid_rounds(n) for n in rows["2000 x 4096"]} == {(254, 1, 254), (222, 1, 222)}
+    assert {grid_rounds(n) for n in rows["2000 x 4096"]} == {(231, 1, 231), (152, 1, 152)}
     assert grid_rounds(1995) == (264, 8, 147)
     assert grid_rounds(1024) == (264, 4, 232)
     assert grid_rounds(320) == (264, 2, 56)

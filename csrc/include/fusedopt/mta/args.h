@@ -46,7 +46,7 @@ constexpr size_t kMaxKernelArgBytes = 32764;
 // slots per launch derived from them, do not grow. At 32 KB, NAdam's slot
 // grows from 72 to 80 B (254 slots and 2,460 chunks a launch, from 256 and
 // 2,837: GPT-2 small still takes one launch), ASGD's from 64 to 80 B (255 and
-// 2,448, from 256 and 3,252).
+// 2,448, from 256 and 3,252); each 8 B more since the master-weight store (Slot).
 template <int kS>
 struct SlotScalarStates {
   const float* scalar_state[kS];  // null when the host owns the counts
@@ -68,12 +68,13 @@ struct Slot : SlotScalarStates<kScalarStates<R>> {
   typename R::PerTensor scalars;  // computed on the host; read when !scalars_on_device
   float host_step;         // the host's count after this step, for a device lr with host counts
   // Note [master weights] in core/master.h, under the launch's store_policy:
-  // the param's master (fp32) or Kahan compensation (the param's dtype), or
-  // for stochastic rounding its rounding_step count (float32, device memory);
-  // null without a policy. The tag is stochastic rounding's Philox word 3
-  // (it fills host_step's padding: Adam's slot stays 80 B + the pointer).
-  void* store;
+  // the param's tag, stochastic rounding's Philox word 3 (in host_step's
+  // padding), and its master (fp32) or Kahan compensation (the param's
+  // dtype), or for stochastic rounding its rounding_step count (float32,
+  // device memory); null without a policy. Adam's slot: 80 -> 88 B, 254 -> 231
+  // slots a launch, so 2000 params of 4096 take 9 launches, not 8.
   uint32_t tag;
+  void* store;
 };
 
 // The launch-wide fields of LaunchArgs, apart so that their size is known
@@ -107,8 +108,8 @@ struct LaunchHeader {
 // kernel-parameter space, as ATen derives its depth table: slots take up to
 // kSlotShare of the space (capped at 256, the uint8 chunk -> slot index), the
 // chunk table (5 bytes an entry: a uint8 slot and an int32 chunk index) the
-// rest. For Adam at 32 KB: 254 slots of 80 B and 2,458 chunks, so 2000 x 4096
-// fp32 params take 8 launches and GPT-2 small (148 tensors, 1,995 chunks) one.
+// rest. For Adam at 32 KB: 231 slots of 88 B and 2,453 chunks, so 2000 x 4096
+// fp32 params take 9 launches and GPT-2 small (148 tensors, 1,995 chunks) one.
 constexpr size_t kSlotShareNumerator = 5, kSlotShareDenominator = 8;
 constexpr size_t kMaxSlotsPerLaunch = 256;
 constexpr size_t kChunkEntryBytes = sizeof(uint8_t) + sizeof(int32_t);

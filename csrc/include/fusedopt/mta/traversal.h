@@ -348,7 +348,9 @@ constexpr int32_t kIlp = 4;
 // addresses and bounds, plus Kahan's two loads or Philox's rounds after the
 // update) spilled 4-12 B at 4 in Adam's, RAdam's and RMSprop's 16-bit kernels
 // on sm_90 (at the 64 registers of kMinBlocksPerSm); at 2, none. The scalar
-// path runs only in tails and unaligned views.
+// path runs only in tails and unaligned views. (RMSprop's master and Kahan
+// kernels still spill 8-16 B on sm_100, in the vector loop: KNOWN_SPILLS in
+// tests/test_cuda_sass.py.)
 constexpr int32_t kStoreIlp = 2;
 
 // Thread `thread` (of `n_threads`) of a block on table entry `entry` of a
