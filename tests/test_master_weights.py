@@ -31,7 +31,7 @@ from _cuda_tools import REPO, run_cuobjdump
 from _op_hyper import OP_HYPER, op_lists
 from fusedopt import backends
 from fusedopt.reference import master
-from helpers import draw_grads, make_params
+from helpers import draw_grads, make_params, train_tiny_gpt2
 
 POLICIES = master.POLICIES
 SIZES = [1, 3, 257, (5, 7)]
@@ -525,3 +525,23 @@ def test_factored_passes_refuse_a_policy_and_auto_takes_the_reference(policy):
     explicit = fusedopt.Adafactor([{"params": params, policy: True}], lr=1e-2, backend="cpu")
     with pytest.raises(ValueError, match="passes have no master-weight store yet"):
         explicit.step()
+
+
+@pytest.mark.slow
+def test_tiny_gpt2_300_steps_within_1_percent():
+    """Issue 10's criterion: 300 steps of the tiny GPT-2 (helpers.train_tiny_gpt2)
+    in bf16 with each policy end within 1% of the fp32 run's loss (mean of the
+    last 20 steps). Measured (2026-11-23, ~35 s per run): fp32 6.1485; bf16
+    params with kahan_sum 6.1234 (-0.41%), stochastic_rounding 6.1240
+    (-0.40%), master_weights 6.1227 (-0.42%). At this lr (3e-3) plain bf16
+    also ends within 1% (6.1505): this run checks that no policy hurts; the
+    MLP test above, at a smaller lr, is the one that shows what they save."""
+    fp32 = train_tiny_gpt2()
+    final = {"fp32": sum(fp32[-20:]) / 20}
+    for policy in POLICIES:
+        curve = train_tiny_gpt2(dtype=torch.bfloat16, **{policy: True})
+        print(policy, [round(curve[i], 4) for i in (0, 50, 100, 200, 299)])
+        final[policy] = sum(curve[-20:]) / 20
+    print(final)
+    for policy in POLICIES:
+        assert abs(final[policy] - final["fp32"]) <= 0.01 * final["fp32"], final

@@ -35,7 +35,7 @@ from _op_hyper import OP_HYPER
 from cases import CASES
 from fusedopt.reference import codecs
 from fusedopt.registry import RULES
-from helpers import draw_grads, make_params
+from helpers import draw_grads, make_params, train_tiny_gpt2
 
 BNB = importlib.util.find_spec("bitsandbytes") is not None
 TRITON = importlib.util.find_spec("triton") is not None
@@ -526,46 +526,6 @@ def test_short_training_ends_near_fp32():
         assert abs(got - fp32) <= 0.02 * fp32, (state_dtype, got, fp32)
 
 
-def _train_tiny_gpt2(state_dtype: str, steps: int = 300) -> list[float]:
-    """The issue's quality run: a tiny random GPT-2 (2 layers, width 64, 8,192
-    token embedding rows, so most matrices are 8-bit) on generated tokens (a
-    fixed random bigram chain), AdamW lr 3e-3; the loss curve."""
-    transformers = pytest.importorskip("transformers")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        config = transformers.GPT2Config(
-            vocab_size=8192,
-            n_positions=64,
-            n_embd=64,
-            n_layer=2,
-            n_head=4,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-        model = transformers.GPT2LMHeadModel(config)
-        gen = torch.Generator().manual_seed(1)
-        successor = torch.randint(0, 8192, (8192, 4), generator=gen)
-        opt = fusedopt.AdamW(model.parameters(), lr=3e-3, state_dtype=state_dtype)
-        losses = []
-        for k in range(steps):
-            g = torch.Generator().manual_seed(100 + k)
-            tokens = [torch.randint(0, 8192, (16,), generator=g)]
-            for _ in range(31):
-                pick = torch.randint(0, 4, (16,), generator=g)
-                tokens.append(successor[tokens[-1], pick])
-            batch = torch.stack(tokens, dim=1)
-            loss = model(input_ids=batch, labels=batch).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
-        return losses
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_tiny_gpt2_300_steps_within_1_percent():
     """Issue 10's criterion: 300 steps of a tiny GPT-2 with bf16 and 8-bit
@@ -574,7 +534,7 @@ def test_tiny_gpt2_300_steps_within_1_percent():
     8-bit 6.1601 (+0.19%); the curves at steps 0/50/100/200/299: fp32 9.010,
     8.812, 8.427, 7.363, 5.886; bf16 9.010, 8.812, 8.429, 7.376, 5.907; 8-bit
     9.010, 8.815, 8.439, 7.372, 5.905."""
-    curves = {sd: _train_tiny_gpt2(sd) for sd in ("fp32", "bf16", "int8")}
+    curves = {sd: train_tiny_gpt2(state_dtype=sd) for sd in ("fp32", "bf16", "int8")}
     final = {sd: sum(c[-20:]) / 20 for sd, c in curves.items()}
     print({sd: [round(c[i], 4) for i in (0, 50, 100, 200, 299)] for sd, c in curves.items()})
     print(final)
