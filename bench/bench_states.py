@@ -7,11 +7,13 @@ On one fp32 tensor, interleaved step by step: fusedopt's cpu backend with
 state_dtype "fp32", "bf16" and "int8" (8-bit blockwise, Dettmers et al. 2022)
 and torch.optim.AdamW(fused=True); then on one bf16 tensor fusedopt with fp32
 and bf16 states (issue 10: "14 B/param step traffic for bf16 params instead of
-22"). For each: the median ms per step, the speed-up over torch fused and over
-fusedopt's fp32 states on the same param dtype, the effective GB/s from its
-bytes per param (read p, g, m, v; write p, m, v: fp32 params with fp32 states
-28 B, bf16 states 20 B, 8-bit 18 B + 2 x 8 B of absmax per 256 elements; bf16
-params 6 B less), the
+22"). For each: the median ms per step; the median CPU time per step (all
+threads: on a machine shared with other jobs, what the step itself costs,
+its waits for a core left out, OpenMP's spin at the region's end counted);
+the speed-up over torch fused and over fusedopt's fp32 states on the same
+param dtype; the effective GB/s from its bytes per param (read p, g, m, v;
+write p, m, v: fp32 params with fp32 states 28 B, bf16 states 20 B, 8-bit
+18 B + 2 x 8 B of absmax per 256 elements; bf16 params 6 B less); the
 persistent state bytes per param (the state tensors' bytes, `step` left out,
 over the param's elements), and the step's peak temporary allocation: how far
 the process's resident set rose above its size before the step, at its peak
@@ -123,15 +125,17 @@ def main() -> None:
         opt.step()
         opt.step()
     times: dict[tuple[str, torch.dtype], list[float]] = {kind: [] for kind in KINDS}
+    cpu_times: dict[tuple[str, torch.dtype], list[float]] = {kind: [] for kind in KINDS}
     for _ in range(steps):
         for kind, opt in opts.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             opt.step()
             times[kind].append(time.perf_counter() - start)
+            cpu_times[kind].append(time.process_time() - cpu_start)
     info = provenance()
     print(", ".join(f"{k} {v}" for k, v in info.items()))
     print(f"AdamW, one tensor of {numel / 2**20:.0f}M params, median of {steps} steps")
-    header = ("states", "params", "ms/step", "GB/s", "vs torch fused", "vs fp32 states")
+    header = ("states", "params", "ms/step", "CPU ms/step", "GB/s", "vs torch fused", "vs fp32")
     print(" | ".join(header + ("state B/param", "peak temp MB")))
     rows = []
     ms_of = {kind: statistics.median(t) * 1e3 for kind, t in times.items()}
@@ -144,6 +148,7 @@ def main() -> None:
             "states": states,
             "params": DTYPE_NAMES[dtype],
             "ms": round(ms, 2),
+            "cpu_ms": round(statistics.median(cpu_times[kind]) * 1e3, 2),
             "gbs": round(moved * numel / ms / 1e6, 1),
             "vs_torch_fused": round(torch_ms / ms, 2),
             "vs_fp32_states": round(ms_of[("fp32", dtype)] / ms, 2),
