@@ -7,10 +7,13 @@
 // aliasing between the streams, no loop-carried dependence, and the only
 // switches that change memory traffic (param dtype, the state set, unscale)
 // lifted into template parameters so the inner loop carries no data-dependent
-// memory access. Bytes per element: read p, g and each used state, write p
-// and each used state (4 B per fp32 access, 2 B per bf16/fp16 p, g or state,
-// 1 B per 8-bit state code); +4 B (+2 B) when a GradScaler's unscaled grad is
-// stored back. Adam fp32: 28 B; bf16 states: 20 B; 8-bit states: 18 B.
+// memory access. The one exception is the 8-bit block codec on AVX-512
+// (encode_block8, decode_block8): intrinsics, because gcc turns its table
+// lookups into scalar loads. Bytes per element: read p, g and each used
+// state, write p and each used state (4 B per fp32 access, 2 B per bf16/fp16
+// p, g or state, 1 B per 8-bit state code); +4 B (+2 B) when a GradScaler's
+// unscaled grad is stored back. Adam fp32: 28 B; bf16 states: 20 B; 8-bit
+// states: 18 B.
 //
 // Software prefetching (4 KB ahead, across tensor boundaries) was tried and
 // measured for Adam: no change on 2000 x 16 KB tensors nor on one 32 MB
@@ -76,9 +79,9 @@ __attribute__((noinline)) void run_elements(P* __restrict__ param, P* __restrict
 // particular, emulates each gather with 16 scalar loads. Measured on 1M
 // normal floats in 256-element blocks, AVX-512 flags, best of 7 on the loaded
 // 2-core EPYC: signed map 1.76 -> 0.44 ns per element, unsigned 2.90 -> 0.40;
-// of those 0.4 ns, ~0.3 are the gather (0.11 without it). The last block of
-// a tensor may be short: masked lanes. Magnitudes' bits are below 2^31, so
-// signed compares order them.
+// of those 0.4 ns, ~0.3 are the gather (the loop without it: 0.11). The
+// last block of a tensor may be short: masked lanes. Magnitudes' bits are
+// below 2^31, so signed compares order them.
 template <bool kSigned>
 __attribute__((noinline)) void encode_block8(const float* __restrict__ values,
                                              uint8_t* __restrict__ out, float divisor,
