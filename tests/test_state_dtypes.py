@@ -587,14 +587,14 @@ int main(int argc, char** argv) {
 """
 
 
-def _run_encoder_check(tmp_path, stride: int) -> None:
+def _run_encoder_check(tmp_path, stride: int, check: str = ENCODER_CHECK) -> None:
     import shutil
     import subprocess
 
     if shutil.which("g++") is None:
         pytest.skip("needs g++ to compile the encoder check")
     source = tmp_path / "check.cpp"
-    source.write_text("#include <cstdlib>\n" + ENCODER_CHECK)
+    source.write_text("#include <cstdlib>\n" + check)
     binary = tmp_path / "check"
     build = ["g++", "-std=c++20", "-O2", f"-I{REPO / 'csrc/include'}", str(source), "-o"]
     subprocess.run([*build, str(binary)], check=True)
@@ -613,3 +613,87 @@ def test_fast_encoder_is_the_binary_search(tmp_path):
 def test_fast_encoder_is_the_binary_search_everywhere(tmp_path):
     """The same on every float of [-1, 1] (and every NaN): ~3 min."""
     _run_encoder_check(tmp_path, 1)
+
+
+# --- the CPU encoders of every ISA at the codes' edges --------------------------------
+
+KEYED_CHECK = ENCODER_CHECK.replace("encode_code8_fast<S>(x, mids)", "encode_code8_keyed<S>(x)")
+assert KEYED_CHECK != ENCODER_CHECK, "ENCODER_CHECK no longer calls encode_code8_fast"
+
+
+def test_keyed_encoder_is_the_binary_search(tmp_path):
+    """encode_code8_keyed (Note [keyed encoder]: the AVX-512 loop's encoder,
+    lane by lane) = encode_code8 (the definition) on every 97th float bit
+    pattern of [-1, 1] and every midpoint's neighbourhood, both maps."""
+    _run_encoder_check(tmp_path, 97, KEYED_CHECK)
+
+
+@pytest.mark.slow
+def test_keyed_encoder_is_the_binary_search_everywhere(tmp_path):
+    """The same on every float of [-1, 1] (and every NaN): ~3 min."""
+    _run_encoder_check(tmp_path, 1, KEYED_CHECK)
+
+
+# Each CPU loop's codes at every midpoint, its 8 float neighbours either side
+# and 1 / -1 (SGD's first-step buffer is the grad: signed map; Adagrad's sum
+# from zero is g * g: unsigned), against the codec on the same fp32 values.
+# Blocks of 255 probes and a 1.0, so x / absmax is the probe itself; short
+# last block: the AVX-512 encoder's masked lanes.
+EDGE_CODES_SCRIPT = r"""
+import sys
+import torch
+import fusedopt
+from fusedopt.reference import codecs
+from fusedopt.registry import RULES
+
+def probes(signed):
+    mids = codecs.dynamic_midpoints(signed)
+    bits = mids.view(torch.int32)
+    near = torch.cat([(bits + d).view(torch.float32) for d in range(-8, 9)])
+    x = torch.cat([near, torch.tensor([1.0, -1.0, 0.0, -0.0, float("nan")])])
+    per_block = codecs.BLOCK - 1
+    x = torch.cat([x, torch.zeros(-x.numel() % per_block)]).view(-1, per_block)
+    x = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1).reshape(-1)
+    return x[: x.numel() - 77]
+
+for name, hyper, signed in [
+    ("sgd", dict(momentum=0.9, dampening=0.0, weight_decay=0.0, weight_decay_mode=1,
+                 lr_max=0.125, nesterov=False, maximize=False, first_step=True), True),
+    ("adagrad", dict(lr_decay=0.0, eps=1e-10, weight_decay=0.0, weight_decay_mode=1,
+                     lr_max=0.125, maximize=False), False),
+]:
+    rule = RULES[name]
+    x = probes(signed)
+    grad = x if signed else x.abs().sqrt()
+    param = torch.zeros_like(x)
+    codes, absmax = codecs.new_8bit(torch.zeros_like(x), x, signed)
+    counts = [torch.tensor(0.0) for _ in range(rule.scalar_lists)]
+    fp32 = [codecs.decode_8bit(codes, absmax)]
+    rule.op([param.clone()], [grad.clone()], fp32, [c.clone() for c in counts], lr=1e-2, **hyper)
+    rule.op([param], [grad.clone()], [codes, absmax], counts, lr=1e-2, **hyper)
+    want_c, want_a = torch.empty_like(codes), torch.empty_like(absmax)
+    codecs.encode_8bit(fp32[0], want_c, want_a)
+    assert torch.equal(absmax.view(torch.int32), want_a.view(torch.int32)), name
+    differ = (codes != want_c).nonzero().flatten()
+    assert differ.numel() == 0, (name, fp32[0][differ[:5]].tolist())
+print(fusedopt._extension.cpu_isa())
+"""
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2", "baseline"])
+def test_cpu_8bit_codes_at_every_midpoint_every_isa(isa):
+    """The 8-bit encoders of the AVX-512 (keyed, intrinsics), AVX2 and
+    baseline loops give the codec's codes on each midpoint's neighbourhood
+    (FUSEDOPT_CPU_ISA lowers the ISA in a subprocess)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    if isa != "default":
+        env["FUSEDOPT_CPU_ISA"] = isa
+    run = subprocess.run(
+        [sys.executable, "-c", EDGE_CODES_SCRIPT], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert isa == "default" or run.stdout.strip() in (isa, "baseline")
