@@ -19,6 +19,7 @@ from pathlib import Path
 import fusedopt
 import pytest
 import torch
+from fusedopt.backends import states_by_param
 from fusedopt.registry import REDUCTION_RULES
 from tolerances import assert_normwise_close, ulps
 
@@ -564,6 +565,13 @@ def test_cuda_passes_emulated_match_the_cpu_bit_for_bit(dtype, case, scaler):
     for a, b in zip(*(sum(lists[side], []) for side in ("cpu", "cuda"))):
         assert a.dtype == b.dtype and torch.equal(a, b)
     assert all(s.item() == 3.0 for s in lists["cuda"][2])
+    # Every state of a nonempty param left its zeros: equal bits are not the
+    # equality of untouched tensors (params may not move: warmup_init's steps
+    # are 1e-6 t lr).
+    params, states, _ = lists["cuda"]
+    used = RULE.used_states(hyper)
+    for param, per_param in zip(params, states_by_param(RULE, params, states, used)):
+        assert param.numel() == 0 or all(state.any() for state in per_param.values())
 
 
 @pytest.mark.skipif("cuda" not in RULE.backends, reason="the rule has no cuda backend")

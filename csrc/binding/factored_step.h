@@ -268,6 +268,13 @@ void factored_step_cuda(const char* rule, const StepArgs& a) {
       prepare_factored_cuda<R>(a, config, tensors, lr_ptr, lr, grad_scale, found_inf);
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  // The tables reach the device by a copy from pinned host memory, which a
+  // CUDA graph would replay from a host block the allocator has reused since.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  TORCH_CHECK(capture == cudaStreamCaptureStatusNone, "fusedopt: ", rule,
+              ": the CUDA step copies its tables from host memory at each call, so it cannot be "
+              "captured in a CUDA graph; step outside the capture");
   // One device buffer (tables, then partials) from torch's caching allocator,
   // its tables copied from pinned memory on the stream: no host sync, and the
   // caching host allocator keeps the pinned block until the copy is done.

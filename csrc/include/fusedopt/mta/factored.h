@@ -200,6 +200,11 @@ FUSEDOPT_HD float factored_grad_scale(const FactoredArgs<R>& a) {
 template <class Fill>
 FUSEDOPT_HD double row_lane(const Fill& fill, int64_t r, int64_t cols, int32_t lane) {
   double acc = 0.0;
+  // Not unrolled: unrolled, ptxas moved the accumulator into a register that
+  // the slow-path call of the division or square root in `fill` clobbers,
+  // and spilled it (8 B of stack, a local store and load per element, in
+  // reduce_updates on sm_80 and sm_120 with nvcc 13.0).
+#pragma unroll 1
   for (int64_t j = lane; j < cols; j += kLanes) acc += static_cast<double>(fill(r, j));
   return acc;
 }
@@ -385,31 +390,43 @@ FUSEDOPT_HD void apply_item(const FactoredArgs<R>& a, int64_t k, Block& block) {
   const float* col_stat = t.factored ? t.state[kColStat] + item.batch * t.cols : nullptr;
   float* full = t.factored ? nullptr : t.state[kFullStat] + item.start;
   const float floor = t.factored ? a.row_floor[t.batch_offset + item.batch] : 0.0f;
+  // g of element e, unscaled (and stored back unscaled) under a GradScaler.
+  const auto load_grad = [&](int32_t e) {
+    float g = to_float(grad[e]);
+    if (scale != 0.0f) {
+      g = g / scale;
+      from_float(g, grad[e]);
+    }
+    return g;
+  };
+  // U, the momentum and p of element e, from its g and V.
+  const auto update = [&](int32_t e, float g, float v) {
+    const float u = R::raw_update(g * a.grad_sign, v, s.eps1_sq);
+    float p;
+    if (momentum != nullptr) {
+      float m = momentum[e];
+      p = R::apply(to_float(param[e]), u, &m, s);
+      momentum[e] = m;
+    } else {
+      p = R::apply(to_float(param[e]), u, nullptr, s);
+    }
+    from_float(p, param[e]);
+  };
+  // One loop per kind of V, so that neither holds the other's pointers.
   block.each([&](int32_t thread) {
-    for (int32_t e = thread; e < n; e += kFactoredThreads) {
-      float g = to_float(grad[e]);
-      if (scale != 0.0f) {
-        g = g / scale;
-        from_float(g, grad[e]);
-      }
-      float v;
-      if (full == nullptr) {
+    if (full == nullptr) {
+      for (int32_t e = thread; e < n; e += kFactoredThreads) {
+        const float g = load_grad(e);
         const int32_t r = e / cols;
-        v = R::factored_variance(row_stat[r], col_stat[e - r * cols], floor);
-      } else {
-        v = R::vector_variance(full[e], g, s.ema_weight);
+        update(e, g, R::factored_variance(row_stat[r], col_stat[e - r * cols], floor));
+      }
+    } else {
+      for (int32_t e = thread; e < n; e += kFactoredThreads) {
+        const float g = load_grad(e);
+        const float v = R::vector_variance(full[e], g, s.ema_weight);
         full[e] = v;
+        update(e, g, v);
       }
-      const float u = R::raw_update(g * a.grad_sign, v, s.eps1_sq);
-      float p;
-      if (momentum != nullptr) {
-        float m = momentum[e];
-        p = R::apply(to_float(param[e]), u, &m, s);
-        momentum[e] = m;
-      } else {
-        p = R::apply(to_float(param[e]), u, nullptr, s);
-      }
-      from_float(p, param[e]);
     }
   });
 }
