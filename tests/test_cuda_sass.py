@@ -257,9 +257,11 @@ FACTORED_KERNELS = [
     for step in FACTORED_ITEM_PASSES
     for dtype in PARAM_DTYPES
 ] + [f"fusedopt_{rule}_{step}" for rule in FACTORED_RULES for step in ("statistics", "finish")]
-# Measured with nvcc 13.0, sm_80 to sm_120: 32 (finish) to 60 (reduce_inputs
-# fp32) registers, no spills. 64 keeps four 256-thread blocks per SM resident
-# (50% occupancy), the element kernels' bound (MAX_REGISTERS).
+# Registers measured (nvcc 13.0, cuobjdump -res-usage), sm_80/90/100/120, no
+# stack or local memory anywhere: reduce_inputs 40-54/40-48/64/46 (fp32 the
+# most), reduce_updates 38-46/38-48/40/39, apply 40/40/32/40, statistics
+# 48 on all four, finish 32/32/32/36. 64 keeps four 256-thread blocks per SM
+# resident (50% occupancy), the element kernels' bound (MAX_REGISTERS).
 MAX_FACTORED_REGISTERS = 64
 # The double sums of Note [deterministic blocked reductions]: an fp32 value
 # widened (F2F.F64.F32) and added (DADD), nothing else in double, in the
