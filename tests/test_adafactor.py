@@ -19,11 +19,15 @@ from pathlib import Path
 import fusedopt
 import pytest
 import torch
+from fusedopt.backends import states_by_param
 from fusedopt.registry import REDUCTION_RULES
 from tolerances import assert_normwise_close, ulps
 
 RULE = REDUCTION_RULES["adafactor"]
-BACKENDS = list(RULE.backends)
+# The backends that step the CPU tensors of these tests: the cuda backend
+# steps CUDA tensors only; its kernels' bodies run here in emulation
+# (test_cuda_passes_emulated_match_the_cpu_bit_for_bit).
+BACKENDS = [name for name in RULE.backends if name != "cuda"]
 STEPS = 5
 
 # Bounds with their reasons.
@@ -324,7 +328,7 @@ def test_torch_error_messages():
     assert set(fusedopt.Adafactor(p, beta1=0.9).param_groups[0]) == keys | {"beta1"}
 
 
-# Shapes of several reduction items each (cpu/reduce.h: 64K elements per
+# Shapes of several reduction items each (core/blocked_sums.h: 64K elements per
 # item): rows split over items (300 x 700: 93 rows per item), a row longer
 # than an item (3 x 70001), a long vector (200003: 4 items), a batch of
 # matrices, odd sizes, a zero-size tensor last.
@@ -356,7 +360,8 @@ def test_cpu_matches_reference_over_items(dtype):
 
 @pytest.mark.skipif("cpu" not in RULE.backends, reason="no cpu backend built")
 def test_cpu_results_do_not_depend_on_the_threads():
-    """Note [deterministic blocked reductions] in csrc/cpu/reduce.h: bit for bit."""
+    """Note [deterministic blocked reductions] in
+    csrc/include/fusedopt/core/blocked_sums.h: bit for bit."""
     params, grads = _params(LARGE_SHAPES), _grads(LARGE_SHAPES, 2)
     threads = torch.get_num_threads()
     results = []
@@ -427,7 +432,7 @@ def test_op_refuses_a_state_of_the_wrong_shape_before_writing():
 @pytest.mark.parametrize("isa", ["avx2", "baseline"])
 def test_cpu_isa_variants_agree_bit_for_bit(isa, tmp_path):
     """The passes are built per ISA from one source with -ffp-contract=off, and
-    the sums' order is the lanes' (csrc/cpu/reduce.h), not the vector width's:
+    the sums' order is the lanes' (core/blocked_sums.h), not the vector width's:
     identical bits, for every param dtype, with momentum and GradScaler."""
     script = textwrap.dedent(f"""
         import sys, torch, fusedopt
@@ -492,6 +497,125 @@ def test_mixed_dtypes_and_momentum_switched_on_mid_run(backend):
     # another order), for fp32 and bf16 alike.
     for p, q in zip(ours, ref):
         assert ((p.double() - q.double()).abs() <= ulps(p.dtype, q.double().abs()) * 3).all()
+
+
+# The CUDA passes emulated on the CPU (csrc/testing/emulation.cpp): the
+# option sets, each a change to _op_hyper, and what they exercise.
+EMULATION_CASES = {
+    "defaults": {},
+    # no momentum, absolute step, no RMS scaling: the other branches of (b)-(e)
+    "plain": dict(first_moment=False, relative_step=False, scale_parameter=False),
+    # maximize (the sign in (e) only), a large eps1 (both floors bind), the clip
+    "maximize_eps_clip": dict(maximize=True, eps1=0.5, d=1.0, weight_decay=0.0),
+    "warmup": dict(warmup_init=True, beta2_decay=-0.5, eps2=0.0),
+}
+
+
+def _factored_lists(shapes, dtype, first_moment, seed):
+    """Fresh op lists (zero states and counts, as the optimizer makes them)."""
+    params = _params(shapes, dtype, seed)
+    used = RULE.used_states({"first_moment": first_moment})
+    states = [
+        torch.zeros(RULE.state_shape(name, p))
+        for name in used
+        for p in params
+        if RULE.state_shape(name, p) is not None
+    ]
+    return params, states, [torch.tensor(0.0) for _ in params]
+
+
+def _with_grads(lists, grads):
+    """The op's four lists: params, grads, states, state_steps."""
+    params, states, steps = lists
+    return params, grads, states, steps
+
+
+@pytest.mark.skipif("cuda" not in RULE.backends, reason="the rule has no cuda backend")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", EMULATION_CASES)
+@pytest.mark.parametrize("scaler", ["none", "grad_scale"])
+def test_cuda_passes_emulated_match_the_cpu_bit_for_bit(dtype, case, scaler):
+    """The CUDA kernels' block bodies (csrc/include/fusedopt/mta/factored.h),
+    run thread by thread on the CPU, give the cpu backend's bits exactly, in
+    params, grads (unscaled in place), every state and the counts, over three
+    steps of tensors of many items (rows split over items, a row longer than
+    an item, a long vector, a batch of matrices, a zero-size tensor) and
+    small ones: both follow Note [deterministic blocked reductions] and call
+    the same rule functions, uncontracted. Exact equality: no tolerance."""
+    pytest.importorskip(
+        "fusedopt._testing", reason="fusedopt._testing is built only with FUSEDOPT_TESTING=1"
+    )
+    emulate = torch.ops.fusedopt_testing.adafactor_emulate_factored_step_
+    hyper = {**_op_hyper(), **EMULATION_CASES[case]}
+    shapes = LARGE_SHAPES + SHAPES
+    lists = {
+        side: _factored_lists(shapes, dtype, hyper["first_moment"], seed=0)
+        for side in ("cpu", "cuda")
+    }
+    scale = 8.0 if scaler == "grad_scale" else 1.0
+    kwargs = dict(hyper, lr=torch.tensor(0.01))
+    if scaler == "grad_scale":
+        kwargs.update(grad_scale=torch.tensor(scale), found_inf=torch.tensor(0.0))
+    for step_grads in _grads(shapes, 3, dtype, seed=2):
+        grads = {side: [g * scale for g in step_grads] for side in lists}
+        RULE.op.tensor_lr(*_with_grads(lists["cpu"], grads["cpu"]), **kwargs)
+        n_items, n_params = emulate(*_with_grads(lists["cuda"], grads["cuda"]), **kwargs)
+        assert n_params == len(shapes) and n_items > len(shapes)
+        assert all(torch.equal(a, b) for a, b in zip(grads["cpu"], grads["cuda"]))
+    for a, b in zip(*(sum(lists[side], []) for side in ("cpu", "cuda"))):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert all(s.item() == 3.0 for s in lists["cuda"][2])
+    # Every state of a nonempty param left its zeros: equal bits are not the
+    # equality of untouched tensors (params may not move: warmup_init's steps
+    # are 1e-6 t lr).
+    params, states, _ = lists["cuda"]
+    used = RULE.used_states(hyper)
+    for param, per_param in zip(params, states_by_param(RULE, params, states, used)):
+        assert param.numel() == 0 or all(state.any() for state in per_param.values())
+
+
+@pytest.mark.skipif("cuda" not in RULE.backends, reason="the rule has no cuda backend")
+def test_cuda_passes_emulated_skip_on_found_inf_and_refuse_bad_lists():
+    """found_inf nonzero: every kernel returns at once, counts included; the
+    op's checks are the cpu backend's (one function, binding/factored_step.h)."""
+    pytest.importorskip(
+        "fusedopt._testing", reason="fusedopt._testing is built only with FUSEDOPT_TESTING=1"
+    )
+    emulate = torch.ops.fusedopt_testing.adafactor_emulate_factored_step_
+    shapes = [(5, 3), (17,)]
+    params, states, steps = _factored_lists(shapes, torch.float32, True, seed=0)
+    grads = _grads(shapes, 1)[0]
+    before = [t.clone() for t in params + grads + states + steps]
+    emulate(
+        params,
+        grads,
+        states,
+        steps,
+        lr=torch.tensor(0.01),
+        **_op_hyper(),
+        grad_scale=torch.tensor(4.0),
+        found_inf=torch.tensor(1.0),
+    )
+    assert all(torch.equal(a, b) for a, b in zip(params + grads + states + steps, before))
+    states[1] = torch.zeros(5, 3)  # col_var of the (5, 3) param must be (1, 3)
+    with pytest.raises(RuntimeError, match=r"col_var 0 must be a contiguous float32 tensor"):
+        emulate(params, grads, states, steps, lr=torch.tensor(0.01), **_op_hyper())
+
+
+@pytest.mark.skipif("cuda" not in RULE.backends, reason="the rule has no cuda backend")
+def test_cuda_backend_is_chosen_for_cuda_tensors_and_refuses_cpu_ones():
+    """ "auto" on CUDA tensors tries cuda first (backends.AUTO_ORDER); on this
+    CPU-only machine the cuda backend says why it cannot step CPU tensors."""
+    from fusedopt import backends
+
+    assert backends.AUTO_ORDER["cuda"][0] == "cuda"
+    p = torch.nn.Parameter(torch.randn(3, 4))
+    p.grad = torch.randn(3, 4)
+    opt = fusedopt.Adafactor([p], backend="cuda")
+    # Refused for the tensors' device (or a machine without CUDA), not the rule.
+    with pytest.raises(ValueError, match="backend='cuda' cannot step") as refusal:
+        opt.step()
+    assert "does not implement" not in str(refusal.value)
 
 
 _AOT_SCRIPT = """

@@ -32,7 +32,7 @@ from _cuda_tools import (
     sass_loops,
 )
 from fusedopt._C import cuda_archs, cuda_built
-from fusedopt.registry import RULES
+from fusedopt.registry import REDUCTION_RULES, RULES
 
 # test_cuda_build.py fails when a build that should have CUDA kernels lacks them.
 pytestmark = pytest.mark.skipif(
@@ -244,3 +244,89 @@ def test_the_readers_see_what_they_must_refuse():
     facts = ptx_facts(ptx_entries(ptx)["k"])
     assert facts == dict(fma_f32=1, free_f32=1, inexact=1, cvt_rn_16=0, cvt_other_16=1)
     assert ".f64" in ptx_loops(ptx_entries(ptx)["k"])[0]
+
+
+# --- the reduction rules' kernels (csrc/cuda/factored.cu, mta/factored.h) -------
+# fusedopt_<rule>_<pass>_<dtype> for the passes over items, one statistics and
+# one finish kernel per rule.
+FACTORED_RULES = [name for name, rule in REDUCTION_RULES.items() if "cuda" in rule.backends]
+FACTORED_ITEM_PASSES = ("reduce_inputs", "reduce_updates", "apply")
+FACTORED_KERNELS = [
+    f"fusedopt_{rule}_{step}_{dtype}"
+    for rule in FACTORED_RULES
+    for step in FACTORED_ITEM_PASSES
+    for dtype in PARAM_DTYPES
+] + [f"fusedopt_{rule}_{step}" for rule in FACTORED_RULES for step in ("statistics", "finish")]
+# Registers measured (nvcc 13.0, cuobjdump -res-usage), sm_80/90/100/120, no
+# stack or local memory anywhere: reduce_inputs 40-54/40-48/64/46 (fp32 the
+# most), reduce_updates 38-46/38-48/40/39, apply 40/40/32/40, statistics
+# 48 on all four, finish 32/32/32/36. 64 keeps four 256-thread blocks per SM
+# resident (50% occupancy), the element kernels' bound (MAX_REGISTERS).
+MAX_FACTORED_REGISTERS = 64
+# The double sums of Note [deterministic blocked reductions]: an fp32 value
+# widened (F2F.F64.F32) and added (DADD), nothing else in double, in the
+# loops of the reduction passes.
+SUM_FP64 = {"DADD", "F2F.F64.F32"}
+
+
+def _uncontracted(body) -> bool:
+    """No FFMA beyond those of IEEE division, reciprocal and square root
+    (contracted_fmas), less the exact probe FFMA R, RZ, R, R of the
+    statistics kernel's double division (0 * x + y)."""
+    probes = sum(1 for i in body if i.opcode == "FFMA" and ", RZ," in f", {i.operands}")
+    return contracted_fmas(body) - probes <= 0
+
+
+@pytest.mark.skipif(not FACTORED_RULES, reason="no reduction rule has CUDA kernels")
+def test_factored_kernels_do_not_spill_and_bound_their_registers():
+    usage = _resource_usage()
+    failures = []
+    for arch in ARCHS:
+        for kernel in FACTORED_KERNELS:
+            res = usage.get((f"sm_{arch}", kernel))
+            assert res is not None, f"no resource usage for {kernel} on sm_{arch}"
+            if res["STACK"] != 0 or res["LOCAL"] != 0:
+                failures.append(f"{kernel} sm_{arch} spills: {res}")
+            if res["REG"] > MAX_FACTORED_REGISTERS:
+                failures.append(f"{kernel} sm_{arch}: {res['REG']} registers")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.skipif(not FACTORED_RULES, reason="no reduction rule has CUDA kernels")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_factored_kernels_are_uncontracted_with_fp64_only_in_the_sums(arch):
+    """Every loop of every factored kernel: no contracted FMA (the fp32 math
+    is the cpu backend's, bit for bit); the element pass without any FP64;
+    the reduction passes' loops with FP64 only in the double sums, which they
+    must have (the order that makes the bits the CPU's)."""
+    code_of = _sass_code(arch)
+    for kernel in FACTORED_KERNELS:
+        code = code_of[kernel]
+        loops = [body for body in sass_loops(code) if len(body) > 1]
+        assert loops, f"{kernel} sm_{arch}: no loop found"
+        fp64 = set()
+        for body in loops:
+            where = f"{kernel} sm_{arch} loop at {body[0].address:#x}"
+            assert _uncontracted(body), f"{where}: {contracted_fmas(body)} contracted FMAs"
+            fp64 |= {i.opcode for i in body + sass_called(code, body) if is_fp64(i.opcode)}
+        if "_apply_" in kernel:
+            assert not fp64, f"{kernel} sm_{arch}: FP64 {sorted(fp64)} in the element pass"
+        elif "_reduce_" in kernel:
+            assert "DADD" in fp64 and fp64 <= SUM_FP64, f"{kernel} sm_{arch}: {sorted(fp64)}"
+
+
+@pytest.mark.skipif(not FACTORED_RULES, reason="no reduction rule has CUDA kernels")
+@pytest.mark.skipif(not PTX_ARCHS, reason="the build embeds no PTX")
+def test_factored_ptx_is_uncontracted_ieee():
+    """The embedded PTX of every factored kernel: as test_ptx_is_uncontracted_ieee
+    (no fma.rn.f32, every fp32 mul/add/sub with .rn, nothing approximate or
+    flushed, 16-bit stores by cvt.rn), and no .f64 in the element pass."""
+    entries = _ptx_entries()
+    for kernel in FACTORED_KERNELS:
+        facts = ptx_facts(entries[kernel])
+        assert facts["fma_f32"] == facts["free_f32"] == facts["inexact"] == 0, (kernel, facts)
+        assert facts["cvt_other_16"] == 0, (kernel, facts)
+        stores_16 = "_apply_" in kernel and not kernel.endswith("_fp32")
+        assert (facts["cvt_rn_16"] > 0) == stores_16, (kernel, facts)
+        if "_apply_" in kernel:
+            assert ".f64" not in entries[kernel], kernel

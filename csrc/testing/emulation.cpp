@@ -27,6 +27,13 @@
 //       one after another, then the shared-memory tree level by level, then
 //       the finishing block; returns the norm and [launches, chunks, grid
 //       blocks, vector accesses, scalar accesses, misaligned accesses]
+//   fusedopt_testing::<rule>_emulate_factored_step_(<the step op's arguments>)
+//       -> int[]
+//       a reduction rule's CUDA passes (mta/factored.h) on CPU tensors: the
+//       op's checks and plan (binding/factored_step.h), then each kernel's
+//       grid-stride loop, each block's 256 threads one after another per
+//       phase, as its barriers separate them; lr as a float32 tensor, read as
+//       the kernels read a device lr; returns [items, params]
 #include <Python.h>
 #include <torch/library.h>
 
@@ -37,8 +44,11 @@
 #include <vector>
 
 #include "binding/cuda_work.h"
+#include "binding/factored_step.h"
 #include "binding/norm_op.h"
+#include "fusedopt/mta/factored.h"
 #include "fusedopt/mta/traversal.h"
+#include "fusedopt/rules/reduction_registry.h"
 #include "fusedopt/rules/registry.h"
 
 namespace fusedopt::testing {
@@ -286,8 +296,86 @@ std::tuple<at::Tensor, std::vector<int64_t>> grad_norm_emulate(
            observer.vector_accesses, observer.scalar_accesses, observer.misaligned_accesses}};
 }
 
+// A block of the factored kernels on the CPU (mta/factored.h): a phase runs
+// thread 0, 1, ... in turn, which the barrier after it allows.
+struct HostBlock {
+  double lanes[mta::kFactoredThreads];
+  template <class F>
+  void each(F&& f) {
+    for (int32_t thread = 0; thread < mta::kFactoredThreads; ++thread) f(thread);
+  }
+};
+
+// The five kernels of a factored step, in launch order, each a loop over its
+// grid's units (items or params) as one block at a time.
+template <class R, typename P>
+void emulate_factored_kernels(const mta::FactoredArgs<R>& args) {
+  HostBlock block;
+  const auto items = [&](auto&& body) {
+    if (mta::factored_skip(args)) return;
+    for (int64_t k = 0; k < args.n_items; ++k) body(k);
+  };
+  items([&](int64_t k) { mta::reduce_inputs_item<R, P>(args, k, block); });
+  if (!mta::factored_skip(args)) {
+    for (int64_t i = 0; i < args.n_slots; ++i) mta::statistics_slot<R>(args, i, block);
+  }
+  items([&](int64_t k) { mta::reduce_updates_item<R, P>(args, k, block); });
+  if (!mta::factored_skip(args)) {
+    for (int64_t i = 0; i < args.n_slots; ++i) mta::finish_slot<R>(args, i);
+  }
+  items([&](int64_t k) { mta::apply_item<R, P>(args, k, block); });
+}
+
+template <class R, const char* kName>
+void emulate_factored_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  const StepArgs a = binding::peek_step_args<R>(*stack, 0);
+  TORCH_CHECK(a.lr_tensor.has_value() && a.lr_tensor->scalar_type() == at::kFloat &&
+                  a.lr_tensor->numel() == 1 && a.lr_tensor->device().is_cpu(),
+              "fusedopt: the emulation takes lr as a one-element float32 CPU tensor");
+  const double lr = binding::cpu_scalar(*a.lr_tensor, "lr");
+  HyperCheck ck;
+  R::check(a.hyper.data(), ck);
+  binding::check_hyper(kName, lr, ck);
+  const typename R::Config config = R::config(a.hyper.data());
+  const std::vector<cpu::FactoredTensor> tensors =
+      binding::checked_factored_tensors<R>(kName, a, config, c10::DeviceType::CPU);
+  std::vector<int64_t> stats = {0, static_cast<int64_t>(tensors.size())};
+  if (!tensors.empty()) {
+    binding::check_steps_on(a, c10::Device(c10::kCPU));
+    for (const std::optional<at::Tensor>& t : {a.grad_scale, a.found_inf}) {
+      TORCH_CHECK(!t.has_value() ||
+                      (t->numel() == 1 && t->scalar_type() == at::kFloat && t->device().is_cpu()),
+                  "fusedopt: grad_scale and found_inf must be one-element float32 CPU tensors");
+    }
+    binding::FactoredCudaWork<R> work = binding::prepare_factored_cuda<R>(
+        a, config, tensors, a.lr_tensor->data_ptr<float>(), lr,
+        a.grad_scale.has_value() ? a.grad_scale->data_ptr<float>() : nullptr,
+        a.found_inf.has_value() ? a.found_inf->data_ptr<float>() : nullptr);
+    // The device buffer, here in doubles: 8-byte aligned as the layout wants.
+    std::vector<double> buffer((work.layout.total + sizeof(double) - 1) / sizeof(double));
+    char* base = reinterpret_cast<char*>(buffer.data());
+    mta::write_factored_tables(work.plan, work.layout, base);
+    mta::bind_factored_buffer(work.plan, work.layout, base, work.args);
+    switch (binding::param_dtype(a.params[0].scalar_type())) {
+      case ParamDtype::kFloat32:
+        emulate_factored_kernels<R, float>(work.args);
+        break;
+      case ParamDtype::kBFloat16:
+        emulate_factored_kernels<R, Bf16>(work.args);
+        break;
+      case ParamDtype::kFloat16:
+        emulate_factored_kernels<R, Fp16>(work.args);
+        break;
+    }
+    stats[0] = work.args.n_items;
+  }
+  torch::jit::drop(*stack, binding::step_arg_count<R>());
+  torch::jit::push(*stack, c10::IValue(stats));
+}
+
 #define FUSEDOPT_RULE_NAME(Type, name) constexpr char k##Type##Name[] = #name;
 FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_NAME)
+FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_RULE_NAME)
 #undef FUSEDOPT_RULE_NAME
 
 }  // namespace
@@ -305,6 +393,10 @@ TORCH_LIBRARY(fusedopt_testing, m) {
             .c_str());
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_DEF)
 #undef FUSEDOPT_DEF
+#define FUSEDOPT_DEF_FACTORED(Type, name) \
+  m.def(binding::step_schema<Type>(#name "_emulate_factored_step_", "Tensor", "", "int[]").c_str());
+  FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_DEF_FACTORED)
+#undef FUSEDOPT_DEF_FACTORED
 }
 
 // launch_plan takes no tensor: the backend-select key reaches it.
@@ -318,6 +410,12 @@ TORCH_LIBRARY_IMPL(fusedopt_testing, CPU, m) {
          torch::CppFunction::makeFromBoxedFunction<&emulate_step<Type, k##Type##Name>>());
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_IMPL)
 #undef FUSEDOPT_IMPL
+#define FUSEDOPT_IMPL_FACTORED(Type, name) \
+  m.impl(                                  \
+      #name "_emulate_factored_step_",     \
+      torch::CppFunction::makeFromBoxedFunction<&emulate_factored_step<Type, k##Type##Name>>());
+  FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_IMPL_FACTORED)
+#undef FUSEDOPT_IMPL_FACTORED
   m.impl("grad_norm_emulate", &grad_norm_emulate);
 }
 
