@@ -224,7 +224,7 @@ CPU_CASES = {
 }
 # Across the CPU's 64K-element chunks (binding/cpu_step.h kCpuChunkSize): a
 # chunk boundary inside a param checks the element index of Philox's counter.
-CPU_SIZES = [1, 3, 257, (2, 3, 5, 7), (1 << 16) + 5]
+CPU_SIZES = [1, 3, 257, (2, 3, 5, 7), (1 << 16) + 5, (3, 1500)]
 
 
 def _cpu_rule(rule):
@@ -349,20 +349,14 @@ def test_backends_without_the_store_are_refused_and_passed_over(policy):
     )
 
 
+@pytest.mark.parametrize("case", ["adamw", "lion"])
 @pytest.mark.parametrize("policy", POLICIES)
-def test_cpu_with_8bit_states_is_refused_and_auto_takes_the_reference(policy):
-    """The cpu backend's 8-bit loop has no store policy: "auto" steps such a
-    group on the reference backend, an explicit cpu says why."""
-    params = make_params([5000], torch.bfloat16)
-    group = {"params": params, policy: True, "state_dtype": "int8"}
-    opt = fusedopt.AdamW([group], lr=1e-3)
-    params[0].grad = torch.ones_like(params[0])
-    opt.step()
-    [(_, bucket, _, choice)] = opt.last_step()
-    assert (bucket.store, bucket.state_dtype, choice.backend.name) == (policy, "int8", "reference")
-    explicit = fusedopt.AdamW([dict(group)], lr=1e-3, backend="cpu")
-    with pytest.raises(ValueError, match="8-bit states: the cpu backend's 8-bit loop"):
-        explicit.step()
+def test_cpu_equals_reference_8bit_states(policy, case):
+    """8-bit states under a policy: each block decoded, stepped by the store
+    loop, re-encoded (its params over 4,096 elements, two of them across a
+    chunk boundary, so that 8-bit states are kept and Philox's element index
+    runs on across blocks and chunks)."""
+    _lockstep(policy, torch.bfloat16, case, state_dtype="int8")
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])

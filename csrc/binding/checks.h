@@ -59,8 +59,8 @@ double cpu_scalar(const at::Tensor& t, const char* name);
 // does state_steps (Philox's counter takes count + 1); `store_tags` the
 // params' tags and `rounding_seed` the seed's 64 bits, for stochastic rounding
 // only. Checks them, and that the params are bf16/fp16 (bf16 for stochastic
-// rounding) and the states not 8-bit; the policy.
-StorePolicy check_store(const char* rule, const StepArgs& a, StateDtype state_dtype);
+// rounding); the policy.
+StorePolicy check_store(const char* rule, const StepArgs& a);
 
 // A backend (or rule) whose store has no policies yet: refuses any.
 void check_no_store(const char* rule, const StepArgs& a, const char* what);

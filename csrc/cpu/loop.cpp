@@ -193,51 +193,6 @@ struct Block8 {
   float values[kMaxStates][kBlock8];
 };
 
-// One chunk with 8-bit blockwise states: per block of kBlock8 elements, decode
-// each state, step the elements in fp32 (the run_elements loop over the
-// decoded block), then the block's new absmax (the reduction the encoding
-// needs before any code is stored) and its codes. Bytes per element: p and g
-// as run_elements, 1 read + 1 written per state, + 8 B per state and block
-// (absmax read and written): Adam fp32, 18 B + 16/256 B.
-template <class R, typename P, uint32_t kMask, bool kUnscale>
-__attribute__((noinline)) void run_blocks8(P* __restrict__ param, P* __restrict__ grad,
-                                           uint8_t* const* codes, float* const* absmax,
-                                           uint32_t signed_mask, int64_t n,
-                                           const typename R::Launch launch,
-                                           const typename R::PerTensor scalars,
-                                           const float grad_scale) {
-  constexpr FixedStates<kMask> used;
-  Block8 block;
-  for (int64_t first = 0, b = 0; first < n; first += kBlock8, ++b) {
-    const int32_t len = static_cast<int32_t>(n - first < kBlock8 ? n - first : kBlock8);
-    for (int k = 0; k < R::kStates; ++k) {
-      if (!used.has(k)) continue;
-      const float* map = (signed_mask >> k) & 1u ? kSignedMap : kUnsignedMap;
-      decode_block8(codes[k] + first, block.values[k], map, absmax[k][b], len);
-    }
-    run_elements<R, P, float, kMask, kUnscale>(
-        param + first, grad + first, block.values[0], block.values[1], block.values[2],
-        block.values[3], len, launch, scalars, grad_scale);
-    for (int k = 0; k < R::kStates; ++k) {
-      if (!used.has(k)) continue;
-      const float* __restrict__ values = block.values[k];
-      uint32_t bits = 0;
-      for (int32_t j = 0; j < len; ++j) {
-        const uint32_t magnitude = magnitude_bits(values[j]);
-        bits = magnitude > bits ? magnitude : bits;
-      }
-      const float amax = absmax_of_bits(bits);
-      absmax[k][b] = amax;
-      const float divisor = encode_divisor(amax);
-      if ((signed_mask >> k) & 1u) {
-        encode_block8<true>(values, codes[k] + first, divisor, len);
-      } else {
-        encode_block8<false>(values, codes[k] + first, divisor, len);
-      }
-    }
-  }
-}
-
 // One chunk of bf16/fp16 params under a master-weight policy (Note [master
 // weights] in core/master.h), `first` its first element's index in the
 // param. Apart from run_elements so that the policy-free loop stays as it was;
@@ -287,6 +242,15 @@ __attribute__((noinline)) void run_stored(P* __restrict__ param, P* __restrict__
   }
 }
 
+// Where param t's store (master or compensation) holds element `start`; null
+// for stochastic rounding, which keeps none.
+template <class R, typename P>
+void* store_at(const Work<R>& work, const Tensor<R>& t, int64_t start) {
+  if (t.store == nullptr) return nullptr;
+  const size_t width = work.store == StorePolicy::kMasterWeights ? sizeof(float) : sizeof(P);
+  return static_cast<char*>(t.store) + start * width;
+}
+
 // run_stored with the call's policy (kNone never comes here).
 template <class R, typename P, typename S, uint32_t kMask>
 void run_policy(P* param, P* grad, S* const* streams, void* store, int64_t first, int64_t n,
@@ -308,6 +272,65 @@ void run_policy(P* param, P* grad, S* const* streams, void* store, int64_t first
   }
 }
 
+// One chunk with 8-bit blockwise states: per block of kBlock8 elements, decode
+// each state, step the elements in fp32 (the run_elements loop over the
+// decoded block), then the block's new absmax (the reduction the encoding
+// needs before any code is stored) and its codes. Bytes per element: p and g
+// as run_elements, 1 read + 1 written per state, + 8 B per state and block
+// (absmax read and written): Adam fp32, 18 B + 16/256 B. Under a
+// master-weight policy the block steps through run_policy (its decoded states
+// are the policy loop's fp32 streams); `start` is the chunk's first element.
+template <class R, typename P, uint32_t kMask, bool kUnscale>
+__attribute__((noinline)) void run_blocks8(P* __restrict__ param, P* __restrict__ grad,
+                                           uint8_t* const* codes, float* const* absmax,
+                                           int64_t start, int64_t n, const Work<R>& work,
+                                           const Tensor<R>& t) {
+  const uint32_t signed_mask = work.signed_mask;
+  constexpr FixedStates<kMask> used;
+  Block8 block;
+  for (int64_t first = 0, b = 0; first < n; first += kBlock8, ++b) {
+    const int32_t len = static_cast<int32_t>(n - first < kBlock8 ? n - first : kBlock8);
+    for (int k = 0; k < R::kStates; ++k) {
+      if (!used.has(k)) continue;
+      const float* map = (signed_mask >> k) & 1u ? kSignedMap : kUnsignedMap;
+      decode_block8(codes[k] + first, block.values[k], map, absmax[k][b], len);
+    }
+    bool stepped = false;
+    if constexpr (!std::is_same_v<P, float>) {
+      if (work.store != StorePolicy::kNone) {
+        float* streams[kMaxStates] = {block.values[0], block.values[1], block.values[2],
+                                      block.values[3]};
+        run_policy<R, P, float, kMask>(param + first, grad + first, streams,
+                                       store_at<R, P>(work, t, start + first), start + first, len,
+                                       work, t);
+        stepped = true;
+      }
+    }
+    if (!stepped) {
+      run_elements<R, P, float, kMask, kUnscale>(
+          param + first, grad + first, block.values[0], block.values[1], block.values[2],
+          block.values[3], len, work.launch, t.scalars, work.grad_scale);
+    }
+    for (int k = 0; k < R::kStates; ++k) {
+      if (!used.has(k)) continue;
+      const float* __restrict__ values = block.values[k];
+      uint32_t bits = 0;
+      for (int32_t j = 0; j < len; ++j) {
+        const uint32_t magnitude = magnitude_bits(values[j]);
+        bits = magnitude > bits ? magnitude : bits;
+      }
+      const float amax = absmax_of_bits(bits);
+      absmax[k][b] = amax;
+      const float divisor = encode_divisor(amax);
+      if ((signed_mask >> k) & 1u) {
+        encode_block8<true>(values, codes[k] + first, divisor, len);
+      } else {
+        encode_block8<false>(values, codes[k] + first, divisor, len);
+      }
+    }
+  }
+}
+
 template <class R, typename P, uint32_t kMask, bool kUnscale>
 void run_work(const Work<R>& work, int64_t chunk_begin, int64_t chunk_end) {
   for (int64_t c = chunk_begin; c < chunk_end; ++c) {
@@ -324,16 +347,13 @@ void run_work(const Work<R>& work, int64_t chunk_begin, int64_t chunk_end) {
         codes[k] = static_cast<uint8_t*>(t.state[k]) + chunk.start;
         absmax[k] = t.absmax[k] + chunk.start / kBlock8;
       }
-      run_blocks8<R, P, kMask, kUnscale>(param, grad, codes, absmax, work.signed_mask,
-                                         chunk.size, work.launch, t.scalars, work.grad_scale);
+      run_blocks8<R, P, kMask, kUnscale>(param, grad, codes, absmax, chunk.start, chunk.size,
+                                         work, t);
       continue;
     }
     if constexpr (!std::is_same_v<P, float>) {
       if (work.store != StorePolicy::kNone) {
-        // The binding refuses a policy with 8-bit states.
-        char* const store = static_cast<char*>(t.store);
-        const size_t width = work.store == StorePolicy::kMasterWeights ? sizeof(float) : sizeof(P);
-        void* const at = store == nullptr ? nullptr : store + chunk.start * width;
+        void* const at = store_at<R, P>(work, t, chunk.start);
         if (work.state_dtype == StateDtype::kBFloat16) {
           Bf16* streams[kMaxStates] = {};
           for (int k = 0; k < R::kStates; ++k) {

@@ -199,11 +199,6 @@ class CpuBackend(_CompiledOpBackend):
     def unsupported_reason(self, bucket):
         if bucket.device.type != "cpu":
             return f"params are on {bucket.device}; the cpu backend steps CPU tensors"
-        if bucket.store != master.NONE and bucket.state_dtype == INT8_BLOCKWISE:
-            return (
-                f"{bucket.store}=True with 8-bit states: the cpu backend's 8-bit loop has no "
-                "master-weight store yet; the reference backend steps it"
-            )
         return _kernel_dtype_reason(bucket)
 
 
