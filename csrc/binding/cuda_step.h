@@ -54,9 +54,6 @@ void step_cuda(const char* rule, const StepArgs& a) {
   const typename R::Config config = R::config(a.hyper.data());
   const uint32_t mask = state_mask<R>(config);
   const StateDtype state_dtype = state_dtype_of(a);
-  TORCH_CHECK(state_dtype != StateDtype::kInt8Blockwise, "fusedopt: ", rule,
-              ": 8-bit blockwise states have no CUDA kernels yet (the cpu and reference "
-              "backends step them)");
   check_lists(rule, a, used_state_names<R>(mask), kScalarLists<R>, c10::DeviceType::CUDA,
               state_dtype);
   if (a.params.empty()) return;

@@ -61,10 +61,15 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
                 a.params[i].numel(), " elements; the CUDA kernels take fewer than ",
                 mta::kMaxNumel, " (2^31 chunks of ", mta::kChunkSize, ")");
   }
+  // Note [state dtypes]: 8-bit blockwise states come as each used state's
+  // codes, then each one's absmax (checks.h, state_dtype_of).
+  const bool blockwise = state_dtype_of(a) == StateDtype::kInt8Blockwise;
+  const size_t n_used = used_state_names<R>(mask).size();
   mta::LaunchHeader<R> header{};
   header.config = config;
   header.launch = R::launch(config);
   header.state_mask = mask;
+  header.signed_mask = blockwise ? signed_code_mask(a, mask, R::kStates) : 0u;
   header.lr = sources.lr;
   header.lr_value = sources.lr_value;
   header.grad_scale = sources.grad_scale;
@@ -79,7 +84,14 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
     slot.param = a.params[i].data_ptr();
     slot.grad = a.grads[i].data_ptr();
     for (int k = 0, used = 0; k < R::kStates; ++k) {
-      slot.state[k] = (mask >> k) & 1u ? a.states[used++ * n + i].data_ptr() : nullptr;
+      slot.state[k] = nullptr;
+      slot.absmax[k] = nullptr;
+      if (!((mask >> k) & 1u)) continue;
+      slot.state[k] = a.states[used * n + i].data_ptr();
+      if (blockwise) {
+        slot.absmax[k] = static_cast<float*>(a.states[(n_used + used) * n + i].data_ptr());
+      }
+      ++used;
     }
     slot.numel = a.params[i].numel();
     float* step = R::kHasStep ? a.steps[i].data_ptr<float>() : nullptr;

@@ -11,7 +11,7 @@
 namespace fusedopt::cuda {
 
 // One launch of rule R's element kernel for params of `dtype` and states of
-// `state_dtype` (fp32 or bf16; 8-bit blockwise states have no CUDA kernels yet): n_blocks
+// `state_dtype` (fp32, bf16 or 8-bit blockwise): n_blocks
 // (1..args.header.n_chunks, mta::grid_blocks) blocks of mta::kBlockSize
 // threads, which share out the chunk table. Instantiated for every rule of
 // rules/registry.h in kernels.cu.

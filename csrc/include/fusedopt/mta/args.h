@@ -59,9 +59,12 @@ template <class R>
 struct Slot : SlotScalarStates<kScalarStates<R>> {
   void* param;             // fp32, bf16 or fp16 (the launch's dtype)
   void* grad;              // the param's dtype; written back only when unscaling
-  // fp32 or bf16 (the launch's state dtype: Note [state dtypes] in
-  // core/storage.h); null where the step uses no such state.
+  // fp32, bf16 or 8-bit codes (the launch's state dtype: Note [state dtypes]
+  // in core/storage.h); null where the step uses no such state.
   void* state[R::kStates > 0 ? R::kStates : 1];
+  // 8-bit blockwise states only: each state's fp32 absmax, one per kBlock8
+  // elements (core/blockwise8.h); null otherwise.
+  float* absmax[R::kStates > 0 ? R::kStates : 1];
   const float* step;       // the count in device memory, or null when the host owns it
   int64_t numel;           // 64-bit: tensors over 2^31 elements are real
   typename R::PerTensor scalars;  // computed on the host; read when !scalars_on_device
@@ -75,6 +78,8 @@ struct LaunchHeader {
   typename R::Config config;  // for the scalars computed in the kernel
   typename R::Launch launch;
   uint32_t state_mask;        // the states this step loads and stores (core/rule.h)
+  // 8-bit blockwise states: bit k set when state k's codes use the signed map.
+  uint32_t signed_mask;
   // lr: read from device memory when non-null (capturable, a tensor lr), else lr_value.
   const float* lr;
   double lr_value;
