@@ -146,6 +146,7 @@ import triton.language as tl
 from fusedopt.kernels.storage import (
     BLOCK8,
     block_absmax8,
+    broadcast_blocks8,
     codec_table,
     decode8,
     encode8,
@@ -267,6 +268,12 @@ def _element_kernel(
                     # GradScaler's unscale, stored back unscaled as torch's fused optimizers do.
                     g = tl.div_rn(g, scale)
                     tl.store(g_ptrs, from_float(g, PARAM_DTYPE), mask=mask)
+                if STATE_DTYPE == tl.uint8:
+                    # The program's 8-bit state blocks, those inside the tensor.
+                    blocks = start // BLOCK8 + tl.arange(0, BLOCK // BLOCK8)
+                    block_mask = None
+                    if not FULL:
+                        block_mask = blocks * BLOCK8 < tl.load(row + COL_NUMEL)
                 # A state this step does not use keeps a placeholder (p), which
                 # the rule ignores and the frame never stores. State addresses are
                 # read again for the stores rather than kept live across the
@@ -280,11 +287,15 @@ def _element_kernel(
                             _address(row, COL_STATE + k, STATE_DTYPE, FULL) + offs, mask=mask
                         )
                         if STATE_DTYPE == tl.uint8:
+                            # One absmax per block, broadcast: a gather per
+                            # element instead spilled 8 B (RMSprop, sm_90).
                             absmax = tl.load(
-                                _address(row, COL_ABSMAX + k, tl.float32, False) + offs // BLOCK8,
-                                mask=mask,
+                                _address(row, COL_ABSMAX + k, tl.float32, False) + blocks,
+                                mask=block_mask,
                             )
-                            value = decode8(stored, absmax, codec, (SIGNED >> k) & 1)
+                            value = decode8(
+                                stored, broadcast_blocks8(absmax, BLOCK), codec, (SIGNED >> k) & 1
+                            )
                         else:
                             value = to_float(stored)
                     s = s + (value,)
@@ -295,10 +306,6 @@ def _element_kernel(
                         if STATE_DTYPE == tl.uint8:
                             absmax = block_absmax8(s[k], mask, BLOCK)
                             stored = encode8(s[k], absmax, codec, (SIGNED >> k) & 1, BLOCK)
-                            blocks = start // BLOCK8 + tl.arange(0, BLOCK // BLOCK8)
-                            block_mask = None
-                            if not FULL:
-                                block_mask = blocks * BLOCK8 < tl.load(row + COL_NUMEL)
                             tl.store(
                                 _address(row, COL_ABSMAX + k, tl.float32, False) + blocks,
                                 absmax,

@@ -90,8 +90,15 @@ def codec_table(device) -> torch.Tensor:
 
 
 @triton.jit
+def broadcast_blocks8(values, BLOCK: tl.constexpr):
+    """Per-block values ([BLOCK // BLOCK8]) as [BLOCK], each over its block."""
+    return tl.reshape(tl.broadcast_to(values[:, None], (BLOCK // BLOCK8, BLOCK8)), (BLOCK,))
+
+
+@triton.jit
 def decode8(codes, absmax, table, SIGNED: tl.constexpr):
-    """fp32 values of uint8 code bits: map[code] * absmax (blockwise8.h)."""
+    """fp32 values of uint8 code bits: map[code] * absmax, the block's absmax
+    of each element (blockwise8.h)."""
     row = ROW_SIGNED_MAP if SIGNED else ROW_UNSIGNED_MAP
     return tl.load(table + row * CODES8 + codes.to(tl.int32)) * absmax
 
@@ -118,8 +125,7 @@ def encode8(x, absmax, table, SIGNED: tl.constexpr, BLOCK: tl.constexpr):
     same on every backend (a NaN compares below none: code 0). The CPU and
     CUDA kernels run encode_code8_fast, which tests/test_state_dtypes.py holds
     to this search's codes on every float of [-1, 1]."""
-    divisor = tl.where(absmax == 0.0, 1.0, absmax)
-    divisor = tl.reshape(tl.broadcast_to(divisor[:, None], (BLOCK // BLOCK8, BLOCK8)), (BLOCK,))
+    divisor = broadcast_blocks8(tl.where(absmax == 0.0, 1.0, absmax), BLOCK)
     normalized = tl.div_rn(x, divisor)
     midpoints = table + (ROW_SIGNED_MIDPOINTS if SIGNED else ROW_UNSIGNED_MIDPOINTS) * CODES8
     index = tl.zeros((BLOCK,), dtype=tl.int32)

@@ -92,14 +92,14 @@ FUSEDOPT_SCALAR_ADVANCE_KERNEL(NAdam, nadam)
 // fusedopt_<rule>_<dtype>_sbf16 with bf16 states, fusedopt_<rule>_<dtype>_s8
 // with 8-bit blockwise states), so that the SASS checks
 // (tests/test_cuda_sass.py) find each kernel by name. __launch_bounds__: see
-// mta::kMinBlocksPerSm.
+// mta::kMinBlocksPerSm (and kMinBlocksPerSm8).
 #define FUSEDOPT_ELEMENT_KERNEL(Type, name, suffix, P, S)                             \
   extern "C" __global__ void __launch_bounds__(mta::kBlockSize, mta::kMinBlocksPerSm) \
       fusedopt_##name##_##suffix(const mta::LaunchArgs<Type> args) {                  \
     element_kernel_body<Type, P, S>(args);                                            \
   }
-#define FUSEDOPT_ELEMENT_KERNEL8(Type, name, suffix, P)                               \
-  extern "C" __global__ void __launch_bounds__(mta::kBlockSize, mta::kMinBlocksPerSm) \
+#define FUSEDOPT_ELEMENT_KERNEL8(Type, name, suffix, P)                                \
+  extern "C" __global__ void __launch_bounds__(mta::kBlockSize, mta::kMinBlocksPerSm8) \
       fusedopt_##name##_##suffix(const mta::LaunchArgs<Type> args) {                  \
     element_kernel_body8<Type, P>(args);                                              \
   }

@@ -27,6 +27,15 @@ constexpr int32_t kBlockSize = 512;
 // how many blocks per SM a launch's persistent grid has (grid_blocks in
 // mta/launches.h): every block of the grid is resident from the start.
 constexpr int32_t kMinBlocksPerSm = 2;
+// The same for the kernels of 8-bit blockwise states: one block, so ptxas may
+// give a thread 128 registers. A thread holds 8 elements, and each state's 8
+// stepped values until its warp's max (Note [8-bit blocks on the GPU] in
+// mta/traversal.h): capped at 64 registers, Adam's fp32 kernel spilled 284 B
+// (sm_90, nvcc 13); at 128 it takes 128 and RMSprop 122, no spills. Bytes in
+// flight per SM (an estimate, not a measurement): 512 threads x (p and g: 2 x
+// 32 B, codes: 3 x 8 B) = 44 KB for fp32 Adam, against 2 x 512 x 5 x 16 B =
+// 80 KB for its fp32-state kernel.
+constexpr int32_t kMinBlocksPerSm8 = 1;
 
 // The kernel-parameter space: 32,764 bytes since CUDA 12.1 on Volta and newer
 // (CUDA C++ Programming Guide, "Function Parameters"; needs a driver >= 530,
