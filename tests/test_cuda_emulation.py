@@ -777,12 +777,16 @@ def blockwise_lists(case: Case, nan_at=None) -> list[list[torch.Tensor]]:
     return [list(case.params), grads, codes + absmax, list(case.steps)]
 
 
-def emulate_lists(case: Case, lists, *, threads=512, grid=None) -> dict[str, int]:
+def emulate_lists(
+    case: Case, lists, *, grad_scale=None, found_inf=None, threads=512, grid=None
+) -> dict[str, int]:
     op = getattr(torch.ops.fusedopt_testing, f"{case.rule.name}_emulate_step_")
     stats = op(
         *lists,
         lr=torch.tensor(LR),
         **case.hyper,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
         steps_in_kernel=False,
         lr_in_kernel=False,
         threads_per_block=threads,

@@ -81,11 +81,14 @@ void step_cuda(const char* rule, const StepArgs& a) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   const ParamDtype dtype = param_dtype(a.params[0].scalar_type());
   const int32_t max_blocks = resident_blocks(
-      device.index(),
-      state_dtype == StateDtype::kInt8Blockwise ? mta::kMinBlocksPerSm8 : mta::kMinBlocksPerSm);
+      device.index(), work.launches8.empty() ? mta::kMinBlocksPerSm : mta::kMinBlocksPerSm8);
   for (const mta::Launch<R>& launch : work.launches) {
     const int32_t n_blocks = mta::grid_blocks(launch.args.header.n_chunks, max_blocks);
     C10_CUDA_CHECK(cuda::launch_elements<R>(launch.args, n_blocks, dtype, state_dtype, stream));
+  }
+  for (const mta::Launch<R, mta::Slot8<R>>& launch : work.launches8) {
+    const int32_t n_blocks = mta::grid_blocks(launch.args.header.n_chunks, max_blocks);
+    C10_CUDA_CHECK(cuda::launch_elements8<R>(launch.args, n_blocks, dtype, stream));
   }
   for (const mta::AdvanceArgs<R>& args : work.advances) {
     C10_CUDA_CHECK(cuda::launch_advance<R>(args, stream));

@@ -39,7 +39,7 @@ __device__ void element_kernel_body(const mta::LaunchArgs<R>& args) {
 // indices cost bank conflicts at worst instead of one constant-cache access
 // per distinct address; then each thread is one lane (kLanes = 1).
 template <class R, typename P>
-__device__ void element_kernel_body8(const mta::LaunchArgs<R>& args) {
+__device__ void element_kernel_body8(const mta::LaunchArgs8<R>& args) {
   __shared__ float signed_map[kCodes8], unsigned_map[kCodes8];
   __shared__ float signed_midpoints[kCodes8 - 1], unsigned_midpoints[kCodes8 - 1];
   for (int32_t i = static_cast<int32_t>(threadIdx.x); i < kCodes8; i += mta::kBlockSize) {
@@ -100,7 +100,7 @@ FUSEDOPT_SCALAR_ADVANCE_KERNEL(NAdam, nadam)
   }
 #define FUSEDOPT_ELEMENT_KERNEL8(Type, name, suffix, P)                                \
   extern "C" __global__ void __launch_bounds__(mta::kBlockSize, mta::kMinBlocksPerSm8) \
-      fusedopt_##name##_##suffix(const mta::LaunchArgs<Type> args) {                  \
+      fusedopt_##name##_##suffix(const mta::LaunchArgs8<Type> args) {                  \
     element_kernel_body8<Type, P>(args);                                              \
   }
 #define FUSEDOPT_LAUNCH_CASE(name, dtype, suffix)                                   \
@@ -129,18 +129,22 @@ FUSEDOPT_SCALAR_ADVANCE_KERNEL(NAdam, nadam)
         FUSEDOPT_LAUNCH_CASE(name, kBFloat16, bf16_sbf16)                                     \
         FUSEDOPT_LAUNCH_CASE(name, kFloat16, fp16_sbf16)                                      \
       }                                                                                       \
-    } else if (state_dtype == StateDtype::kInt8Blockwise) {                                   \
-      switch (dtype) {                                                                        \
-        FUSEDOPT_LAUNCH_CASE(name, kFloat32, fp32_s8)                                         \
-        FUSEDOPT_LAUNCH_CASE(name, kBFloat16, bf16_s8)                                        \
-        FUSEDOPT_LAUNCH_CASE(name, kFloat16, fp16_s8)                                         \
-      }                                                                                       \
     } else {                                                                                  \
       switch (dtype) {                                                                        \
         FUSEDOPT_LAUNCH_CASE(name, kFloat32, fp32)                                            \
         FUSEDOPT_LAUNCH_CASE(name, kBFloat16, bf16)                                           \
         FUSEDOPT_LAUNCH_CASE(name, kFloat16, fp16)                                            \
       }                                                                                       \
+    }                                                                                         \
+    return cudaGetLastError();                                                                \
+  }                                                                                           \
+  template <>                                                                                 \
+  cudaError_t launch_elements8<Type>(const mta::LaunchArgs8<Type>& args, int32_t n_blocks,    \
+                                     ParamDtype dtype, cudaStream_t stream) {                 \
+    switch (dtype) {                                                                          \
+      FUSEDOPT_LAUNCH_CASE(name, kFloat32, fp32_s8)                                           \
+      FUSEDOPT_LAUNCH_CASE(name, kBFloat16, bf16_s8)                                          \
+      FUSEDOPT_LAUNCH_CASE(name, kFloat16, fp16_s8)                                           \
     }                                                                                         \
     return cudaGetLastError();                                                                \
   }                                                                                           \

@@ -119,16 +119,28 @@ struct Blockwise8 {};
 template <class R, typename P, typename S>
 void emulate_block(const mta::LaunchArgs<R>& args, int32_t block, int32_t n_blocks,
                    int32_t threads_per_block, EmulationObserver& observer) {
+  for (int32_t thread = 0; thread < threads_per_block; ++thread) {
+    mta::element_thread<R, P, S>(args, block, n_blocks, thread, threads_per_block, observer);
+  }
+}
+
+template <class R, typename P, typename S>
+void emulate_block(const mta::LaunchArgs8<R>& args, int32_t block, int32_t n_blocks,
+                   int32_t threads_per_block, EmulationObserver& observer) {
+  const mta::Codec8Tables tables{kSignedMap, kUnsignedMap, kSignedMidpoints, kUnsignedMidpoints};
+  for (int32_t warp = 0; warp < threads_per_block; warp += mta::kWarpSize) {
+    mta::element_lanes8<R, P, mta::kWarpSize>(args, block, n_blocks, warp, threads_per_block,
+                                              tables, observer);
+  }
+}
+
+// The launches of `work` that states stored as S take.
+template <typename S, class R>
+const auto& launches_of(const binding::CudaWork<R>& work) {
   if constexpr (std::is_same_v<S, Blockwise8>) {
-    const mta::Codec8Tables tables{kSignedMap, kUnsignedMap, kSignedMidpoints, kUnsignedMidpoints};
-    for (int32_t warp = 0; warp < threads_per_block; warp += mta::kWarpSize) {
-      mta::element_lanes8<R, P, mta::kWarpSize>(args, block, n_blocks, warp, threads_per_block,
-                                                tables, observer);
-    }
+    return work.launches8;
   } else {
-    for (int32_t thread = 0; thread < threads_per_block; ++thread) {
-      mta::element_thread<R, P, S>(args, block, n_blocks, thread, threads_per_block, observer);
-    }
+    return work.launches;
   }
 }
 
@@ -138,7 +150,7 @@ template <class R, typename P, typename S>
 int64_t emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_block,
                          int32_t max_grid_blocks, EmulationObserver& observer) {
   int64_t blocks_run = 0;
-  for (const mta::Launch<R>& launch : work.launches) {
+  for (const auto& launch : launches_of<S>(work)) {
     observer.slot_tensors = &launch.tensors;
     const int32_t n_blocks = mta::grid_blocks(launch.args.header.n_chunks, max_grid_blocks);
     for (int32_t block = 0; block < n_blocks; ++block) {
@@ -241,13 +253,15 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   }
   int64_t chunks = 0, never = 0, more = 0;
   for (const mta::Launch<R>& launch : work.launches) chunks += launch.args.header.n_chunks;
+  for (const auto& launch : work.launches8) chunks += launch.args.header.n_chunks;
   for (const std::vector<uint8_t>& counts : observer.updates) {
     for (uint8_t c : counts) {
       never += c == 0;
       more += c > 1;
     }
   }
-  const std::vector<int64_t> stats = {static_cast<int64_t>(work.launches.size()),
+  const size_t launches = work.launches.size() + work.launches8.size();
+  const std::vector<int64_t> stats = {static_cast<int64_t>(launches),
                                       chunks,
                                       blocks_run,
                                       observer.vector_accesses,

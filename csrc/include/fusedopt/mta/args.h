@@ -71,13 +71,20 @@ struct Slot : SlotScalarStates<kScalarStates<R>> {
   // fp32, bf16 or 8-bit codes (the launch's state dtype: Note [state dtypes]
   // in core/storage.h); null where the step uses no such state.
   void* state[R::kStates > 0 ? R::kStates : 1];
-  // 8-bit blockwise states only: each state's fp32 absmax, one per kBlock8
-  // elements (core/blockwise8.h); null otherwise.
-  float* absmax[R::kStates > 0 ? R::kStates : 1];
   const float* step;       // the count in device memory, or null when the host owns it
   int64_t numel;           // 64-bit: tensors over 2^31 elements are real
   typename R::PerTensor scalars;  // computed on the host; read when !scalars_on_device
   float host_step;         // the host's count after this step, for a device lr with host counts
+};
+
+// One tensor of a launch with 8-bit blockwise states: a Slot and each state's
+// fp32 absmax, one per kBlock8 elements (core/blockwise8.h; null where the
+// step uses no such state). A type of its own, so that the slots of fp32 and
+// bf16 launches keep their size (Adam's would grow from 80 to 104 B: 2000 x
+// 4096 params in 11 launches instead of 8).
+template <class R>
+struct Slot8 : Slot<R> {
+  float* absmax[R::kStates > 0 ? R::kStates : 1];
 };
 
 // The launch-wide fields of LaunchArgs, apart so that their size is known
@@ -115,32 +122,36 @@ constexpr size_t kSlotShareNumerator = 5, kSlotShareDenominator = 8;
 constexpr size_t kMaxSlotsPerLaunch = 256;
 constexpr size_t kChunkEntryBytes = sizeof(uint8_t) + sizeof(int32_t);
 
-template <class R>
+template <class R, class S = Slot<R>>
 constexpr int32_t slots_per_launch() {
   const size_t share = (kMaxKernelArgBytes - sizeof(LaunchHeader<R>)) * kSlotShareNumerator /
-                       kSlotShareDenominator / sizeof(Slot<R>);
+                       kSlotShareDenominator / sizeof(S);
   return static_cast<int32_t>(share < kMaxSlotsPerLaunch ? share : kMaxSlotsPerLaunch);
 }
 
-template <class R>
+template <class R, class S = Slot<R>>
 constexpr int32_t chunks_per_launch() {
   // 16 bytes of slack for the padding between the arrays.
-  return static_cast<int32_t>((kMaxKernelArgBytes - sizeof(LaunchHeader<R>) -
-                               slots_per_launch<R>() * sizeof(Slot<R>) - 16) /
-                              kChunkEntryBytes);
+  return static_cast<int32_t>(
+      (kMaxKernelArgBytes - sizeof(LaunchHeader<R>) - slots_per_launch<R, S>() * sizeof(S) - 16) /
+      kChunkEntryBytes);
 }
 
-template <class R>
+// S: the slot type, Slot<R>, or Slot8<R> for 8-bit blockwise states (LaunchArgs8).
+template <class R, class S = Slot<R>>
 struct LaunchArgs {
-  static constexpr int32_t kSlots = slots_per_launch<R>();
-  static constexpr int32_t kChunks = chunks_per_launch<R>();
+  static constexpr int32_t kSlots = slots_per_launch<R, S>();
+  static constexpr int32_t kChunks = chunks_per_launch<R, S>();
   LaunchHeader<R> header;
-  Slot<R> slots[kSlots];
+  S slots[kSlots];
   // Entry e of the table is chunk chunk_index[e] of slots[chunk_slot[e]]
   // (core/launch_plan.h); block b of the grid takes entries b, b + grid, ...
   int32_t chunk_index[kChunks];
   uint8_t chunk_slot[kChunks];
 };
+
+template <class R>
+using LaunchArgs8 = LaunchArgs<R, Slot8<R>>;
 
 // Note [the advance launch]: step counts in device memory are advanced after
 // all of a call's element launches have read them (Note [step-count protocol],
@@ -211,6 +222,10 @@ constexpr bool check_launch_args() {
   static_assert(LaunchArgs<R>::kSlots >= 1 && LaunchArgs<R>::kSlots <= 256,
                 "chunk_slot is a uint8");
   static_assert(sizeof(LaunchArgs<R>) <= kMaxKernelArgBytes,
+                "a launch's metadata must fit the kernel-parameter space");
+  static_assert(LaunchArgs8<R>::kSlots >= 1 && LaunchArgs8<R>::kSlots <= 256,
+                "chunk_slot is a uint8");
+  static_assert(sizeof(LaunchArgs8<R>) <= kMaxKernelArgBytes,
                 "a launch's metadata must fit the kernel-parameter space");
   static_assert(sizeof(AdvanceArgs<R>) <= kMaxKernelArgBytes,
                 "an advance launch's tensors must fit the kernel-parameter space");

@@ -486,18 +486,18 @@ FUSEDOPT_HD void block_absmax(const uint32_t (&bits)[kLanes][kS], float (&absmax
 // steps blocks warp, warp + n_warps, ... of the chunk; every lane of a warp
 // runs the same blocks, so all 32 reach each warp max.
 template <class R, typename P, int kLanes, typename Observer>
-FUSEDOPT_HD void chunk_lanes8(const LaunchArgs<R>& args, int32_t entry, int32_t thread,
+FUSEDOPT_HD void chunk_lanes8(const LaunchArgs8<R>& args, int32_t entry, int32_t thread,
                               int32_t n_threads, const Unscale& unscale, const Codec8Tables& tables,
                               Observer& observer) {
   constexpr int kS = R::kStates > 0 ? R::kStates : 1;
   const LaunchHeader<R>& h = args.header;
   const int32_t slot_index = args.chunk_slot[entry];
-  const Slot<R>& slot = args.slots[slot_index];
+  const Slot8<R>& slot = args.slots[slot_index];
   const int64_t chunk_start = static_cast<int64_t>(args.chunk_index[entry]) * kChunkSize;
   const int64_t left = slot.numel - chunk_start;
   const int32_t n = static_cast<int32_t>(left < kChunkSize ? left : kChunkSize);
   const typename R::PerTensor scalars =
-      h.scalars_on_device ? scalars_in_kernel(h, slot) : slot.scalars;
+      h.scalars_on_device ? scalars_in_kernel<R>(h, slot) : slot.scalars;
   ChunkBuffers8<R, P> b{
       static_cast<P*>(slot.param) + chunk_start, static_cast<P*>(slot.grad) + chunk_start, {}, {}};
   // As chunk_thread: the vector path needs every buffer 16-byte aligned (a
@@ -558,7 +558,7 @@ FUSEDOPT_HD void chunk_lanes8(const LaunchArgs<R>& args, int32_t entry, int32_t 
 // element_thread with 8-bit blockwise states, for lanes [thread, thread +
 // kLanes) of one warp of block `block`.
 template <class R, typename P, int kLanes, typename Observer>
-FUSEDOPT_HD void element_lanes8(const LaunchArgs<R>& args, int32_t block, int32_t n_blocks,
+FUSEDOPT_HD void element_lanes8(const LaunchArgs8<R>& args, int32_t block, int32_t n_blocks,
                                 int32_t thread, int32_t n_threads, const Codec8Tables& tables,
                                 Observer& observer) {
   const LaunchGate gate = launch_gate(args.header);
