@@ -10,10 +10,11 @@ blockwise, fusedopt.reference.codecs), the math in fp32 either way.
     and reference, against the reference (cpu = triton bit for bit; the
     op-level three-backend bit identity is tests/test_bit_identity.py);
   - 8-bit states: the CPU loop's decode and encode equal the plain-PyTorch
-    codec bit for bit, for every rule; AdamW8bit against an independent
+    codec bit for bit, for every rule, and the Triton kernel (interpreter)
+    equals the CPU loop bit for bit (the CUDA kernels' body:
+    tests/test_cuda_emulation.py); AdamW8bit against an independent
     plain-PyTorch re-implementation of bitsandbytes' blockwise scheme;
-    tensors under the 8-bit threshold; the backends without 8-bit kernels
-    refuse with a reason;
+    tensors under the 8-bit threshold; triton accepts 8-bit CUDA buckets;
   - state_dict: torch's layout by default (loadable by torch.optim.AdamW),
     the compact form (codes and absmax), bf16 states saved as bf16, fp32
     states loaded into a bf16 or 8-bit group converted; a bad state_dtype;

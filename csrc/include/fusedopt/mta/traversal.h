@@ -298,17 +298,19 @@ FUSEDOPT_HD void element_thread(const LaunchArgs<R>& args, int32_t block, int32_
 // blockwise8.h) a block's codes can be written only once its new absmax is
 // known, the max over all kBlock8 of its stepped elements. One warp steps one
 // block: each of its 32 lanes holds kLane8 = 8 consecutive elements in
-// registers (one 16-byte pack of a 16-bit param or grad, two of an fp32 one,
-// an 8-byte pack of codes), steps them, and the warp's max of their magnitude
-// bits (core/blockwise8.h: NaN-propagating, the CPU's integer max) comes from
+// registers (one 16-byte pack of a 16-bit param or grad, two of an fp32 one, an
+// 8-byte pack of codes), steps them, and the warp's max of their magnitude bits
+// (core/blockwise8.h: NaN-propagating, the CPU's integer max) comes from
 // __reduce_max_sync; then each lane encodes and stores its 8 codes, lane 0 the
-// absmax. No shared memory, no barrier: a warp's lanes meet only in that max.
-// The traversal is written for kLanes consecutive lanes of one warp per call:
-// a kernel thread is kLanes = 1 (the max over its lanes is its own, then the
-// warp's); the CPU emulation runs a whole warp per call, kLanes = 32, where
-// the max over its lanes is the warp's. A chunk (kChunkSize, a multiple of
-// kBlock8) holds whole blocks, so a block never straddles chunks, nor a warp's
-// block two chunks.
+// absmax. Warps never wait for each other: a warp's lanes meet only in that max
+// (the kernel's one barrier is before the first chunk, once its code tables are
+// in shared memory). Its launches take Slot8s (mta/args.h) and run one block
+// per SM (kMinBlocksPerSm8). The traversal is written for kLanes consecutive
+// lanes of one warp per call: a kernel thread is kLanes = 1 (the max over its
+// lanes is its own, then the warp's); the CPU emulation runs a whole warp per
+// call, kLanes = 32, where the max over its lanes is the warp's. A chunk
+// (kChunkSize, a multiple of kBlock8) holds whole blocks, so a block never
+// straddles chunks, nor a warp's block two chunks.
 constexpr int32_t kWarpSize = 32;
 constexpr int32_t kLane8 = kBlock8 / kWarpSize;
 static_assert(kLane8 * kWarpSize == kBlock8, "a warp's lanes hold a block exactly");
