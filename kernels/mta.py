@@ -201,6 +201,15 @@ def _address(row, col, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
 
 
 @triton.jit
+def _state_blocks(row, start, BLOCK: tl.constexpr):
+    """The indices of a program's 8-bit state blocks (Note [8-bit blocks in a
+    program]) and which lie inside the tensor (all of a full block's: a
+    4-lane mask costs nothing next to the block's elements)."""
+    blocks = start // BLOCK8 + tl.arange(0, BLOCK // BLOCK8)
+    return blocks, blocks * BLOCK8 < tl.load(row + COL_NUMEL)
+
+
+@triton.jit
 def _element_kernel(
     tensor_table,
     block_table,
@@ -268,12 +277,6 @@ def _element_kernel(
                     # GradScaler's unscale, stored back unscaled as torch's fused optimizers do.
                     g = tl.div_rn(g, scale)
                     tl.store(g_ptrs, from_float(g, PARAM_DTYPE), mask=mask)
-                if STATE_DTYPE == tl.uint8:
-                    # The program's 8-bit state blocks, those inside the tensor.
-                    blocks = start // BLOCK8 + tl.arange(0, BLOCK // BLOCK8)
-                    block_mask = None
-                    if not FULL:
-                        block_mask = blocks * BLOCK8 < tl.load(row + COL_NUMEL)
                 # A state this step does not use keeps a placeholder (p), which
                 # the rule ignores and the frame never stores. State addresses are
                 # read again for the stores rather than kept live across the
@@ -289,6 +292,7 @@ def _element_kernel(
                         if STATE_DTYPE == tl.uint8:
                             # One absmax per block, broadcast: a gather per
                             # element instead spilled 8 B (RMSprop, sm_90).
+                            blocks, block_mask = _state_blocks(row, start, BLOCK)
                             absmax = tl.load(
                                 _address(row, COL_ABSMAX + k, tl.float32, False) + blocks,
                                 mask=block_mask,
@@ -306,6 +310,9 @@ def _element_kernel(
                         if STATE_DTYPE == tl.uint8:
                             absmax = block_absmax8(s[k], mask, BLOCK)
                             stored = encode8(s[k], absmax, codec, (SIGNED >> k) & 1, BLOCK)
+                            # Derived again, not kept live across the update:
+                            # that spilled 8 B (Rprop, bf16, sm_90).
+                            blocks, block_mask = _state_blocks(row, start, BLOCK)
                             tl.store(
                                 _address(row, COL_ABSMAX + k, tl.float32, False) + blocks,
                                 absmax,

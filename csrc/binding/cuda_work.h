@@ -78,7 +78,7 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
   header.found_inf = sources.found_inf;
   header.scalars_on_device = sources.steps_in_kernel || sources.lr != nullptr;
   CudaWork<R> work;
-  // Slot8s, the Slots and their absmax (null but with 8-bit states).
+  // Slot8s: the Slots, and their absmax (null unless the states are 8-bit).
   std::vector<mta::Slot8<R>> slots(n);
   std::vector<float*> device_steps;
   std::vector<float*> device_scalar_states;  // tensor-major: mta::build_advances

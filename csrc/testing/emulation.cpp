@@ -124,6 +124,8 @@ void emulate_block(const mta::LaunchArgs<R>& args, int32_t block, int32_t n_bloc
   }
 }
 
+// The same with 8-bit blockwise states (S is Blockwise8, taken so that
+// emulate_launches calls both alike).
 template <class R, typename P, typename S>
 void emulate_block(const mta::LaunchArgs8<R>& args, int32_t block, int32_t n_blocks,
                    int32_t threads_per_block, EmulationObserver& observer) {
