@@ -193,7 +193,12 @@ def test_no_contraction_and_no_fp64_in_the_element_loops(rule, arch):
         kernel = f"fusedopt_{rule}_{dtype}"
         code = code_of[kernel]
         loops = [body for body in sass_loops(code) if len(body) > 1]  # not the trap after EXIT
-        assert len(loops) >= 2, f"{kernel} sm_{arch}: want a vector and a tail loop"
+        if dtype.endswith("_s8"):
+            # One loop over a chunk's blocks, both paths inside (Note [8-bit
+            # blocks on the GPU]); the code-table copy's loop may be unrolled.
+            assert loops, f"{kernel} sm_{arch}: want the block loop"
+        else:
+            assert len(loops) >= 2, f"{kernel} sm_{arch}: want a vector and a tail loop"
         for body in loops:
             where = f"{kernel} sm_{arch} loop at {body[0].address:#x}"
             if not dtype.endswith("_s8"):
