@@ -31,7 +31,8 @@ constexpr int32_t kMinBlocksPerSm = 2;
 // give a thread 128 registers. A thread holds 8 elements, and each state's 8
 // stepped values until its warp's max (Note [8-bit blocks on the GPU] in
 // mta/traversal.h): capped at 64 registers, Adam's fp32 kernel spilled 284 B
-// (sm_90, nvcc 13); at 128 it takes 128 and RMSprop 122, no spills. Bytes in
+// (sm_90, nvcc 13); at 128 it takes 128 and RMSprop 122, and no 8-bit kernel
+// spills on sm_80 to sm_120 (at most 118, 128, 126, 106 registers). Bytes in
 // flight per SM (an estimate, not a measurement): 512 threads x (p and g: 2 x
 // 32 B, codes: 3 x 8 B) = 44 KB for fp32 Adam, against 2 x 512 x 5 x 16 B =
 // 80 KB for its fp32-state kernel.
