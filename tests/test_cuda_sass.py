@@ -1,10 +1,11 @@
 """Static checks on the compiled CUDA kernels (nothing CUDA runs here): every
 architecture of the build is in the library, and for every rule of
-fusedopt.registry.RULES its six kernels (fusedopt_<rule>_{fp32,bf16,fp16}
-with fp32 states, and the same with the suffix _sbf16 for bf16 states) use
-128-bit global loads and stores for fp32 data (64-bit for 16-bit params,
-grads and states), nothing spills to local memory, and the register count keeps two
-512-thread blocks resident per SM; the advance kernels too
+fusedopt.registry.RULES its nine kernels (fusedopt_<rule>_{fp32,bf16,fp16}
+with fp32 states, and the same with the suffix _sbf16 for bf16 states, _s8
+for 8-bit blockwise states) use 128-bit global loads and stores for fp32 data
+(64-bit for 16-bit params, grads and states, and for 8-bit codes), nothing
+spills to local memory, and the register count keeps two 512-thread blocks
+resident per SM (one for the 8-bit kernels); the advance kernels too
 (fusedopt_step_increment, and fusedopt_<rule>_advance of the rules with
 scalar states).
 
@@ -42,11 +43,17 @@ pytestmark = pytest.mark.skipif(
 # "80-real" -> 80; "120" (no -real) also embeds PTX.
 ARCHS = [int(a.split("-")[0]) for a in cuda_archs.split(",") if a]
 PTX_ARCHS = [int(a) for a in cuda_archs.split(",") if a and not a.endswith("-real")]
-# Param dtype, then "_sbf16" where the states are bf16 (Note [state dtypes] in
-# csrc/include/fusedopt/core/storage.h).
+# Param dtype, then "_sbf16" where the states are bf16, "_s8" where they are
+# 8-bit blockwise (Note [state dtypes] in csrc/include/fusedopt/core/storage.h).
 PARAM_DTYPES = ("fp32", "bf16", "fp16")
-DTYPES = PARAM_DTYPES + tuple(f"{dtype}_sbf16" for dtype in PARAM_DTYPES)
+DTYPES = (
+    PARAM_DTYPES
+    + tuple(f"{dtype}_sbf16" for dtype in PARAM_DTYPES)
+    + tuple(f"{dtype}_s8" for dtype in PARAM_DTYPES)
+)
 KERNELS = [f"fusedopt_{rule}_{dtype}" for rule in RULES for dtype in DTYPES]
+# The kernels that store no 16-bit value: fp32 params with fp32 or 8-bit states.
+FP32_ONLY = ("fp32", "fp32_s8")
 # Note [the advance launch] in mta/args.h: one kernel shared by the rules
 # without scalar states, one per rule with them.
 ADVANCE_KERNELS = ["fusedopt_step_increment"] + [
@@ -56,6 +63,8 @@ ADVANCE_KERNELS = ["fusedopt_step_increment"] + [
 # two blocks per SM resident (50% occupancy, enough to saturate HBM with 5-8
 # outstanding 16-byte loads per thread).
 MAX_REGISTERS = 64
+# The 8-bit state kernels: one block per SM (mta::kMinBlocksPerSm8), 128.
+MAX_REGISTERS_8 = 128
 
 
 def vector_accesses(rule: str, dtype: str) -> dict[int, int]:
@@ -68,8 +77,15 @@ def vector_accesses(rule: str, dtype: str) -> dict[int, int]:
     states = len(RULES[rule].states)
     param, _, state = dtype.partition("_")
     widths = {128: 0, 64: 0}
-    widths[128 if param == "fp32" else 64] += 2
-    widths[64 if state == "sbf16" else 128] += states
+    if state == "s8":
+        # A lane's 8 elements (Note [8-bit blocks on the GPU] in
+        # mta/traversal.h): p and g two 16-byte packs of fp32, one of 16-bit;
+        # each state's codes one 8-byte pack.
+        widths[128] += 2 * (2 if param == "fp32" else 1)
+        widths[64] += states
+    else:
+        widths[128 if param == "fp32" else 64] += 2
+        widths[64 if state == "sbf16" else 128] += states
     return {width: count for width, count in widths.items() if count}
 
 
@@ -146,7 +162,8 @@ def test_no_spills_and_bounded_registers():
             assert res is not None, f"no resource usage for {kernel} on sm_{arch}"
             if res["STACK"] != 0 or res["LOCAL"] != 0:
                 failures.append(f"{kernel} sm_{arch} spills: {res}")
-            if res["REG"] > MAX_REGISTERS:
+            limit = MAX_REGISTERS_8 if kernel.endswith("_s8") else MAX_REGISTERS
+            if res["REG"] > limit:
                 failures.append(f"{kernel} sm_{arch}: {res['REG']} registers")
     assert not failures, "\n".join(failures)
 
@@ -160,16 +177,33 @@ def test_no_contraction_and_no_fp64_in_the_element_loops(rule, arch):
     it calls (the slow paths of division and square root). The kernels do
     hold FP64 (scalars_in_kernel in mta/traversal.h, once per thread and
     chunk, and CUDA's pow): outside the loops, which the check tells apart
-    (Adam's, the control, has some)."""
+    (Adam's, the control, has some).
+
+    The FFMA count is not read in the 8-bit kernels ("_s8"): their encoder
+    divides a lane's 8 values by their block's divisor, and ptxas computes
+    its reciprocal once for the 8 divisions (sm_90: 46 MUFU.RCP for 78 FCHK
+    in SGD's block loop), and divides by the constant 0.9f with no MUFU at
+    all (blockwise8.h, encode_code8_fast), so contracted_fmas' 3 per FCHK + 2
+    per RCP miscounts there (64 "contracted" in SGD's, all of them divisions'
+    by their operands). Their PTX is held to no fma.rn.f32 and every fp32
+    mul/add/sub .rn (test_ptx_is_uncontracted_ieee), which ptxas may not
+    contract."""
     code_of = _sass_code(arch)
     for dtype in DTYPES:
         kernel = f"fusedopt_{rule}_{dtype}"
         code = code_of[kernel]
         loops = [body for body in sass_loops(code) if len(body) > 1]  # not the trap after EXIT
-        assert len(loops) >= 2, f"{kernel} sm_{arch}: want a vector and a tail loop"
+        if dtype.endswith("_s8"):
+            # One loop over a chunk's blocks, both paths inside (Note [8-bit
+            # blocks on the GPU]); the code-table copy's loop may be unrolled.
+            assert loops, f"{kernel} sm_{arch}: want the block loop"
+        else:
+            assert len(loops) >= 2, f"{kernel} sm_{arch}: want a vector and a tail loop"
         for body in loops:
             where = f"{kernel} sm_{arch} loop at {body[0].address:#x}"
-            assert contracted_fmas(body) == 0, f"{where}: {contracted_fmas(body)} contracted FMAs"
+            if not dtype.endswith("_s8"):
+                fmas = contracted_fmas(body)
+                assert fmas == 0, f"{where}: {fmas} contracted FMAs"
             fp64 = [i.opcode for i in body + sass_called(code, body) if is_fp64(i.opcode)]
             assert not fp64, f"{where}: FP64 {sorted(set(fp64))}"
         if rule == "adam":
@@ -182,7 +216,7 @@ def test_16_bit_stores_round_to_nearest_even(arch):
     (a rounding modifier, .RZ/.RM/.RP, would show in the opcode)."""
     code_of = _sass_code(arch)
     for rule in RULES:
-        for dtype in DTYPES[1:]:
+        for dtype in (d for d in DTYPES if d not in FP32_ONLY):
             kernel = f"fusedopt_{rule}_{dtype}"
             converts = [i.opcode for i in code_of[kernel] if i.opcode.startswith("F2FP")]
             assert converts, f"{kernel} sm_{arch}: no F2FP"
@@ -203,7 +237,8 @@ def test_ptx_is_uncontracted_ieee(rule):
         body = entries[kernel]
         facts = ptx_facts(body)
         assert facts["fma_f32"] == facts["free_f32"] == facts["inexact"] == 0, (kernel, facts)
-        assert facts["cvt_other_16"] == 0 and (facts["cvt_rn_16"] > 0) == (dtype != "fp32"), (
+        stores_16 = dtype not in FP32_ONLY
+        assert facts["cvt_other_16"] == 0 and (facts["cvt_rn_16"] > 0) == stores_16, (
             kernel,
             facts,
         )

@@ -10,10 +10,11 @@ blockwise, fusedopt.reference.codecs), the math in fp32 either way.
     and reference, against the reference (cpu = triton bit for bit; the
     op-level three-backend bit identity is tests/test_bit_identity.py);
   - 8-bit states: the CPU loop's decode and encode equal the plain-PyTorch
-    codec bit for bit, for every rule; AdamW8bit against an independent
+    codec bit for bit, for every rule, and the Triton kernel (interpreter)
+    equals the CPU loop bit for bit (the CUDA kernels' body:
+    tests/test_cuda_emulation.py); AdamW8bit against an independent
     plain-PyTorch re-implementation of bitsandbytes' blockwise scheme;
-    tensors under the 8-bit threshold; the backends without 8-bit kernels
-    refuse with a reason;
+    tensors under the 8-bit threshold; triton accepts 8-bit CUDA buckets;
   - state_dict: torch's layout by default (loadable by torch.optim.AdamW),
     the compact form (codes and absmax), bf16 states saved as bf16, fp32
     states loaded into a bf16 or 8-bit group converted; a bad state_dtype;
@@ -349,11 +350,61 @@ def test_report_names_a_calls_state_dtype():
 
 
 @pytest.mark.skipif(not TRITON, reason="needs triton")
-def test_backends_without_8bit_kernels_say_why():
-    p = torch.nn.Parameter(torch.randn(5000))
-    p.grad = torch.randn_like(p)
-    with pytest.raises(ValueError, match="no 8-bit blockwise state kernels"):
-        fusedopt.AdamW8bit([p], backend="triton").step()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", [n for n in RULES if RULES[n].states and not RULES[n].state_shape])
+def test_triton_8bit_equals_cpu_bit_for_bit(name, dtype):
+    """The Triton kernel's 8-bit step (interpreter; Note [8-bit blocks in a
+    program] in kernels/mta.py) = the CPU op's: params, codes and absmax bit
+    for bit, every rule with every state used, on a short block, a tail and
+    programs that are full (vector path) and masked."""
+    from fusedopt import backends
+
+    rule, hyper, params, grads, codes, absmax, counts = _op_case(name, EIGHT_BIT_SIZES, dtype)
+    lr = 1e-2
+    cpu = [[t.clone() for t in ts] for ts in (params, grads, codes, absmax, counts)]
+    rule.op(cpu[0], cpu[1], cpu[2] + cpu[3], cpu[4], lr=lr, **hyper)
+    backends.get("triton").step(
+        rule, params, grads, codes + absmax, counts, lr=lr, hyper=dict(hyper)
+    )
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    for p, q in zip(params, cpu[0]):
+        assert torch.equal(p.view(bits), q.view(bits))
+    for got, want in zip(codes, cpu[2]):
+        assert torch.equal(got, want)
+    for got, want in zip(absmax, cpu[3]):
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.skipif(not TRITON, reason="needs triton")
+def test_adamw8bit_triton_equals_cpu_over_steps():
+    """AdamW8bit on the triton backend (interpreter) and on cpu: the same bits
+    after 3 steps, an 8-bit tensor with a tail and a small fp32-state one."""
+    runs = []
+    for backend in ("triton", "cpu"):
+        params = make_params((1000, 4096 + 300), dtype=torch.float32)
+        opt = fusedopt.AdamW8bit(params, lr=1e-2, backend=backend)
+        for k in range(STEPS):
+            for p, g in zip(params, draw_grads(params, k)):
+                p.grad = g
+            opt.step()
+        runs.append((params, opt))
+    (params, opt), (cpu_params, cpu) = runs
+    assert opt.state[params[1]]["exp_avg"].dtype == torch.int8
+    for p, q in zip(params, cpu_params):
+        assert torch.equal(p, q)
+        for key, value in cpu.state[q].items():
+            assert torch.equal(opt.state[p][key], value), key
+
+
+@pytest.mark.skipif(not TRITON, reason="needs triton")
+def test_gpu_backends_accept_8bit_buckets():
+    """int8 states on CUDA tensors: triton serves them (and cuda, where built
+    and a GPU is seen; "auto" tries cuda, then triton)."""
+    from fusedopt import backends
+
+    bucket = backends.Bucket(torch.device("cuda"), torch.float32, True, "int8")
+    assert backends.get("triton").unsupported_reason(bucket) is None
+    assert backends.AUTO_ORDER["cuda"][:2] == ("cuda", "triton")
 
 
 def test_8bit_classes_refuse_what_they_do_not_do():

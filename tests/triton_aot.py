@@ -8,7 +8,9 @@ ships in triton's wheel. Every rule of fusedopt.registry is compiled, for each
 param dtype and each of its state sets (STATE_SETS), with a GradScaler
 (grad_scale and found_inf in memory, the heaviest variant); the per-tensor
 table variant (Note [per-tensor scalars] in kernels/mta.py) only changes
-scalar loads, so it is compiled for fp32 params alone.
+scalar loads, so it is compiled for fp32 params alone. 8-bit blockwise
+states ("element8") are compiled for each param dtype with the rule's largest
+state set.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ TARGETS = {
     "sm100": GPUTarget("cuda", 100, 32),
     "sm120": GPUTarget("cuda", 120, 32),
 }
+# The 8-bit state kernels' targets: Hopper alone, as each of the 33 variants
+# takes ~12 s to compile on the CI machines' 2 shared cores.
+TARGETS_8BIT = ("sm90",)
 PARAM_DTYPES = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16}
 # torch's caching allocator hands out 512-byte aligned blocks: the tables are
 # at least 16-byte aligned, as Triton assumes of every tensor argument.
@@ -63,8 +68,21 @@ def _source(fn, signature: dict, constexprs: dict, aligned_args: tuple[str, ...]
     )
 
 
-def element_source(rule, dtype: str, used: int, in_table: bool) -> ASTSource:
-    """The element kernel as the launcher runs it with a GradScaler."""
+def signed_states(name: str) -> int:
+    """The SIGNED mask of a rule's 8-bit states: every state but its
+    never-negative ones (fusedopt.registry.Rule.nonnegative)."""
+    rule = rules.get(name)
+    return sum(
+        1 << k for k, state in enumerate(rule.STATE_NAMES) if state not in RULES[name].nonnegative
+    )
+
+
+def element_source(
+    rule, dtype: str, used: int, in_table: bool, signed: int | None = None
+) -> ASTSource:
+    """The element kernel as the launcher runs it with a GradScaler; with
+    `signed` (the SIGNED mask), with 8-bit blockwise states."""
+    blockwise = signed is not None
     signature = {
         "tensor_table": "*i64",
         "block_table": "*i64",
@@ -78,7 +96,8 @@ def element_source(rule, dtype: str, used: int, in_table: bool) -> ASTSource:
         "PER_TENSOR": rule.PerTensor,
         "USED": used,
         "PARAM_DTYPE": PARAM_DTYPES[dtype],
-        "STATE_DTYPE": tl.float32,
+        "STATE_DTYPE": tl.uint8 if blockwise else tl.float32,
+        "SIGNED": signed if blockwise else 0,
         "PER_TENSOR_IN_TABLE": in_table,
         "HAS_GRAD_SCALE": True,
         "HAS_FOUND_INF": True,
@@ -88,7 +107,13 @@ def element_source(rule, dtype: str, used: int, in_table: bool) -> ASTSource:
         constexprs["per_tensor"] = None
     else:
         signature["per_tensor"] = _fp32_tuple(rule.PerTensor)
-    aligned = ("tensor_table", "block_table", "per_tensor_table")
+    if blockwise:
+        signature["codec"] = "*fp32"
+    else:
+        constexprs["codec"] = None
+    aligned = ("tensor_table", "block_table", "per_tensor_table") + (
+        ("codec",) if blockwise else ()
+    )
     return _source(mta._element_kernel, signature, constexprs, aligned)
 
 
@@ -207,6 +232,13 @@ def main() -> None:
                         variant = f"{name}_element_{dtype}_used{used:b}_table{int(in_table)}"
                         source = element_source(rule, dtype, used, in_table)
                         out[f"{target_name}/{variant}"] = facts(source, target, mta.NUM_WARPS)
+            # 8-bit blockwise states (Note [8-bit blocks in a program]): every
+            # param dtype with the rule's largest state set, for TARGETS_8BIT.
+            used = max(rule.STATE_SETS, key=lambda mask: bin(mask).count("1"))
+            for dtype in PARAM_DTYPES if target_name in TARGETS_8BIT else ():
+                source = element_source(rule, dtype, used, False, signed_states(name))
+                variant = f"{name}_element8_{dtype}_used{used:b}_table0"
+                out[f"{target_name}/{variant}"] = facts(source, target, mta.NUM_WARPS)
             out[f"{target_name}/{name}_prologue"] = facts(prologue_source(rule), target, 4)
             # Rules with scalar states advance them in a count kernel of their
             # own (Note [scalar states] in csrc/include/fusedopt/core/rule.h).

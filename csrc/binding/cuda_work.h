@@ -27,7 +27,9 @@ struct CudaScalarSources {
 
 template <class R>
 struct CudaWork {
+  // The element launches: `launches`, or with 8-bit blockwise states `launches8`.
   std::vector<mta::Launch<R>> launches;
+  std::vector<mta::Launch<R, mta::Slot8<R>>> launches8;
   std::vector<mta::AdvanceArgs<R>> advances;  // empty unless steps_in_kernel
   std::vector<float*> host_steps;  // advanced by the host after the launches
   // Note [scalar states] (core/rule.h): (where, value after this step),
@@ -61,25 +63,38 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
                 a.params[i].numel(), " elements; the CUDA kernels take fewer than ",
                 mta::kMaxNumel, " (2^31 chunks of ", mta::kChunkSize, ")");
   }
+  // Note [state dtypes]: 8-bit blockwise states come as each used state's
+  // codes, then each one's absmax (checks.h, state_dtype_of).
+  const bool blockwise = state_dtype_of(a) == StateDtype::kInt8Blockwise;
+  const size_t n_used = used_state_names<R>(mask).size();
   mta::LaunchHeader<R> header{};
   header.config = config;
   header.launch = R::launch(config);
   header.state_mask = mask;
+  header.signed_mask = blockwise ? signed_code_mask(a, mask, R::kStates) : 0u;
   header.lr = sources.lr;
   header.lr_value = sources.lr_value;
   header.grad_scale = sources.grad_scale;
   header.found_inf = sources.found_inf;
   header.scalars_on_device = sources.steps_in_kernel || sources.lr != nullptr;
   CudaWork<R> work;
-  std::vector<mta::Slot<R>> slots(n);
+  // Slot8s: the Slots, and their absmax (null unless the states are 8-bit).
+  std::vector<mta::Slot8<R>> slots(n);
   std::vector<float*> device_steps;
   std::vector<float*> device_scalar_states;  // tensor-major: mta::build_advances
   for (size_t i = 0; i < n; ++i) {
-    mta::Slot<R>& slot = slots[i];
+    mta::Slot8<R>& slot = slots[i];
     slot.param = a.params[i].data_ptr();
     slot.grad = a.grads[i].data_ptr();
     for (int k = 0, used = 0; k < R::kStates; ++k) {
-      slot.state[k] = (mask >> k) & 1u ? a.states[used++ * n + i].data_ptr() : nullptr;
+      slot.state[k] = nullptr;
+      slot.absmax[k] = nullptr;
+      if (!((mask >> k) & 1u)) continue;
+      slot.state[k] = a.states[used * n + i].data_ptr();
+      if (blockwise) {
+        slot.absmax[k] = static_cast<float*>(a.states[(n_used + used) * n + i].data_ptr());
+      }
+      ++used;
     }
     slot.numel = a.params[i].numel();
     float* step = R::kHasStep ? a.steps[i].data_ptr<float>() : nullptr;
@@ -105,7 +120,12 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
     }
     if (step != nullptr) work.host_steps.push_back(step);
   }
-  work.launches = mta::build_launches<R>(slots, header);
+  if (blockwise) {
+    work.launches8 = mta::build_launches<R>(slots, header);
+  } else {
+    work.launches =
+        mta::build_launches<R>(std::vector<mta::Slot<R>>(slots.begin(), slots.end()), header);
+  }
   if (sources.steps_in_kernel) {
     work.advances = mta::build_advances<R>(device_steps, device_scalar_states, header);
   }

@@ -15,7 +15,9 @@
 //       traversal (mta/traversal.h) on CPU tensors, by a host loop over the
 //       grid: each launch runs grid_blocks(n_chunks, max_grid_blocks) blocks
 //       (mta/launches.h; the CUDA op's cap is kMinBlocksPerSm x the SMs, None
-//       here: one block per chunk); returns [launches, chunks, grid blocks,
+//       here: one block per chunk; with 8-bit blockwise states each block
+//       runs a warp of 32 lanes at a time, so threads_per_block is whole
+//       warps); returns [launches, chunks, grid blocks,
 //       vector accesses, scalar accesses, misaligned accesses, out-of-range
 //       updates, elements never updated, elements updated more than once,
 //       advance launches (Note [the advance launch] in mta/args.h)]
@@ -41,11 +43,13 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "binding/cuda_work.h"
 #include "binding/factored_step.h"
 #include "binding/norm_op.h"
+#include "fusedopt/core/blockwise8.h"
 #include "fusedopt/mta/factored.h"
 #include "fusedopt/mta/traversal.h"
 #include "fusedopt/rules/reduction_registry.h"
@@ -116,20 +120,53 @@ struct EmulationObserver {
   }
 };
 
+// The tag of 8-bit blockwise states for emulate_launches: its blocks run a
+// warp (32 lanes) per call of the traversal, so that each block's absmax is
+// the max over the warp's lanes, as __reduce_max_sync makes it in a kernel
+// (Note [8-bit blocks on the GPU] in mta/traversal.h), with the host's code tables.
+struct Blockwise8 {};
+
+template <class R, typename P, typename S>
+void emulate_block(const mta::LaunchArgs<R>& args, int32_t block, int32_t n_blocks,
+                   int32_t threads_per_block, EmulationObserver& observer) {
+  for (int32_t thread = 0; thread < threads_per_block; ++thread) {
+    mta::element_thread<R, P, S>(args, block, n_blocks, thread, threads_per_block, observer);
+  }
+}
+
+// The same with 8-bit blockwise states (S is Blockwise8, taken so that
+// emulate_launches calls both alike).
+template <class R, typename P, typename S>
+void emulate_block(const mta::LaunchArgs8<R>& args, int32_t block, int32_t n_blocks,
+                   int32_t threads_per_block, EmulationObserver& observer) {
+  const mta::Codec8Tables tables{kSignedMap, kUnsignedMap, kSignedMidpoints, kUnsignedMidpoints};
+  for (int32_t warp = 0; warp < threads_per_block; warp += mta::kWarpSize) {
+    mta::element_lanes8<R, P, mta::kWarpSize>(args, block, n_blocks, warp, threads_per_block,
+                                              tables, observer);
+  }
+}
+
+// The launches of `work` that states stored as S take.
+template <typename S, class R>
+const auto& launches_of(const binding::CudaWork<R>& work) {
+  if constexpr (std::is_same_v<S, Blockwise8>) {
+    return work.launches8;
+  } else {
+    return work.launches;
+  }
+}
+
 // Runs every launch of `work` over a grid of grid_blocks(n_chunks,
 // max_grid_blocks) blocks of `threads_per_block` threads; returns the blocks run.
 template <class R, typename P, typename S>
 int64_t emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_block,
                          int32_t max_grid_blocks, EmulationObserver& observer) {
   int64_t blocks_run = 0;
-  for (const mta::Launch<R>& launch : work.launches) {
+  for (const auto& launch : launches_of<S>(work)) {
     observer.slot_tensors = &launch.tensors;
     const int32_t n_blocks = mta::grid_blocks(launch.args.header.n_chunks, max_grid_blocks);
     for (int32_t block = 0; block < n_blocks; ++block) {
-      for (int32_t thread = 0; thread < threads_per_block; ++thread) {
-        mta::element_thread<R, P, S>(launch.args, block, n_blocks, thread, threads_per_block,
-                                  observer);
-      }
+      emulate_block<R, P, S>(launch.args, block, n_blocks, threads_per_block, observer);
     }
     blocks_run += n_blocks;
   }
@@ -181,12 +218,13 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   const typename R::Config config = R::config(a.hyper.data());
   const uint32_t mask = state_mask<R>(config);
   const StateDtype state_dtype = binding::state_dtype_of(a);
-  TORCH_CHECK(state_dtype != StateDtype::kInt8Blockwise,
-              "fusedopt: the CUDA traversal has no 8-bit blockwise states yet");
   binding::check_lists(kName, a, binding::used_state_names<R>(mask), kScalarLists<R>,
                        c10::DeviceType::CPU, state_dtype);
   TORCH_CHECK(threads_per_block >= 1 && threads_per_block <= mta::kBlockSize,
               "fusedopt: threads_per_block must be in [1, ", mta::kBlockSize, "]");
+  TORCH_CHECK(state_dtype != StateDtype::kInt8Blockwise || threads_per_block % mta::kWarpSize == 0,
+              "fusedopt: with 8-bit blockwise states threads_per_block must be a multiple of ",
+              mta::kWarpSize, " (a warp steps each block), got ", threads_per_block);
   TORCH_CHECK(
       !max_grid_blocks.has_value() || (*max_grid_blocks >= 1 && *max_grid_blocks <= INT32_MAX),
       "fusedopt: max_grid_blocks must be None or in [1, 2^31)");
@@ -213,19 +251,29 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
     work = binding::prepare_cuda<R>(a, config, mask, sources);
     const int32_t threads = static_cast<int32_t>(threads_per_block);
     const int32_t grid_cap = static_cast<int32_t>(max_grid_blocks.value_or(INT32_MAX));
-    blocks_run = state_dtype == StateDtype::kBFloat16
-                     ? emulate_for_dtype<R, Bf16>(a, work, threads, grid_cap, observer)
-                     : emulate_for_dtype<R, float>(a, work, threads, grid_cap, observer);
+    switch (state_dtype) {
+      case StateDtype::kBFloat16:
+        blocks_run = emulate_for_dtype<R, Bf16>(a, work, threads, grid_cap, observer);
+        break;
+      case StateDtype::kInt8Blockwise:
+        blocks_run = emulate_for_dtype<R, Blockwise8>(a, work, threads, grid_cap, observer);
+        break;
+      case StateDtype::kFloat32:
+        blocks_run = emulate_for_dtype<R, float>(a, work, threads, grid_cap, observer);
+        break;
+    }
   }
   int64_t chunks = 0, never = 0, more = 0;
   for (const mta::Launch<R>& launch : work.launches) chunks += launch.args.header.n_chunks;
+  for (const auto& launch : work.launches8) chunks += launch.args.header.n_chunks;
   for (const std::vector<uint8_t>& counts : observer.updates) {
     for (uint8_t c : counts) {
       never += c == 0;
       more += c > 1;
     }
   }
-  const std::vector<int64_t> stats = {static_cast<int64_t>(work.launches.size()),
+  const size_t launches = work.launches.size() + work.launches8.size();
+  const std::vector<int64_t> stats = {static_cast<int64_t>(launches),
                                       chunks,
                                       blocks_run,
                                       observer.vector_accesses,

@@ -22,7 +22,6 @@ from torch import Tensor
 
 from fusedopt import _extension
 from fusedopt._checks import (
-    INT8_BLOCKWISE,
     KERNEL_PARAM_DTYPES,
     check_lists,
     states_storage,
@@ -126,16 +125,6 @@ def _kernel_dtype_reason(bucket: Bucket) -> str | None:
     return None
 
 
-def _no_blockwise_kernels(bucket: Bucket, name: str) -> str | None:
-    """Why a backend without 8-bit blockwise kernels cannot step a bucket."""
-    if bucket.state_dtype == INT8_BLOCKWISE:
-        return (
-            f"the {name} backend has no 8-bit blockwise state kernels yet (state_dtype='int8'); "
-            "the cpu and reference backends step them"
-        )
-    return None
-
-
 class _CompiledOpBackend(Backend):
     """The C++ op family torch.ops.fusedopt.<rule>_step_, which torch's
     dispatcher sends to the CPU loops or the CUDA kernels by the tensors' device."""
@@ -226,7 +215,7 @@ class CudaBackend(_CompiledOpBackend):
         if reason is None:
             capability = torch.cuda.get_device_capability(bucket.device)
             reason = self.arch_reason(capability, _extension.cuda_archs())
-        return reason or _no_blockwise_kernels(bucket, "cuda")
+        return reason
 
     @staticmethod
     def arch_reason(capability: tuple[int, int], archs: str) -> str | None:
