@@ -4,39 +4,44 @@ seen as `batch` row-major matrices of rows x cols, a vector as a flat run.
 
 Each pass is one launch for all the params of a call (one device and param
 dtype), as the elementwise frame kernels/mta.py: a program reads its param's
-index from a tile table (one int32 per program) and the param's addresses and
-geometry from a tensor table (one int64 row per param), both cached between
-steps (Note [factored plans]).
+index from an item table or a tile table (one int32 per program) and the
+param's addresses and geometry from a tensor table (one int64 row per
+param), all cached between steps (Note [factored plans]).
 
-  (a) _square_sums_kernel  per tile: the sum of p^2 over the tile; for a
-                           matrix also the sums of g^2 (unscaled) over the
-                           tile's rows and over its columns
+  (a) _reduce_kernel       per reduction item (csrc/cpu/reduce.h's items):
+                           the sum of p^2; for a matrix the row sums of g^2
+                           (g unscaled) and the item's column partials
   (b) _statistics_kernel   per param (and column chunk): the sum of p^2, the
                            row and column means of g^2, their EMAs (the rule's
                            `ema`), max(mean(R), eps1) per matrix
       torch, a fixed number of float64 ops per call whatever the params: the
       per-tensor scalars, from the device-held counts (no host sync)
-  (c) _update_sq_kernel    per tile: the sum of U^2 (the RMS clip), then
-      _tile_sums_kernel    per param: its tiles' sums added
-  (d) _apply_kernel        the element pass
+  (c) _reduce_kernel       per item: the sum of U^2 (the RMS clip), then
+      _items_total_kernel  per param: its items' sums added
+  (d) _apply_kernel        per tile: the element pass
 
 Five launches per step, however many params: GPT-2 small's 148 took 494
-launches before (four per matrix, three per vector) and some 2,500 small
-torch ops.
+launches (four per matrix, three per vector) and 6382 torch ops per step
+before, 49 now (bench/bench_triton_factored.py).
 
-Note [factored sums]: every sum is a function of the param's shape and the
-block sizes alone, never of the other params of the call or the schedule: a
-tile sums in fp32 (a tl.sum tree fixed by BLOCK_R x BLOCK_C), and the tiles'
-sums of a param, its rows' partials and its columns' partials are added in
-double, lane k of a block-wide accumulator taking partials k, k + BLOCK, ...
-in order, the lanes then added by a tl.sum tree. So a param gets the same
-bits stepped alone or in any group (tests/test_adafactor.py). It is not the
-CPU backend's order (csrc/cpu/reduce.h: double lanes along each row, items
-of whole rows): the two agree within rounding, not bit for bit.
+Note [factored sums]: every sum is the CPU backend's, in its order
+(csrc/cpu/reduce.h, Note [deterministic blocked reductions]): a program per
+item of whole rows (a matrix) or of a run (a vector), each row summed in
+LANES double accumulators (element j into lane j % LANES, in order), the
+lanes added in order, the rows' sums in order; the column partials of an
+item row after row; a param's items' sums, its column partials and its new
+row statistics (for max(mean(R), eps1)) added in order. The fp32 math
+before the sums is the rule's, as the CPU's. So the two backends compute the
+same bits (tests/test_adafactor.py), and a param the same bits alone or in
+any group, the order being a function of its shape. The price is serial
+chains on a GPU as long as the CPU's: 8192 lane steps per 64K item, one
+step per row of a matrix for its mean(R) (50257 for GPT-2's wte), one per
+item for the totals; the element pass (d), which moves most of the bytes,
+is free of them. Not measured on a GPU.
 
-Bytes per element (fp32 matrix): (a) reads p and g, (c) g, (d) p and g and
-writes p: 24 B, as the CPU passes; (b) reads the partial sums, 4 B per
-BLOCK_R elements (columns) and per BLOCK_C elements (rows).
+Bytes per element (fp32 matrix): (a) reads p and g (g twice: rows, then
+columns), (c) g, (d) p and g and writes p: 24 B as the CPU passes, + 4 B for
+the second read of g; (b) reads 8 B per row and per item and column.
 """
 
 from __future__ import annotations
@@ -66,31 +71,43 @@ COL_ROWS = tl.constexpr(8)
 COL_COLS = tl.constexpr(9)
 COL_ROW_BLOCKS = tl.constexpr(10)  # tiles down one matrix (a vector: tiles in all)
 COL_COL_BLOCKS = tl.constexpr(11)  # tiles across one matrix (a vector: 1)
-COL_FIRST_TILE = tl.constexpr(12)  # its first program in the tile passes
-COL_TILES = tl.constexpr(13)
-COL_ROW_PART = tl.constexpr(14)  # its first row partial: [col block, batch * rows]
-COL_COL_PART = tl.constexpr(15)  # its first column partial: [batch * row blocks, cols]
-COL_FLOOR = tl.constexpr(16)  # its first matrix's max(mean(R), eps1)
-TENSOR_COLS = tl.constexpr(17)
+COL_FIRST_TILE = tl.constexpr(12)  # its first program in the element pass
+COL_FIRST_ITEM = tl.constexpr(13)  # its first program in the reduction passes
+COL_ITEMS = tl.constexpr(14)
+COL_ITEM_ROWS = tl.constexpr(15)  # rows per item of a matrix (csrc/cpu/reduce.h plan_items)
+COL_ROW_SUMS = tl.constexpr(16)  # its first row sum of g^2 (double), [batch * rows]
+COL_COL_PART = tl.constexpr(17)  # its first column partial (double), [item, cols]
+COL_FLOOR = tl.constexpr(18)  # its first matrix's max(mean(R), eps1)
+TENSOR_COLS = tl.constexpr(19)
 # The per-tensor scalars the tile kernels read, one fp32 row per param, in this order.
 SCALARS = ("ema_weight", "eps1_sq", "param_decay", "step_size", "beta1", "one_minus_beta1")
 SCALAR_COLS = tl.constexpr(len(SCALARS))
 COL_STEP_SIZE = SCALARS.index("step_size")
 
-# Tile of the passes on a GPU: 16 rows x 256 columns of fp32 (16 KB per
+# Elements per reduction item: kReduceItemElements of csrc/cpu/reduce.h, whose
+# items (whole rows of a matrix, runs of a vector) these passes take over.
+REDUCE_ITEM_ELEMENTS = tl.constexpr(1 << 16)
+# Accumulators per row sum: kLanes of csrc/cpu/reduce.h.
+LANES = tl.constexpr(8)
+# Tile of the element pass on a GPU: 16 rows x 256 columns of fp32 (16 KB per
 # stream per program), enough work per program for a memory-bound pass.
 # Not measured on a GPU (none was available): a starting point.
 BLOCK_ROWS, BLOCK_COLS = 16, 256
-# The statistics pass on a GPU: 1024 lanes (rows, or partials) per step of its
-# loops, and columns in chunks of 128 summed over 8 row blocks per step (an
-# fp64 accumulator of 8 x 128: 16 doubles per thread at 2 warps). wte of GPT-2
-# (50257 x 768) has 3142 row blocks: 393 steps per chunk, 6 chunks in
-# parallel. Not measured on a GPU: a starting point.
-STAT_BLOCK, STAT_PART_ROWS, STAT_PART_COLS = 1024, 8, 128
-# Under the interpreter each program costs ~1-2 ms whatever its size
-# (MACHINE.md): larger tiles and chunks keep the tests fast.
+# The reduction passes on a GPU: a matrix item's ROW_BLOCK rows side by side,
+# ROW_GROUPS x LANES columns per load (16 x 32 fp32: 128 B per row); a
+# vector's run RUN_GROUPS x LANES elements per load (1 KB); each load's groups
+# then added in order, RUN_GROUPS steps over 256 doubles (its serial chain is
+# the CPU's: 8192 lane steps per 64K item). Column partials COL_BLOCK columns
+# wide, PART_ROWS rows per load; the statistics pass's rows in chunks of
+# STAT_BLOCK, added in order (serial: one step per row, as the CPU's). Not
+# measured on a GPU (none was available): a starting point.
+ROW_BLOCK, ROW_GROUPS, RUN_GROUPS = 16, 4, 32
+COL_BLOCK, PART_ROWS, STAT_BLOCK = 256, 1, 32
+# Under the interpreter each program and each nested @triton.jit call costs
+# ~1-2 ms whatever its size (MACHINE.md): larger blocks keep the tests fast.
 INTERPRETER_BLOCK_ROWS, INTERPRETER_BLOCK_COLS = 64, 1024
-INTERPRETER_STAT_BLOCK, INTERPRETER_STAT_PART_ROWS, INTERPRETER_STAT_PART_COLS = 16384, 64, 1024
+INTERPRETER_ROW_BLOCK, INTERPRETER_ROW_GROUPS, INTERPRETER_RUN_GROUPS = 64, 16, 64
+INTERPRETER_COL_BLOCK, INTERPRETER_PART_ROWS, INTERPRETER_STAT_BLOCK = 1024, 64, 256
 # Plans kept, least recently used dropped first: one per (params list, tile
 # shape) a model steps; a plan holds no caller's tensor (Note [factored plans]).
 MAX_PLANS = 256
@@ -134,137 +151,6 @@ def _load_grad(g_ptr, offs, mask, scale_ptr, UNSCALE: tl.constexpr):
 
 
 @triton.jit
-def _square_sums_kernel(
-    tensor_table,
-    tile_table,
-    scale_ptr,
-    param_part_ptr,
-    row_part_ptr,
-    col_part_ptr,
-    PARAM_DTYPE: tl.constexpr,
-    UNSCALE: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    """Pass (a), one tile per program: the sum of p^2 over the tile
-    (param_part[program]); for a matrix the sums of g^2 per row
-    (row_part[col block, batch * rows]) and per column (col_part[row block, cols])."""
-    pid = tl.program_id(0)
-    row = tensor_table + tl.load(tile_table + pid) * TENSOR_COLS
-    local = pid - tl.load(row + COL_FIRST_TILE)
-    factored = tl.load(row + COL_FACTORED)
-    # Both variants are compiled; the param's flag picks one at run time.
-    for FACTORED in tl.static_range(2):
-        if factored == FACTORED:
-            b, rows, cols, pid_r, pid_c, offs, mask = _tile(row, local, FACTORED, BLOCK_R, BLOCK_C)
-            p = to_float(tl.load(_address(row, COL_PARAM, PARAM_DTYPE, False) + offs, mask=mask))
-            p_sq = tl.where(mask, p * p, 0.0)
-            tl.store(param_part_ptr + pid, tl.sum(tl.sum(p_sq, axis=1), axis=0))
-            if FACTORED:
-                g_ptr = _address(row, COL_GRAD, PARAM_DTYPE, False)
-                g = _load_grad(g_ptr, offs, mask, scale_ptr, UNSCALE)
-                sq = tl.where(mask, g * g, 0.0)
-                rows_n = tl.load(row + COL_ROWS)
-                cols_n = tl.load(row + COL_COLS)
-                total_rows = tl.load(row + COL_BATCH) * rows_n
-                row_offs = tl.load(row + COL_ROW_PART) + pid_c * total_rows + b * rows_n + rows
-                tl.store(row_part_ptr + row_offs, tl.sum(sq, axis=1), mask=rows < rows_n)
-                col_offs = tl.load(row + COL_COL_PART) + pid_r * cols_n + cols
-                tl.store(col_part_ptr + col_offs, tl.sum(sq, axis=0), mask=cols < cols_n)
-
-
-@triton.jit
-def _partials_sum(part_ptr, first, count, BLOCK: tl.constexpr):
-    """part[first:first + count] added in double (Note [factored sums])."""
-    acc = tl.zeros([BLOCK], tl.float64)
-    for start in range(0, count, BLOCK):
-        index = start + tl.arange(0, BLOCK)
-        acc += tl.load(part_ptr + first + index, mask=index < count, other=0.0).to(tl.float64)
-    return tl.sum(acc, axis=0)
-
-
-@triton.jit
-def _statistics_kernel(
-    tensor_table,
-    scalars_ptr,
-    param_part_ptr,
-    row_part_ptr,
-    col_part_ptr,
-    floor_ptr,
-    param_sq_ptr,
-    found_ptr,
-    eps1,
-    EMA: tl.constexpr,
-    ROW_MEAN_FLOOR: tl.constexpr,
-    HAS_FOUND: tl.constexpr,
-    BLOCK: tl.constexpr,
-    PART_ROWS: tl.constexpr,
-    PART_COLS: tl.constexpr,
-):
-    """Pass (b) of param program_id(0): program (i, 0) stores the sum of p^2
-    (param_sq[i]) and, for a matrix, each row's EMA of mean(g^2) and the
-    matrix's max(mean(R), eps1); program (i, j) the EMA of mean(g^2) of
-    columns [j PART_COLS, (j + 1) PART_COLS) of each matrix. With found_inf
-    nonzero the statistics keep their values."""
-    i = tl.program_id(0)
-    chunk = tl.program_id(1)
-    row = tensor_table + i * TENSOR_COLS
-    factored = tl.load(row + COL_FACTORED) != 0
-    batch = tl.load(row + COL_BATCH)
-    rows_n = tl.load(row + COL_ROWS)
-    cols_n = tl.load(row + COL_COLS)
-    n_row_blocks = tl.load(row + COL_ROW_BLOCKS)
-    n_col_blocks = tl.load(row + COL_COL_BLOCKS)
-    w = tl.load(scalars_ptr + i * SCALAR_COLS)
-    keep = True
-    if HAS_FOUND:
-        keep = tl.load(found_ptr) == 0.0
-    # (stores masked by a where, not an &: the interpreter cannot & a bool
-    # block with a scalar)
-    if chunk == 0:
-        sq = _partials_sum(
-            param_part_ptr, tl.load(row + COL_FIRST_TILE), tl.load(row + COL_TILES), BLOCK
-        )
-        tl.store(param_sq_ptr + i, sq)
-        if factored:
-            row_stat = _address(row, COL_ROW_STAT, tl.float32, False)
-            row_part = row_part_ptr + tl.load(row + COL_ROW_PART)
-            for b in range(0, batch):
-                row_stat_sum = tl.zeros([BLOCK], tl.float64)
-                for start in range(0, rows_n, BLOCK):
-                    r = start + tl.arange(0, BLOCK)
-                    live = r < rows_n
-                    total = tl.zeros([BLOCK], tl.float64)
-                    for cb in range(0, n_col_blocks):
-                        part = tl.load(
-                            row_part + (cb * batch + b) * rows_n + r, mask=live, other=0.0
-                        )
-                        total += part.to(tl.float64)
-                    mean = (total / cols_n).to(tl.float32)
-                    old = tl.load(row_stat + b * rows_n + r, mask=live, other=0.0)
-                    new = EMA(old, mean, w)
-                    tl.store(row_stat + b * rows_n + r, new, mask=tl.where(keep, live, False))
-                    row_stat_sum += tl.where(live, new.to(tl.float64), 0.0)
-                row_mean = (tl.sum(row_stat_sum, axis=0) / rows_n).to(tl.float32)
-                tl.store(floor_ptr + tl.load(row + COL_FLOOR) + b, ROW_MEAN_FLOOR(row_mean, eps1))
-    if factored and chunk * PART_COLS < cols_n:
-        col_stat = _address(row, COL_COL_STAT, tl.float32, False)
-        col_part = col_part_ptr + tl.load(row + COL_COL_PART)
-        c = chunk * PART_COLS + tl.arange(0, PART_COLS)
-        for b in range(0, batch):
-            total = tl.zeros([PART_ROWS, PART_COLS], tl.float64)
-            for start in range(0, n_row_blocks, PART_ROWS):
-                rb = start + tl.arange(0, PART_ROWS)
-                live = (rb < n_row_blocks)[:, None] & (c < cols_n)[None, :]
-                offs = (b * n_row_blocks + rb)[:, None] * cols_n + c[None, :]
-                total += tl.load(col_part + offs, mask=live, other=0.0).to(tl.float64)
-            mean = (tl.sum(total, axis=0) / rows_n).to(tl.float32)
-            live = c < cols_n
-            old = tl.load(col_stat + b * cols_n + c, mask=live, other=0.0)
-            tl.store(col_stat + b * cols_n + c, EMA(old, mean, w), mask=tl.where(keep, live, False))
-
-
-@triton.jit
 def _variance(
     row,
     g,
@@ -296,38 +182,42 @@ def _variance(
     return tl.where(mask, v, 1.0)
 
 
+# What an item's sums add up (the `fill` of csrc/cpu/reduce.h's reduce_item).
+FILL_PARAM_SQ = tl.constexpr(0)  # p^2
+FILL_GRAD_SQ = tl.constexpr(1)  # g^2, g unscaled
+FILL_UPDATE_SQ = tl.constexpr(2)  # U^2
+
+
 @triton.jit
-def _update_sq_kernel(
-    tensor_table,
-    tile_table,
+def _fill(
+    row,
+    offs,
+    mask,
+    b,
+    rows,
+    cols,
     scale_ptr,
     floor_ptr,
-    scalars_ptr,
-    part_ptr,
+    w,
+    eps1_sq,
+    FILL: tl.constexpr,
+    FACTORED: tl.constexpr,
     FACTORED_VARIANCE: tl.constexpr,
     VECTOR_VARIANCE: tl.constexpr,
     RAW_UPDATE: tl.constexpr,
     PARAM_DTYPE: tl.constexpr,
     UNSCALE: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
 ):
-    """Pass (c), one tile per program: the sum of U^2 over the tile (part[program])."""
-    pid = tl.program_id(0)
-    tensor = tl.load(tile_table + pid)
-    row = tensor_table + tensor * TENSOR_COLS
-    local = pid - tl.load(row + COL_FIRST_TILE)
-    factored = tl.load(row + COL_FACTORED)
-    w = tl.load(scalars_ptr + tensor * SCALAR_COLS)
-    eps1_sq = tl.load(scalars_ptr + tensor * SCALAR_COLS + 1)
-    for FACTORED in tl.static_range(2):
-        if factored == FACTORED:
-            b, rows, cols, pid_r, pid_c, offs, mask = _tile(row, local, FACTORED, BLOCK_R, BLOCK_C)
-            g_ptr = _address(row, COL_GRAD, PARAM_DTYPE, False)
-            g = _load_grad(g_ptr, offs, mask, scale_ptr, UNSCALE)
+    """The fp32 values that a reduction adds at `offs`, 0 under the mask."""
+    if FILL == FILL_PARAM_SQ:
+        x = to_float(tl.load(_address(row, COL_PARAM, PARAM_DTYPE, False) + offs, mask=mask))
+        x = x * x
+    else:
+        x = _load_grad(_address(row, COL_GRAD, PARAM_DTYPE, False), offs, mask, scale_ptr, UNSCALE)
+        if FILL == FILL_UPDATE_SQ:
             v = _variance(
                 row,
-                g,
+                x,
                 offs,
                 b,
                 rows,
@@ -339,18 +229,379 @@ def _update_sq_kernel(
                 FACTORED_VARIANCE,
                 VECTOR_VARIANCE,
             )
-            u = RAW_UPDATE(g, v, eps1_sq)
-            sq = tl.where(mask, u * u, 0.0)
-            tl.store(part_ptr + pid, tl.sum(tl.sum(sq, axis=1), axis=0))
+            x = RAW_UPDATE(x, v, eps1_sq)
+        x = x * x
+    return tl.where(mask, x, 0.0)
 
 
 @triton.jit
-def _tile_sums_kernel(tensor_table, part_ptr, out_ptr, BLOCK: tl.constexpr):
-    """Each param's tiles' partial sums added (out[param], double)."""
+def _item_geometry(row, item, FACTORED: tl.constexpr):
+    """(matrix, first row, rows, columns, first element) of a reduction item,
+    as csrc/cpu/reduce.h's plan_items cuts them: whole rows of a matrix, or a
+    run of a vector seen as one row."""
+    if FACTORED:
+        rows_n = tl.load(row + COL_ROWS)
+        cols_n = tl.load(row + COL_COLS)
+        item_rows = tl.load(row + COL_ITEM_ROWS)
+        items_per_matrix = tl.load(row + COL_ITEMS) // tl.load(row + COL_BATCH)
+        b = item // items_per_matrix
+        row0 = (item % items_per_matrix) * item_rows
+        n_rows = tl.minimum(item_rows, rows_n - row0)
+        start = (b * rows_n + row0) * cols_n
+    else:
+        b = item * 0
+        row0 = item * 0
+        n_rows = item * 0 + 1
+        start = item * REDUCE_ITEM_ELEMENTS
+        cols_n = tl.minimum(tl.load(row + COL_COLS) - start, REDUCE_ITEM_ELEMENTS)
+    return b, row0, n_rows, cols_n, start
+
+
+@triton.jit
+def _item_sum(
+    row,
+    item,
+    row_sums_ptr,
+    scale_ptr,
+    floor_ptr,
+    w,
+    eps1_sq,
+    FILL: tl.constexpr,
+    FACTORED: tl.constexpr,
+    FACTORED_VARIANCE: tl.constexpr,
+    VECTOR_VARIANCE: tl.constexpr,
+    RAW_UPDATE: tl.constexpr,
+    PARAM_DTYPE: tl.constexpr,
+    UNSCALE: tl.constexpr,
+    ROW_BLOCK: tl.constexpr,
+    ROW_GROUPS: tl.constexpr,
+    RUN_GROUPS: tl.constexpr,
+):
+    """reduce_item of csrc/cpu/reduce.h on item `item` of a param: the sum of
+    each row in LANES double accumulators (element j into lane j % LANES, in
+    order), the lanes added in order, the rows' sums added in order; returns
+    the item's sum and, where row_sums_ptr is given, stores the row sums
+    there. A matrix's ROW_BLOCK rows side by side, ROW_GROUPS x LANES columns
+    loaded at once and added group by group. Adding a masked 0.0 leaves a sum of squares
+    unchanged, so masked lanes and rows change no bit."""
+    b, row0, n_rows, cols_n, start = _item_geometry(row, item, FACTORED)
+    lane = tl.arange(0, LANES)
+    whole = tl.zeros([1], tl.float64)
+    if FACTORED:
+        rows_n = tl.load(row + COL_ROWS)
+        r_local = tl.arange(0, ROW_BLOCK)
+        for r_start in range(0, n_rows, ROW_BLOCK):
+            live = r_start + r_local < n_rows
+            rows = row0 + r_start + r_local
+            acc = tl.zeros([ROW_BLOCK, LANES], tl.float64)
+            for j0 in range(0, cols_n, ROW_GROUPS * LANES):
+                cols = j0 + tl.arange(0, ROW_GROUPS * LANES)
+                mask = live[:, None] & (cols < cols_n)[None, :]
+                offs = start + (r_start + r_local).to(tl.int64)[:, None] * cols_n + cols[None, :]
+                x = _fill(
+                    row,
+                    offs,
+                    mask,
+                    b,
+                    rows,
+                    cols,
+                    scale_ptr,
+                    floor_ptr,
+                    w,
+                    eps1_sq,
+                    FILL,
+                    FACTORED,
+                    FACTORED_VARIANCE,
+                    VECTOR_VARIANCE,
+                    RAW_UPDATE,
+                    PARAM_DTYPE,
+                    UNSCALE,
+                )
+                x = tl.reshape(x.to(tl.float64), [ROW_BLOCK, ROW_GROUPS, LANES])
+                # Groups past the row's end add only 0.0: skipped (the
+                # interpreter pays ~2 ms per step of these loops).
+                for q in range(0, tl.minimum(ROW_GROUPS, (cols_n - j0 + LANES - 1) // LANES)):
+                    at = tl.zeros([ROW_BLOCK, 1, LANES], tl.int32) + q
+                    acc += tl.reshape(tl.gather(x, at, 1), [ROW_BLOCK, LANES])
+            row_sum = tl.zeros([ROW_BLOCK], tl.float64)
+            for k in tl.static_range(LANES):
+                at = tl.zeros([ROW_BLOCK, 1], tl.int32) + k
+                row_sum += tl.reshape(tl.gather(acc, at, 1), [ROW_BLOCK])
+            if row_sums_ptr is not None:
+                tl.store(row_sums_ptr + b * rows_n + rows, row_sum, mask=live)
+            whole = _in_order(whole, row_sum, tl.minimum(ROW_BLOCK, n_rows - r_start))
+    else:
+        # A vector's item is one row: its lanes take RUN_GROUPS x LANES
+        # elements per load, added group by group.
+        group = tl.arange(0, RUN_GROUPS)
+        acc = tl.zeros([LANES], tl.float64)
+        for j0 in range(0, cols_n, RUN_GROUPS * LANES):
+            index = j0 + group[:, None] * LANES + lane[None, :]
+            mask = index < cols_n
+            x = _fill(
+                row,
+                start + index,
+                mask,
+                b,
+                group,
+                lane,
+                scale_ptr,
+                floor_ptr,
+                w,
+                eps1_sq,
+                FILL,
+                FACTORED,
+                FACTORED_VARIANCE,
+                VECTOR_VARIANCE,
+                RAW_UPDATE,
+                PARAM_DTYPE,
+                UNSCALE,
+            )
+            x = x.to(tl.float64)
+            for q in range(0, tl.minimum(RUN_GROUPS, (cols_n - j0 + LANES - 1) // LANES)):
+                acc += tl.reshape(tl.gather(x, tl.zeros([1, LANES], tl.int32) + q, 0), [LANES])
+        whole = _in_order(whole, acc, LANES)
+    return tl.sum(whole, axis=0)
+
+
+@triton.jit
+def _reduce_kernel(
+    tensor_table,
+    item_table,
+    scale_ptr,
+    floor_ptr,
+    scalars_ptr,
+    item_sums_ptr,
+    row_sums_ptr,
+    col_part_ptr,
+    FACTORED_VARIANCE: tl.constexpr,
+    VECTOR_VARIANCE: tl.constexpr,
+    RAW_UPDATE: tl.constexpr,
+    PARAM_DTYPE: tl.constexpr,
+    UNSCALE: tl.constexpr,
+    UPDATES: tl.constexpr,
+    ROW_BLOCK: tl.constexpr,
+    ROW_GROUPS: tl.constexpr,
+    RUN_GROUPS: tl.constexpr,
+    COL_BLOCK: tl.constexpr,
+    PART_ROWS: tl.constexpr,
+):
+    """One reduction item per program, as csrc/cpu/factored.cpp's passes:
+    pass (a) (UPDATES false): item_sums[item] = the sum of p^2; for a matrix
+    the row sums of g^2 (row_sums) and the item's column partials of g^2
+    (col_part[item, cols], each column's rows added in order); pass (c)
+    (UPDATES true): item_sums[item] = the sum of U^2."""
+    pid = tl.program_id(0)
+    tensor = tl.load(item_table + pid)
+    row = tensor_table + tensor * TENSOR_COLS
+    item = pid - tl.load(row + COL_FIRST_ITEM)
+    factored = tl.load(row + COL_FACTORED)
+    w = tl.load(scalars_ptr + tensor * SCALAR_COLS)
+    eps1_sq = tl.load(scalars_ptr + tensor * SCALAR_COLS + 1)
+    for FACTORED in tl.static_range(2):
+        if factored == FACTORED:
+            if UPDATES:
+                whole = _item_sum(
+                    row,
+                    item,
+                    None,
+                    scale_ptr,
+                    floor_ptr,
+                    w,
+                    eps1_sq,
+                    FILL_UPDATE_SQ,
+                    FACTORED,
+                    FACTORED_VARIANCE,
+                    VECTOR_VARIANCE,
+                    RAW_UPDATE,
+                    PARAM_DTYPE,
+                    UNSCALE,
+                    ROW_BLOCK,
+                    ROW_GROUPS,
+                    RUN_GROUPS,
+                )
+                tl.store(item_sums_ptr + pid, whole)
+            else:
+                whole = _item_sum(
+                    row,
+                    item,
+                    None,
+                    scale_ptr,
+                    floor_ptr,
+                    w,
+                    eps1_sq,
+                    FILL_PARAM_SQ,
+                    FACTORED,
+                    FACTORED_VARIANCE,
+                    VECTOR_VARIANCE,
+                    RAW_UPDATE,
+                    PARAM_DTYPE,
+                    UNSCALE,
+                    ROW_BLOCK,
+                    ROW_GROUPS,
+                    RUN_GROUPS,
+                )
+                tl.store(item_sums_ptr + pid, whole)
+                if FACTORED:
+                    row_sums = row_sums_ptr + tl.load(row + COL_ROW_SUMS)
+                    _item_sum(
+                        row,
+                        item,
+                        row_sums,
+                        scale_ptr,
+                        floor_ptr,
+                        w,
+                        eps1_sq,
+                        FILL_GRAD_SQ,
+                        FACTORED,
+                        FACTORED_VARIANCE,
+                        VECTOR_VARIANCE,
+                        RAW_UPDATE,
+                        PARAM_DTYPE,
+                        UNSCALE,
+                        ROW_BLOCK,
+                        ROW_GROUPS,
+                        RUN_GROUPS,
+                    )
+                    _column_partials(
+                        row,
+                        item,
+                        scale_ptr,
+                        col_part_ptr,
+                        PARAM_DTYPE,
+                        UNSCALE,
+                        COL_BLOCK,
+                        PART_ROWS,
+                    )
+
+
+@triton.jit
+def _column_partials(
+    row,
+    item,
+    scale_ptr,
+    col_part_ptr,
+    PARAM_DTYPE: tl.constexpr,
+    UNSCALE: tl.constexpr,
+    COL_BLOCK: tl.constexpr,
+    PART_ROWS: tl.constexpr,
+):
+    """col_part[item, j] = the sum of g^2 over column j of the item's rows, in
+    double, row after row (reduce_item's col_sums); PART_ROWS rows loaded at
+    once and added one by one."""
+    b, row0, n_rows, cols_n, start = _item_geometry(row, item, True)
+    g_ptr = _address(row, COL_GRAD, PARAM_DTYPE, False)
+    out = col_part_ptr + tl.load(row + COL_COL_PART) + item.to(tl.int64) * cols_n
+    r_local = tl.arange(0, PART_ROWS)
+    for c0 in range(0, cols_n, COL_BLOCK):
+        cols = c0 + tl.arange(0, COL_BLOCK)
+        acc = tl.zeros([COL_BLOCK], tl.float64)
+        for r_start in range(0, n_rows, PART_ROWS):
+            mask = (r_start + r_local < n_rows)[:, None] & (cols < cols_n)[None, :]
+            offs = start + (r_start + r_local).to(tl.int64)[:, None] * cols_n + cols[None, :]
+            g = _load_grad(g_ptr, offs, mask, scale_ptr, UNSCALE)
+            sq = tl.where(mask, g * g, 0.0).to(tl.float64)
+            for q in range(0, tl.minimum(PART_ROWS, n_rows - r_start)):
+                at = tl.zeros([1, COL_BLOCK], tl.int32) + q
+                acc += tl.reshape(tl.gather(sq, at, 0), [COL_BLOCK])
+        tl.store(out + cols, acc, mask=cols < cols_n)
+
+
+@triton.jit
+def _in_order(total, values, count):
+    """total + values[0] + ... + values[count - 1] in double, left to right;
+    `total` a block of one. (tl.gather picks each value: a tl.sum per value would
+    cost a nested @triton.jit call, ~2 ms each under the interpreter.)"""
+    for q in range(0, count):
+        total += tl.gather(values, tl.zeros([1], tl.int32) + q, 0)
+    return total
+
+
+@triton.jit
+def _items_total(item_sums_ptr, row):
+    """A param's item sums added in item order (csrc/cpu/factored.cpp)."""
+    first, count = tl.load(row + COL_FIRST_ITEM), tl.load(row + COL_ITEMS)
+    total = tl.cast(0.0, tl.float64)
+    for k in range(0, count):
+        total += tl.load(item_sums_ptr + first + k)
+    return total
+
+
+@triton.jit
+def _statistics_kernel(
+    tensor_table,
+    scalars_ptr,
+    item_sums_ptr,
+    row_sums_ptr,
+    col_part_ptr,
+    floor_ptr,
+    param_sq_ptr,
+    found_ptr,
+    eps1,
+    EMA: tl.constexpr,
+    ROW_MEAN_FLOOR: tl.constexpr,
+    HAS_FOUND: tl.constexpr,
+    BLOCK: tl.constexpr,
+    COL_BLOCK: tl.constexpr,
+):
+    """Pass (b) of param program_id(0), in update_statistics' order
+    (csrc/cpu/factored.cpp): program (i, 0) stores the sum of p^2
+    (param_sq[i]) and, for a matrix, each row's EMA of mean(g^2) and the
+    matrix's max(mean(R), eps1) (R added row after row); program (i, j) the
+    EMA of mean(g^2) of columns [j COL_BLOCK, (j + 1) COL_BLOCK) of each
+    matrix, its items' partials added in order. With found_inf nonzero the
+    statistics keep their values."""
     i = tl.program_id(0)
+    chunk = tl.program_id(1)
     row = tensor_table + i * TENSOR_COLS
-    first, count = tl.load(row + COL_FIRST_TILE), tl.load(row + COL_TILES)
-    tl.store(out_ptr + i, _partials_sum(part_ptr, first, count, BLOCK))
+    factored = tl.load(row + COL_FACTORED) != 0
+    batch = tl.load(row + COL_BATCH)
+    rows_n = tl.load(row + COL_ROWS)
+    cols_n = tl.load(row + COL_COLS)
+    w = tl.load(scalars_ptr + i * SCALAR_COLS)
+    keep = True
+    if HAS_FOUND:
+        keep = tl.load(found_ptr) == 0.0
+    # (stores masked by a where, not an &: the interpreter cannot & a bool
+    # block with a scalar)
+    if chunk == 0:
+        tl.store(param_sq_ptr + i, _items_total(item_sums_ptr, row))
+        if factored:
+            row_stat = _address(row, COL_ROW_STAT, tl.float32, False)
+            row_sums = row_sums_ptr + tl.load(row + COL_ROW_SUMS)
+            for b in range(0, batch):
+                row_stat_sum = tl.zeros([1], tl.float64)
+                for start in range(0, rows_n, BLOCK):
+                    r = b * rows_n + start + tl.arange(0, BLOCK)
+                    live = start + tl.arange(0, BLOCK) < rows_n
+                    mean = (tl.load(row_sums + r, mask=live, other=0.0) / cols_n).to(tl.float32)
+                    new = EMA(tl.load(row_stat + r, mask=live, other=0.0), mean, w)
+                    tl.store(row_stat + r, new, mask=tl.where(keep, live, False))
+                    new = tl.where(live, new, 0.0).to(tl.float64)
+                    row_stat_sum = _in_order(row_stat_sum, new, tl.minimum(BLOCK, rows_n - start))
+                row_mean = (tl.sum(row_stat_sum, axis=0) / rows_n).to(tl.float32)
+                tl.store(floor_ptr + tl.load(row + COL_FLOOR) + b, ROW_MEAN_FLOOR(row_mean, eps1))
+    if factored and chunk * COL_BLOCK < cols_n:
+        col_stat = _address(row, COL_COL_STAT, tl.float32, False)
+        col_part = col_part_ptr + tl.load(row + COL_COL_PART)
+        items_per_matrix = tl.load(row + COL_ITEMS) // batch
+        c = chunk * COL_BLOCK + tl.arange(0, COL_BLOCK)
+        live = c < cols_n
+        for b in range(0, batch):
+            total = tl.zeros([COL_BLOCK], tl.float64)
+            for k in range(0, items_per_matrix):
+                offs = (b * items_per_matrix + k) * cols_n + c
+                total += tl.load(col_part + offs, mask=live, other=0.0)
+            mean = (total / rows_n).to(tl.float32)
+            old = tl.load(col_stat + b * cols_n + c, mask=live, other=0.0)
+            tl.store(col_stat + b * cols_n + c, EMA(old, mean, w), mask=tl.where(keep, live, False))
+
+
+@triton.jit
+def _items_total_kernel(tensor_table, item_sums_ptr, out_ptr):
+    """out[param] = its item sums added in order (the sum of U^2 of pass (c))."""
+    i = tl.program_id(0)
+    tl.store(out_ptr + i, _items_total(item_sums_ptr, tensor_table + i * TENSOR_COLS))
 
 
 @triton.jit
@@ -451,7 +702,7 @@ class _Plan:
     four state addresses: a fixed number of torch ops per call otherwise. The
     tensor table goes to the device again at each step (the grads' column), as
     Note [table uploads] in kernels/mta.py says: into a new tensor, from
-    pinned memory, without a host sync; the tile table once per plan."""
+    pinned memory, without a host sync; the item and tile tables once per plan."""
 
     def __init__(self, params, key_addresses, shapes, block_r: int, block_c: int):
         device = params[0].device
@@ -461,17 +712,22 @@ class _Plan:
         host[:, COL_PARAM.value : COL_MOMENTUM.value + 1] = torch.tensor(
             key_addresses, dtype=torch.int64
         ).view(n, COL_MOMENTUM.value + 1)
-        tiles, row_part, col_part, floors = 0, 0, 0, 0
+        tiles, items, row_sums, col_part, floors = 0, 0, 0, 0, 0
+        item_elements = REDUCE_ITEM_ELEMENTS.value
         for i, p in enumerate(params):
-            # A zero-size param is an empty vector: no tiles, no statistics.
+            # A zero-size param is an empty vector: no tiles, no items, no statistics.
             factored, batch, rows, cols = _view(p) if p.numel() else (False, 1, 1, 0)
             if factored:
                 n_row_blocks = triton.cdiv(rows, block_r)
                 n_col_blocks = triton.cdiv(cols, block_c)
                 n_tiles = batch * n_row_blocks * n_col_blocks
+                # csrc/cpu/reduce.h plan_items: whole rows per item.
+                item_rows = 1 if cols >= item_elements else item_elements // cols
+                n_items = batch * triton.cdiv(rows, item_rows)
             else:
                 n_row_blocks, n_col_blocks = triton.cdiv(cols, block_r * block_c), 1
                 n_tiles = n_row_blocks
+                item_rows, n_items = 1, triton.cdiv(cols, item_elements)
             host[i, COL_FACTORED.value :] = torch.tensor(
                 [
                     int(factored),
@@ -481,25 +737,29 @@ class _Plan:
                     n_row_blocks,
                     n_col_blocks,
                     tiles,
-                    n_tiles,
-                    row_part,
+                    items,
+                    n_items,
+                    item_rows,
+                    row_sums,
                     col_part,
                     floors,
                 ]
             )
             tiles += n_tiles
+            items += n_items
             if factored:
-                row_part += n_col_blocks * batch * rows
-                col_part += batch * n_row_blocks * cols
+                row_sums += batch * rows
+                col_part += n_items * cols
                 floors += batch
         self.host = host
-        self.n_tiles = tiles
-        self.sizes = (max(row_part, 1), max(col_part, 1), max(floors, 1))
+        self.n_tiles, self.n_items = tiles, items
+        self.sizes = (max(row_sums, 1), max(col_part, 1), max(floors, 1))
         # Column chunks of the statistics pass: the widest matrix's.
         self.widest = int(host[:, COL_COLS.value].mul(host[:, COL_FACTORED.value]).max())
-        counts = host[:, COL_TILES.value]
-        tile_host = torch.repeat_interleave(torch.arange(n, dtype=torch.int32), counts)
-        self.tile_table = self._upload(tile_host)
+        index = torch.arange(n, dtype=torch.int32)
+        tiles_per_param = torch.diff(host[:, COL_FIRST_TILE.value], append=torch.tensor([tiles]))
+        self.tile_table = self._upload(torch.repeat_interleave(index, tiles_per_param))
+        self.item_table = self._upload(torch.repeat_interleave(index, host[:, COL_ITEMS.value]))
         self.numels = torch.tensor([p.numel() for p in params], dtype=torch.float64).to(device)
         self.captured_uploads: list[Tensor] = []
 
@@ -570,14 +830,24 @@ class Launcher:
         c = rule.config(hyper)
         if interpreter:
             block_r, block_c = INTERPRETER_BLOCK_ROWS, INTERPRETER_BLOCK_COLS
-            stat_block, stat_part_rows, stat_part_cols = (
-                INTERPRETER_STAT_BLOCK,
-                INTERPRETER_STAT_PART_ROWS,
-                INTERPRETER_STAT_PART_COLS,
-            )
+            blocks = {
+                "ROW_BLOCK": INTERPRETER_ROW_BLOCK,
+                "ROW_GROUPS": INTERPRETER_ROW_GROUPS,
+                "RUN_GROUPS": INTERPRETER_RUN_GROUPS,
+                "COL_BLOCK": INTERPRETER_COL_BLOCK,
+                "PART_ROWS": INTERPRETER_PART_ROWS,
+            }
+            stat_block = INTERPRETER_STAT_BLOCK
         else:
             block_r, block_c = BLOCK_ROWS, BLOCK_COLS
-            stat_block, stat_part_rows, stat_part_cols = STAT_BLOCK, STAT_PART_ROWS, STAT_PART_COLS
+            blocks = {
+                "ROW_BLOCK": ROW_BLOCK,
+                "ROW_GROUPS": ROW_GROUPS,
+                "RUN_GROUPS": RUN_GROUPS,
+                "COL_BLOCK": COL_BLOCK,
+                "PART_ROWS": PART_ROWS,
+            }
+            stat_block = STAT_BLOCK
         device = params[0].device
         dtype = _TORCH_TO_TRITON[params[0].dtype]
         plan = self._plan(params, per_param_states, block_r, block_c)
@@ -599,36 +869,35 @@ class Launcher:
         if plan.n_tiles:
             with _device_guard(device):
                 table = plan.tensor_table(grads)
-                tiles = plan.tile_table
                 math = (rule.factored_variance, rule.vector_variance, rule.raw_update)
                 row_size, col_size, floor_size = plan.sizes
-                param_part = torch.empty(plan.n_tiles, **f32)
-                row_part = torch.empty(row_size, **f32)
-                col_part = torch.empty(col_size, **f32)
+                item_sums = torch.empty(plan.n_items, **f64)
+                row_sums = torch.empty(row_size, **f64)
+                col_part = torch.empty(col_size, **f64)
                 floor = torch.empty(floor_size, **f32)
                 param_sq = torch.empty(n, **f64)
-                tile_grid = (plan.n_tiles,)
                 launch = {"enable_fp_fusion": FP_FUSION}
+                reduce = {"PARAM_DTYPE": dtype, "UNSCALE": unscale, **blocks, **launch}
                 # (a) sums of p^2; per row and column sums of g^2.
-                _square_sums_kernel[tile_grid](
+                _reduce_kernel[(plan.n_items,)](
                     table,
-                    tiles,
+                    plan.item_table,
                     grad_scale,
-                    param_part,
-                    row_part,
+                    floor,
+                    scalars,
+                    item_sums,
+                    row_sums,
                     col_part,
-                    PARAM_DTYPE=dtype,
-                    UNSCALE=unscale,
-                    BLOCK_R=block_r,
-                    BLOCK_C=block_c,
-                    **launch,
+                    *math,
+                    UPDATES=False,
+                    **reduce,
                 )
                 # (b) the statistics, unchanged where found_inf.
-                _statistics_kernel[(n, max(1, triton.cdiv(plan.widest, stat_part_cols)))](
+                _statistics_kernel[(n, max(1, triton.cdiv(plan.widest, blocks["COL_BLOCK"])))](
                     table,
                     scalars,
-                    param_part,
-                    row_part,
+                    item_sums,
+                    row_sums,
                     col_part,
                     floor,
                     param_sq,
@@ -638,34 +907,32 @@ class Launcher:
                     ROW_MEAN_FLOOR=rule.row_mean_floor,
                     HAS_FOUND=found_inf is not None,
                     BLOCK=stat_block,
-                    PART_ROWS=stat_part_rows,
-                    PART_COLS=stat_part_cols,
+                    COL_BLOCK=blocks["COL_BLOCK"],
                     **launch,
                 )
                 alpha = rule.alpha(c, lr, t, param_sq, plan.numels)
                 # (c) the sum of U^2, then s = alpha / max(1, RMS(U) / d).
-                _update_sq_kernel[tile_grid](
+                _reduce_kernel[(plan.n_items,)](
                     table,
-                    tiles,
+                    plan.item_table,
                     grad_scale,
                     floor,
                     scalars,
-                    param_part,
+                    item_sums,
+                    None,
+                    None,
                     *math,
-                    PARAM_DTYPE=dtype,
-                    UNSCALE=unscale,
-                    BLOCK_R=block_r,
-                    BLOCK_C=block_c,
-                    **launch,
+                    UPDATES=True,
+                    **reduce,
                 )
                 update_sq = torch.empty(n, **f64)
-                _tile_sums_kernel[(n,)](table, param_part, update_sq, BLOCK=stat_block, **launch)
+                _items_total_kernel[(n,)](table, item_sums, update_sq, **launch)
                 step = rule.step_size(c, alpha, update_sq, plan.numels)
                 scalars[:, COL_STEP_SIZE] = step.float()
                 # (d) the element pass.
-                _apply_kernel[tile_grid](
+                _apply_kernel[(plan.n_tiles,)](
                     table,
-                    tiles,
+                    plan.tile_table,
                     grad_scale,
                     found_inf,
                     floor,
