@@ -89,10 +89,12 @@ COL_STEP_SIZE = SCALARS.index("step_size")
 REDUCE_ITEM_ELEMENTS = tl.constexpr(1 << 16)
 # Accumulators per row sum: kLanes of csrc/cpu/reduce.h.
 LANES = tl.constexpr(8)
-# Tile of the element pass on a GPU: 16 rows x 256 columns of fp32 (16 KB per
-# stream per program), enough work per program for a memory-bound pass.
-# Not measured on a GPU (none was available): a starting point.
-BLOCK_ROWS, BLOCK_COLS = 16, 256
+# Tile of the element pass on a GPU: 4 rows x 256 columns (8 elements per
+# thread at 4 warps, as kernels/mta.py's 1024-element blocks). Measured from
+# the sm_90 cubin (fp32, GradScaler, momentum): 78 registers, no stack; 16 x
+# 256 took 255 registers and a 104 B stack (spills; the per-param kernel
+# before this one took 250 at 16 x 256), 8 x 256 163. Not timed on a GPU.
+BLOCK_ROWS, BLOCK_COLS = 4, 256
 # The reduction passes on a GPU: a matrix item's ROW_BLOCK rows side by side,
 # ROW_GROUPS x LANES columns per load (16 x 32 fp32: 128 B per row); a
 # vector's run RUN_GROUPS x LANES elements per load (1 KB); each load's groups
