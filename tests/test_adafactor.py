@@ -618,9 +618,133 @@ def test_cuda_backend_is_chosen_for_cuda_tensors_and_refuses_cpu_ones():
     assert "does not implement" not in str(refusal.value)
 
 
+# --- the Triton passes: one launch per pass for all the params of a call --------
+
+# Every kind of param in one call, under the interpreter's 64 x 1024 tiles
+# (kernels/factored.py): zero-size params first, mid and last; matrices of
+# one tile and of 2 x 2 tiles and two reduction items (70 x 1030: 63 rows per
+# 64K item); one-row, one-column and 1 x 1 matrices; a batch of matrices; a
+# scalar; a vector with a tail of 7 past its lanes (1031). A vector of two
+# items (> 65536 elements) is left to the CPU tests: its lanes' 8192 serial
+# steps per item cost ~2 ms each under the interpreter. Dense params only:
+# the backends refuse others (the reference steps a channels_last param,
+# test_channels_last_params_step_on_the_reference).
+TRITON_MIXED_SHAPES = [
+    (0,),
+    (5, 7),
+    (70, 1030),
+    (3,),
+    (2, 4, 6),
+    (0, 5),
+    (1, 17),
+    (13, 1),
+    (1, 1),
+    (),
+    (1031,),
+    (3, 5, 7),
+    (2, 0, 3),
+]
+TRITON_KWARGS = {"weight_decay": 0.1, "beta1": 0.9, "maximize": True}
+requires_interpreter = pytest.mark.skipif(
+    "triton" not in BACKENDS or os.environ.get("TRITON_INTERPRET") != "1",
+    reason="the Triton passes run on CPU tensors under TRITON_INTERPRET=1 only",
+)
+
+
+def _triton_launches() -> int:
+    from fusedopt.kernels import factored
+
+    return factored.LAUNCHER.launches
+
+
+def _assert_same_bits(ours, opt, theirs, their_opt):
+    for p, q in zip(ours, theirs):
+        assert torch.equal(p, q), tuple(p.shape)
+        assert opt.state[p].keys() == their_opt.state[q].keys()
+        for key, value in their_opt.state[q].items():
+            assert torch.equal(opt.state[p][key], value), (tuple(p.shape), key)
+
+
+@requires_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_triton_steps_a_call_in_five_launches_as_each_param_alone(dtype):
+    """One launch per pass for the whole call (five per step, however many
+    params), and each param's bits those it gets stepped alone: its sums'
+    order depends on its shape only (Note [factored sums] in
+    kernels/factored.py)."""
+    params = [p.to(dtype) for p in _params(TRITON_MIXED_SHAPES)]
+    grads = _grads(TRITON_MIXED_SHAPES, 2, dtype)
+    before = _triton_launches()
+    ours, opt = _run(fusedopt.Adafactor, params, grads, backend="triton", **TRITON_KWARGS)
+    assert _triton_launches() - before == 5 * len(grads)
+    assert [c.backend.name for _, _, _, c in opt.last_step()] == ["triton"]
+    for k in range(len(params)):
+        alone_grads = [[g[k]] for g in grads]
+        alone, alone_opt = _run(
+            fusedopt.Adafactor, [params[k]], alone_grads, backend="triton", **TRITON_KWARGS
+        )
+        _assert_same_bits([ours[k]], opt, alone, alone_opt)
+
+
+@requires_interpreter
+@pytest.mark.skipif("cpu" not in RULE.backends, reason="no cpu backend built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scaled", [False, True], ids=["plain", "grad_scaler"])
+def test_triton_mixed_call_equals_cpu_bit_for_bit(dtype, scaled):
+    """The mixed call, Triton against the CPU backend: the same params, grads
+    and states, bit for bit (Note [factored sums] in kernels/factored.py),
+    with a GradScaler too (grads scaled by 1024, a power of two)."""
+    params = [p.to(dtype) for p in _params(TRITON_MIXED_SHAPES)]
+    grads = _grads(TRITON_MIXED_SHAPES, 2, dtype)
+    results = []
+    for backend in ("triton", "cpu"):
+        ps = [p.clone().requires_grad_() for p in params]
+        opt = fusedopt.Adafactor(ps, backend=backend, **TRITON_KWARGS)
+        for step_grads in grads:
+            for p, g in zip(ps, step_grads):
+                p.grad = g * 1024 if scaled else g.clone()
+            if scaled:
+                opt.grad_scale, opt.found_inf = torch.tensor(1024.0), torch.tensor(0.0)
+            opt.step()
+            assert all(torch.equal(p.grad, g) for p, g in zip(ps, step_grads))
+        results.append((ps, opt))
+    _assert_same_bits(*results[0], *results[1])
+
+
+@requires_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_triton_mixed_call_with_grad_scaler(dtype):
+    """GradScaler on the mixed call: grads scaled by 1024 (a power of two, so
+    exact) and unscaled in the passes give the unscaled step's bits, grads
+    stored back unscaled; found_inf then skips the step, counts included."""
+    params = [p.to(dtype) for p in _params(TRITON_MIXED_SHAPES)]
+    (step_grads,) = _grads(TRITON_MIXED_SHAPES, 1, dtype)
+    plain, plain_opt = _run(
+        fusedopt.Adafactor, params, [step_grads], backend="triton", **TRITON_KWARGS
+    )
+    scaled = [p.clone().requires_grad_() for p in params]
+    opt = fusedopt.Adafactor(scaled, backend="triton", **TRITON_KWARGS)
+    for p, g in zip(scaled, step_grads):
+        p.grad = g * 1024
+    opt.grad_scale, opt.found_inf = torch.tensor(1024.0), torch.tensor(0.0)
+    opt.step()
+    _assert_same_bits(scaled, opt, plain, plain_opt)
+    assert all(torch.equal(p.grad, g) for p, g in zip(scaled, step_grads))
+    before = [p.detach().clone() for p in scaled]
+    states = [{k: v.clone() for k, v in opt.state[p].items()} for p in scaled]
+    launches = _triton_launches()
+    opt.found_inf = torch.tensor(1.0)
+    opt.step()
+    assert _triton_launches() - launches == 5
+    for p, b, state in zip(scaled, before, states):
+        assert torch.equal(p, b)
+        assert all(torch.equal(opt.state[p][k], v) for k, v in state.items())
+
+
 _AOT_SCRIPT = """
-import json, sys
+import json, os, re, subprocess, sys, tempfile
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from fusedopt.kernels import factored
@@ -631,52 +755,101 @@ math = dict(
     VECTOR_VARIANCE=rule.vector_variance,
     RAW_UPDATE=rule.raw_update,
 )
+tiles = dict(tensor_table="*i64", tile_table="*i32", scale_ptr="*fp32")
+reduce_sig = dict(
+    tensor_table="*i64", item_table="*i32", scale_ptr="*fp32", floor_ptr="*fp32",
+    scalars_ptr="*fp32", item_sums_ptr="*fp64", row_sums_ptr="*fp64", col_part_ptr="*fp64",
+)
+blocks = dict(
+    ROW_BLOCK=factored.ROW_BLOCK, ROW_GROUPS=factored.ROW_GROUPS,
+    RUN_GROUPS=factored.RUN_GROUPS, COL_BLOCK=factored.COL_BLOCK,
+    PART_ROWS=factored.PART_ROWS,
+)
 kernels = {
-    "square_sums": (
-        factored._square_sums_kernel,
-        "x_ptr scale_ptr row_part_ptr col_part_ptr whole_part_ptr".split(),
-        "ROWS COLS N_ROW_BLOCKS N_COL_BLOCKS TOTAL_ROWS".split(),
-        dict(UNSCALE=True, ROWS_AND_COLS=True),
+    "reduce_inputs": (
+        factored._reduce_kernel, reduce_sig, dict(**math, UNSCALE=True, UPDATES=False, **blocks)
     ),
-    "update_sq": (
-        factored._update_sq_kernel,
-        "g_ptr scale_ptr row_ptr col_ptr floor_ptr full_ptr scalars_ptr part_ptr".split(),
-        "ROWS COLS N_ROW_BLOCKS N_COL_BLOCKS".split(),
-        dict(**math, UNSCALE=True, FACTORED=True),
+    "reduce_updates": (
+        factored._reduce_kernel, reduce_sig, dict(**math, UNSCALE=True, UPDATES=True, **blocks)
+    ),
+    "statistics": (
+        factored._statistics_kernel,
+        dict(
+            tensor_table="*i64", scalars_ptr="*fp32", item_sums_ptr="*fp64",
+            row_sums_ptr="*fp64", col_part_ptr="*fp64", floor_ptr="*fp32",
+            param_sq_ptr="*fp64", found_ptr="*fp32", eps1="fp32",
+        ),
+        dict(EMA=rule.ema, ROW_MEAN_FLOOR=rule.row_mean_floor, HAS_FOUND=True,
+             BLOCK=factored.STAT_BLOCK, COL_BLOCK=factored.COL_BLOCK),
+    ),
+    "items_total": (
+        factored._items_total_kernel,
+        dict(tensor_table="*i64", item_sums_ptr="*fp64", out_ptr="*fp64"),
+        {},
     ),
     "apply": (
         factored._apply_kernel,
-        "p_ptr g_ptr scale_ptr found_ptr row_ptr col_ptr floor_ptr full_ptr m_ptr "
-        "scalars_ptr".split(),
-        "grad_sign ROWS COLS N_ROW_BLOCKS".split(),
-        dict(**math, APPLY=rule.apply, UNSCALE=True, HAS_FOUND=True, FACTORED=True,
-             FIRST_MOMENT=True),
+        dict(**tiles, found_ptr="*fp32", floor_ptr="*fp32", scalars_ptr="*fp32",
+             grad_sign="fp32"),
+        dict(**math, APPLY=rule.apply, UNSCALE=True, HAS_FOUND=True, FIRST_MOMENT=True,
+             BLOCK_R=factored.BLOCK_ROWS, BLOCK_C=factored.BLOCK_COLS),
     ),
 }
+# The cuobjdump that ships in triton's wheel (MACHINE.md).
+cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 out = {}
-for name, (fn, pointers, scalars, consts) in kernels.items():
-    consts = {**consts, "BLOCK_R": factored.BLOCK_ROWS, "BLOCK_C": factored.BLOCK_COLS}
-    sig = {p: "*fp32" for p in pointers}
-    sig.update({s: "fp32" if s == "grad_sign" else "i32" for s in scalars})
-    sig.update(dict.fromkeys(consts, "constexpr"))
-    compiled = triton.compile(
-        ASTSource(fn=fn, signature=sig, constexprs=consts),
-        target=GPUTarget("cuda", int(sys.argv[1]), 32),
-        options={"num_warps": 4, "enable_fp_fusion": False},
-    )
-    ptx = compiled.asm["ptx"]
-    out[name] = {"f64": ".f64" in ptx, "fma": "fma.rn.f32" in ptx}
+for name, (fn, sig, consts) in kernels.items():
+    for dtype, param_dtype in {"fp32": tl.float32, "bf16": tl.bfloat16}.items():
+        if "PARAM_DTYPE" not in fn.arg_names and dtype != "fp32":
+            continue
+        if "PARAM_DTYPE" in fn.arg_names:
+            consts = {**consts, "PARAM_DTYPE": param_dtype}
+        signature = {**sig, **dict.fromkeys(consts, "constexpr")}
+        compiled = triton.compile(
+            ASTSource(
+                fn=fn,
+                signature=signature,
+                constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
+            ),
+            target=GPUTarget("cuda", int(sys.argv[1]), 32),
+            options={"num_warps": 4, "enable_fp_fusion": False},
+        )
+        ptx = compiled.asm["ptx"]
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+            cubin.write(compiled.asm["cubin"])
+            cubin.flush()
+            usage = subprocess.run(
+                [cuobjdump, "-res-usage", cubin.name], capture_output=True, text=True, check=True
+            ).stdout
+        registers, stack = re.search(r"REG:(\\d+) STACK:(\\d+)", usage).groups()
+        out[f"{name} {dtype}"] = {
+            "f64": ".f64" in ptx,
+            "fma": "fma.rn.f32" in ptx,
+            "registers": int(registers),
+            "stack": int(stack),
+        }
 print(json.dumps(out))
 """
+# The element pass has no FP64 (Note [bit-identical backends] in
+# kernels/mta.py: the element loops have none); the reductions add in double
+# by design, as the CPU's (Note [factored sums] in kernels/factored.py).
+REDUCTIONS = {"reduce_inputs", "reduce_updates", "statistics", "items_total"}
+# Stack per kernel, bytes: none in the element pass (16 x 256 tiles spilled
+# on sm_90: kernels/factored.py BLOCK_ROWS); 8 in the reductions, measured in
+# the sum of U^2 on sm_100 and sm_120: one register saved across the calls to
+# IEEE division's and square root's slow paths (one STL/LDL pair, 24 CALLs).
+MAX_STACK = {"apply": 0, **dict.fromkeys(REDUCTIONS, 8)}
 
 
 @pytest.mark.parametrize("arch", [80, 90, 100, 120])
 def test_triton_passes_compile_for_every_arch(arch):
-    """Compiled only (no GPU here): the three kernels of kernels/factored.py
-    build for each arch of the wheel's list, fp32 with a GradScaler and
-    momentum, with no FP64 instruction and no contracted FMA (Note
-    [bit-identical backends] in kernels/mta.py). Not yet checked: 128-bit
-    accesses (the tiles carry no divisibility hints) and spills."""
+    """Compiled only (no GPU here): the kernels of kernels/factored.py build to
+    PTX and a cubin for each arch of the wheel's list, with a GradScaler and
+    momentum, fp32 and bf16 params, with no contracted FMA (Note
+    [bit-identical backends] in kernels/mta.py), no FP64 instruction in the
+    element pass and double sums in the reductions, and stacks within
+    MAX_STACK. Not yet checked: 128-bit accesses (the tiles carry no
+    divisibility hints)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run(
         [sys.executable, "-c", _AOT_SCRIPT, str(arch)],
@@ -686,6 +859,7 @@ def test_triton_passes_compile_for_every_arch(arch):
         check=True,
     )
     facts = json.loads(run.stdout.strip().splitlines()[-1])
-    assert set(facts) == {"square_sums", "update_sq", "apply"}
+    assert {name.split()[0] for name in facts} == REDUCTIONS | {"apply"}
     for name, fact in facts.items():
-        assert not fact["f64"] and not fact["fma"], (name, fact)
+        assert not fact["fma"] and fact["stack"] <= MAX_STACK[name.split()[0]], (name, fact)
+        assert fact["f64"] == (name.split()[0] in REDUCTIONS), (name, fact)
