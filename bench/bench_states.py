@@ -5,9 +5,15 @@
 
 On one fp32 tensor, interleaved step by step: fusedopt's cpu backend with
 state_dtype "fp32", "bf16" and "int8" (8-bit blockwise, Dettmers et al. 2022)
-and torch.optim.AdamW(fused=True). For each: the median ms per step, the
-effective GB/s from its bytes per param (read p, g, m, v; write p, m, v: fp32
-states 28 B, bf16 20 B, 8-bit 18 B + 2 x 8 B of absmax per 256 elements), the
+and torch.optim.AdamW(fused=True); then on one bf16 tensor fusedopt with fp32
+and bf16 states (issue 10: "14 B/param step traffic for bf16 params instead of
+22"). For each: the median ms per step; the median CPU time per step (all
+threads: on a machine shared with other jobs, what the step itself costs,
+its waits for a core left out, OpenMP's spin at the region's end counted);
+the speed-up over torch fused and over fusedopt's fp32 states on the same
+param dtype; the effective GB/s from its bytes per param (read p, g, m, v;
+write p, m, v: fp32 params with fp32 states 28 B, bf16 states 20 B, 8-bit
+18 B + 2 x 8 B of absmax per 256 elements; bf16 params 6 B less); the
 persistent state bytes per param (the state tensors' bytes, `step` left out,
 over the param's elements), and the step's peak temporary allocation: how far
 the process's resident set rose above its size before the step, at its peak
@@ -32,9 +38,9 @@ from pathlib import Path
 import fusedopt
 import torch
 
-# Bytes moved per param (fp32 params and grads): the state dtype's loads and
-# stores of two moments, plus p read and written and g read.
-PARAM_GRAD_BYTES = 12
+# Bytes moved per param: p read and written and g read, per param dtype, plus
+# the state dtype's loads and stores of two moments.
+PARAM_GRAD_BYTES = {torch.float32: 12, torch.bfloat16: 6}
 STATE_BYTES = {"fp32": 2 * 8, "bf16": 2 * 4, "int8": 2 * 2 + 2 * 8 / 256}
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_states.csv"
 
@@ -53,13 +59,25 @@ def provenance() -> dict[str, str]:
     }
 
 
-def make(kind: str, numel: int) -> torch.optim.Optimizer:
+# (states, params): fusedopt's state dtype or "torch fused", the param dtype.
+KINDS = (
+    ("fp32", torch.float32),
+    ("bf16", torch.float32),
+    ("int8", torch.float32),
+    ("torch fused", torch.float32),
+    ("fp32", torch.bfloat16),
+    ("bf16", torch.bfloat16),
+)
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+
+
+def make(states: str, dtype: torch.dtype, numel: int) -> torch.optim.Optimizer:
     gen = torch.Generator().manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(numel, generator=gen))
-    p.grad = torch.randn(numel, generator=gen) * 1e-2
-    if kind == "torch fused":
+    p = torch.nn.Parameter(torch.randn(numel, generator=gen).to(dtype))
+    p.grad = (torch.randn(numel, generator=gen) * 1e-2).to(dtype)
+    if states == "torch fused":
         return torch.optim.AdamW([p], lr=1e-3, fused=True)
-    return fusedopt.AdamW([p], lr=1e-3, state_dtype=kind, backend="cpu")
+    return fusedopt.AdamW([p], lr=1e-3, state_dtype=states, backend="cpu")
 
 
 def state_bytes_per_param(opt: torch.optim.Optimizer) -> float:
@@ -102,32 +120,38 @@ def main() -> None:
     args = parser.parse_args()
     numel = (1 << 22) if args.quick else (1 << 26)
     steps = 5 if args.quick else args.steps
-    kinds = ("fp32", "bf16", "int8", "torch fused")
-    opts = {kind: make(kind, numel) for kind in kinds}
+    opts = {kind: make(*kind, numel) for kind in KINDS}
     for opt in opts.values():  # warm-up: states created, pages touched
         opt.step()
         opt.step()
-    times: dict[str, list[float]] = {kind: [] for kind in kinds}
+    times: dict[tuple[str, torch.dtype], list[float]] = {kind: [] for kind in KINDS}
+    cpu_times: dict[tuple[str, torch.dtype], list[float]] = {kind: [] for kind in KINDS}
     for _ in range(steps):
         for kind, opt in opts.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             opt.step()
             times[kind].append(time.perf_counter() - start)
+            cpu_times[kind].append(time.process_time() - cpu_start)
     info = provenance()
     print(", ".join(f"{k} {v}" for k, v in info.items()))
-    print(f"AdamW, one fp32 tensor of {numel / 2**20:.0f}M params, median of {steps} steps")
-    header = ("states", "ms/step", "GB/s", "vs torch fused", "state B/param", "peak temp MB")
-    print(" | ".join(header))
+    print(f"AdamW, one tensor of {numel / 2**20:.0f}M params, median of {steps} steps")
+    header = ("states", "params", "ms/step", "CPU ms/step", "GB/s", "vs torch fused", "vs fp32")
+    print(" | ".join(header + ("state B/param", "peak temp MB")))
     rows = []
-    torch_ms = statistics.median(times["torch fused"]) * 1e3
-    for kind in kinds:
-        ms = statistics.median(times[kind]) * 1e3
-        moved = PARAM_GRAD_BYTES + STATE_BYTES["fp32" if kind == "torch fused" else kind]
+    ms_of = {kind: statistics.median(t) * 1e3 for kind, t in times.items()}
+    torch_ms = ms_of[("torch fused", torch.float32)]
+    for kind in KINDS:
+        states, dtype = kind
+        ms = ms_of[kind]
+        moved = PARAM_GRAD_BYTES[dtype] + STATE_BYTES["fp32" if states == "torch fused" else states]
         row = {
-            "states": kind,
+            "states": states,
+            "params": DTYPE_NAMES[dtype],
             "ms": round(ms, 2),
+            "cpu_ms": round(statistics.median(cpu_times[kind]) * 1e3, 2),
             "gbs": round(moved * numel / ms / 1e6, 1),
             "vs_torch_fused": round(torch_ms / ms, 2),
+            "vs_fp32_states": round(ms_of[("fp32", dtype)] / ms, 2),
             "state_bytes_per_param": round(state_bytes_per_param(opts[kind]), 4),
             "peak_temp_mb": round(peak_temporary_bytes(opts[kind]) / 2**20, 2),
         }

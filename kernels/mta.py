@@ -20,6 +20,20 @@ path with no hint. The flag is computed on the host per block, so a hint is
 never false: hints are no-ops in the interpreter, and a false one would pass
 every CPU test and break on a GPU.
 
+Note [8-bit blocks in a program]: with 8-bit blockwise states (csrc/include/
+fusedopt/core/blockwise8.h) a program's block is a whole number of BLOCK8 =
+256-element state blocks (BLOCK and INTERPRETER_BLOCK_SIZE are multiples of
+it, and so is every program's start), so a state block never straddles two
+programs. The program decodes each state (map[code] * its block's absmax,
+the tables in a small fp32 tensor: storage.codec_table), steps in fp32, then
+takes each block's new absmax with one tl.max over the block viewed as
+[BLOCK / 256, 256] (the max of magnitude bits, NaN-propagating as the CPU's),
+encodes with the binary search of storage.encode8 and stores codes and
+absmax. Elements past a tensor's end count as 0 in the max. Codes move as
+their bits (uint8 whatever the map); the map of state k is the signed one
+where bit k of SIGNED is set (int8 codes). Bytes per element: p and g as
+with fp32 states, 1 read + 1 written per state, + 8 per state and block.
+
 Note [per-tensor scalars]: a rule's PerTensor (bias corrections, -lr, ...) is
 computed once per tensor and step, never per element: the element kernel has
 no FP64 instruction (tests/test_triton_static.py).
@@ -130,10 +144,16 @@ import torch
 import triton
 import triton.language as tl
 from fusedopt.kernels.storage import (
+    BLOCK8,
     STORE_KAHAN_SUM,
     STORE_MASTER_WEIGHTS,
     STORE_NONE,
     STORE_STOCHASTIC_ROUNDING,
+    block_absmax8,
+    broadcast_blocks8,
+    codec_table,
+    decode8,
+    encode8,
     from_float,
     rounding_bits,
     stochastic_round_bf16,
@@ -152,11 +172,13 @@ COL_COUNT = tl.constexpr(7)  # address of the float32 count the prologue reads; 
 # device (Note [scalar states]); 0 otherwise.
 COL_SCALAR_STATE = tl.constexpr(8)
 MAX_SCALAR_STATES = tl.constexpr(2)  # the most any rule keeps (kScalarNames in its header)
-# 8 columns held everything but the scalar states; 10 hold those too. Rows of
-# 80 B keep every row, and so every int64 entry, 8-byte aligned (the table's
-# base is 512-byte aligned by torch's allocator), which is all a scalar
-# 64-bit load needs; nothing reads a row with a wider access.
-TENSOR_COLS = tl.constexpr(COL_SCALAR_STATE.value + MAX_SCALAR_STATES.value)
+# 8-bit blockwise states: state k's absmax address at COL_ABSMAX + k; 0 otherwise.
+COL_ABSMAX = tl.constexpr(COL_SCALAR_STATE.value + MAX_SCALAR_STATES.value)
+# 8 columns held everything but the scalar states and absmax; 14 hold those
+# too. Rows of 112 B keep every row, and so every int64 entry, 8-byte aligned
+# (the table's base is 512-byte aligned by torch's allocator), which is all a
+# scalar 64-bit load needs; nothing reads a row with a wider access.
+TENSOR_COLS = tl.constexpr(COL_ABSMAX.value + MAX_STATES.value)
 # Columns of the block table, one int64 row per program.
 COL_CODE = tl.constexpr(0)  # tensor index << 1 | 1 for a full, aligned block
 COL_START = tl.constexpr(1)  # the block's first element in its tensor (int64: 2^31+ is real)
@@ -192,6 +214,15 @@ def _address(row, col, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
 
 
 @triton.jit
+def _state_blocks(row, start, BLOCK: tl.constexpr):
+    """The indices of a program's 8-bit state blocks (Note [8-bit blocks in a
+    program]) and which lie inside the tensor (all of a full block's: a
+    4-lane mask costs nothing next to the block's elements)."""
+    blocks = start // BLOCK8 + tl.arange(0, BLOCK // BLOCK8)
+    return blocks, blocks * BLOCK8 < tl.load(row + COL_NUMEL)
+
+
+@triton.jit
 def _element_kernel(
     tensor_table,
     block_table,
@@ -201,11 +232,13 @@ def _element_kernel(
     grad_scale_ptr,
     found_inf_ptr,
     store_table,
+    codec,
     UPDATE: tl.constexpr,
     PER_TENSOR: tl.constexpr,
     USED: tl.constexpr,
     PARAM_DTYPE: tl.constexpr,
     STATE_DTYPE: tl.constexpr,
+    SIGNED: tl.constexpr,
     PER_TENSOR_IN_TABLE: tl.constexpr,
     HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr,
@@ -214,7 +247,10 @@ def _element_kernel(
 ):
     """One block of one tensor per program, stepped by the rule's UPDATE.
     States are stored as STATE_DTYPE (fp32 or bf16: Note [state dtypes] in
-    csrc/include/fusedopt/core/storage.h), loaded and stored as params are.
+    csrc/include/fusedopt/core/storage.h), loaded and stored as params are;
+    or, STATE_DTYPE uint8, as 8-bit blockwise codes (Note [8-bit blocks in a
+    program]), decoded with `codec` (storage.codec_table), state k by the
+    signed map where bit k of SIGNED is set.
     `launch` is the rule's Launch; `per_tensor` its PerTensor, or None when
     PER_TENSOR_IN_TABLE (Note [per-tensor scalars]). States outside the USED
     mask are neither loaded nor stored. With found_inf nonzero nothing is
@@ -222,6 +258,8 @@ def _element_kernel(
     the new p is stored (_load_param, _store_param; store_table's row per
     tensor). Bytes per element: the rule module's docstring, + Note [master
     weights]'s for a policy."""
+    if STATE_DTYPE == tl.uint8:
+        tl.static_assert((BLOCK // BLOCK8) * BLOCK8 == BLOCK, "a program holds whole 8-bit blocks")
     pid = tl.program_id(0)
     code = tl.load(block_table + pid * BLOCK_COLS + COL_CODE)
     start = tl.load(block_table + pid * BLOCK_COLS + COL_START)
@@ -269,19 +307,43 @@ def _element_kernel(
                 for k in tl.static_range(MAX_STATES):
                     value = p
                     if (USED >> k) & 1:
-                        value = to_float(
-                            tl.load(
-                                _address(row, COL_STATE + k, STATE_DTYPE, FULL) + offs, mask=mask
-                            )
+                        stored = tl.load(
+                            _address(row, COL_STATE + k, STATE_DTYPE, FULL) + offs, mask=mask
                         )
+                        if STATE_DTYPE == tl.uint8:
+                            # One absmax per block, broadcast: a gather per
+                            # element instead spilled 8 B (RMSprop, sm_90).
+                            blocks, block_mask = _state_blocks(row, start, BLOCK)
+                            absmax = tl.load(
+                                _address(row, COL_ABSMAX + k, tl.float32, False) + blocks,
+                                mask=block_mask,
+                            )
+                            value = decode8(
+                                stored, broadcast_blocks8(absmax, BLOCK), codec, (SIGNED >> k) & 1
+                            )
+                        else:
+                            value = to_float(stored)
                     s = s + (value,)
                 p, s = UPDATE(p, g, s, USED, launch, per_tensor)
                 _store_param(p_ptrs, p, store_row, offs, mask, PARAM_DTYPE, STORE_POLICY, FULL)
                 for k in tl.static_range(MAX_STATES):
                     if (USED >> k) & 1:
+                        if STATE_DTYPE == tl.uint8:
+                            absmax = block_absmax8(s[k], mask, BLOCK)
+                            stored = encode8(s[k], absmax, codec, (SIGNED >> k) & 1, BLOCK)
+                            # Derived again, not kept live across the update:
+                            # that spilled 8 B (Rprop, bf16, sm_90).
+                            blocks, block_mask = _state_blocks(row, start, BLOCK)
+                            tl.store(
+                                _address(row, COL_ABSMAX + k, tl.float32, False) + blocks,
+                                absmax,
+                                mask=block_mask,
+                            )
+                        else:
+                            stored = from_float(s[k], STATE_DTYPE)
                         tl.store(
                             _address(row, COL_STATE + k, STATE_DTYPE, FULL) + offs,
-                            from_float(s[k], STATE_DTYPE),
+                            stored,
                             mask=mask,
                         )
 
@@ -492,9 +554,24 @@ _TORCH_TO_TRITON = {
     torch.float32: tl.float32,
     torch.bfloat16: tl.bfloat16,
     torch.float16: tl.float16,
+    # 8-bit blockwise codes: the kernel moves their bits (Note [8-bit blocks in a program]).
+    torch.int8: tl.uint8,
+    torch.uint8: tl.uint8,
 }
 _data_ptr = Tensor.data_ptr
 _numel = Tensor.numel
+
+
+def _blockwise(states: Sequence[Tensor]) -> bool:
+    """True for 8-bit blockwise states (codes, then absmax: fusedopt._checks)."""
+    return bool(states) and states[0].dtype in (torch.int8, torch.uint8)
+
+
+def _signed_mask(codes: Sequence[Tensor], used: int, n: int) -> int:
+    """Bit k set when used state k's codes are int8 (the signed map); `codes`
+    is state-major, n tensors per used state."""
+    used_states = [k for k in range(MAX_STATES.value) if (used >> k) & 1]
+    return sum(1 << k for i, k in enumerate(used_states) if codes[i * n].dtype == torch.int8)
 
 
 def _split(x: float) -> tuple[float, float]:
@@ -549,22 +626,39 @@ class _Plan:
     (fusedopt/optim/base.py, Note [cached step plans])."""
 
     def __init__(
-        self, addresses, numels, n_states: int, used: int, host_counts: bool, device, store_key=None
+        self,
+        addresses,
+        numels,
+        n_states: int,
+        used: int,
+        host_counts: bool,
+        device,
+        blockwise: bool = False,
+        store_key=None,
     ):
-        # store_key: (policy code, store addresses, tags, seed), None without a policy.
+        """`addresses`: the params', the states' (with `blockwise` 8-bit
+        states, each used state's codes then each one's absmax), then the
+        device counts', each list tensor by tensor. `store_key`: (policy code,
+        store addresses, tags, seed), None without a policy."""
         store_key = store_key or (STORE_NONE.value, [], [], 0)
         n = len(numels)
         self.addresses, self.numels, self.device = addresses, numels, device
-        used_columns = [COL_STATE.value + k for k in range(MAX_STATES.value) if (used >> k) & 1]
+        used_states = [k for k in range(MAX_STATES.value) if (used >> k) & 1]
+        used_columns = [COL_STATE.value + k for k in used_states]
         columns = torch.tensor(addresses, dtype=torch.int64).view(-1, n)
         host = torch.zeros((n, TENSOR_COLS.value), dtype=torch.int64)
         host[:, COL_PARAM.value] = columns[0]
         host[:, used_columns] = columns[1 : 1 + n_states].T
+        state_rows = n_states
+        if blockwise:
+            absmax_columns = [COL_ABSMAX.value + k for k in used_states]
+            host[:, absmax_columns] = columns[1 + n_states : 1 + 2 * n_states].T
+            state_rows = 2 * n_states
         host[:, COL_NUMEL.value] = torch.tensor(numels, dtype=torch.int64)
-        if not host_counts and len(columns) > 1 + n_states:
+        if not host_counts and len(columns) > 1 + state_rows:
             # Device counts: state_steps are the counts, then each scalar state.
-            host[:, COL_COUNT.value] = columns[1 + n_states]
-            for j, column in enumerate(columns[2 + n_states :]):
+            host[:, COL_COUNT.value] = columns[1 + state_rows]
+            for j, column in enumerate(columns[2 + state_rows :]):
                 host[:, COL_SCALAR_STATE.value + j] = column
         self.host = host
         # Host counts that differ reach the prologue through count_values.
@@ -657,6 +751,7 @@ class Launcher:
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
         # Plans some CUDA graph launched with (Note [table uploads]), by identity.
         self._graph_plans: dict[int, _Plan] = {}
+        self._codec_tables: dict[torch.device, Tensor] = {}
 
     def _plan(
         self,
@@ -671,7 +766,8 @@ class Launcher:
     ):
         """The plan of these lists, from `plans` (the caller's, kept with its
         own lists) or else from the launcher's LRU."""
-        key = (id(params), params[0].device, used, host_counts, block)
+        blockwise = _blockwise(states)
+        key = (id(params), params[0].device, used, host_counts, block, blockwise)
         addresses = list(map(_data_ptr, itertools.chain(params, states, device_counts)))
         numels = list(map(_numel, params))
         store = self._plans if plans is None else plans
@@ -685,10 +781,11 @@ class Launcher:
             plan = _Plan(
                 addresses,
                 numels,
-                len(states) // len(params),
+                len(states) // len(params) // (2 if blockwise else 1),
                 used,
                 host_counts,
                 params[0].device,
+                blockwise,
                 store_key,
             )
             store[key] = plan
@@ -741,7 +838,9 @@ class Launcher:
             return
         config = rule.config(hyper)
         used = state_mask(rule, config)
-        if len(states) != len(params) * bin(used).count("1"):
+        blockwise = _blockwise(states)
+        codes = states[: len(states) // 2] if blockwise else states
+        if len(codes) != len(params) * bin(used).count("1"):
             raise RuntimeError(
                 f"fusedopt: {len(states)} states for {len(params)} params and state mask {used:b}"
             )
@@ -792,11 +891,13 @@ class Launcher:
                     grad_scale,
                     found_inf,
                     plan.store_table,
+                    self._codec(device) if blockwise else None,
                     UPDATE=rule.update,
                     PER_TENSOR=rule.PerTensor,
                     USED=used,
                     PARAM_DTYPE=_TORCH_TO_TRITON[params[0].dtype],
                     STATE_DTYPE=_TORCH_TO_TRITON[states[0].dtype] if states else tl.float32,
+                    SIGNED=_signed_mask(codes, used, n) if blockwise else 0,
                     PER_TENSOR_IN_TABLE=per_tensor is None,
                     HAS_GRAD_SCALE=grad_scale is not None,
                     HAS_FOUND_INF=found_inf is not None,
@@ -822,6 +923,14 @@ class Launcher:
             torch._foreach_add_(list(state_steps[:n]), 1.0)
             for j, values in enumerate(scalars_after, start=1):
                 torch._foreach_copy_(list(state_steps[j * n : (j + 1) * n]), list(values.unbind()))
+
+    def _codec(self, device: torch.device) -> Tensor:
+        """The code tables on `device` (storage.codec_table), made once per
+        device: a step under CUDA graph capture reads the copy made before."""
+        table = self._codec_tables.get(device)
+        if table is None:
+            table = self._codec_tables[device] = codec_table(device)
+        return table
 
     def _advance_counts(self, rule, plan, config, lr, found_inf) -> None:
         """Note [step counts]: the last launch, for device-held counts (and

@@ -1,8 +1,9 @@
 """The Triton kernels' conversions between fp32 and the storage dtype of
-params and grads, mirrored from csrc/include/fusedopt/core/storage.h
+params, grads and states, mirrored from csrc/include/fusedopt/core/storage.h
 (`to_float`, `from_float`): exact loads, and stores that round to nearest
 even, bit for bit as the CPU backend's (Note [bit-identical backends] in
-kernels/mta.py).
+kernels/mta.py); and the 8-bit blockwise states' decode, block absmax and
+encode, mirrored from csrc/include/fusedopt/core/blockwise8.h.
 
 bf16 goes through its bits, because Triton's interpreter gets both directions
 wrong (triton 3.8, measured on every pattern): its fp32 -> bf16 cast
@@ -22,8 +23,10 @@ torch rounds them).
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+from fusedopt.reference import codecs
 
 # fp32 bit fields (IEEE 754 binary32).
 F32_ABS_MASK = tl.constexpr(0x7FFFFFFF)
@@ -56,6 +59,80 @@ def from_float(x, DTYPE: tl.constexpr):
         rounded = tl.where(is_nan, BF16_QUIET_NAN, (bits + rounding_bias) >> BF16_SHIFT)
         return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     return x.to(DTYPE)
+
+
+# --- 8-bit blockwise states (csrc/include/fusedopt/core/blockwise8.h) ------------------
+# Elements per absmax (kBlock8) and codes per map (kCodes8).
+BLOCK8 = tl.constexpr(256)
+CODES8 = tl.constexpr(256)
+# Rows of the codec table (codec_table()), CODES8 fp32 each: the two maps, then
+# the two maps' 255 midpoints (the last entry of a midpoint row is never read).
+ROW_SIGNED_MAP = tl.constexpr(0)
+ROW_UNSIGNED_MAP = tl.constexpr(1)
+ROW_SIGNED_MIDPOINTS = tl.constexpr(2)
+ROW_UNSIGNED_MIDPOINTS = tl.constexpr(3)
+CODEC_ROWS = 4
+# The encoder's binary search: 8 halvings of [0, 256).
+SEARCH_STEPS = tl.constexpr(8)
+
+
+def codec_table(device) -> torch.Tensor:
+    """The four code tables of blockwise8.h as one fp32 [CODEC_ROWS, CODES8]
+    tensor on `device`, from their definition (fusedopt.reference.codecs)."""
+    table = torch.zeros((CODEC_ROWS, CODES8.value), dtype=torch.float32)
+    for signed, map_row, midpoint_row in (
+        (True, ROW_SIGNED_MAP, ROW_SIGNED_MIDPOINTS),
+        (False, ROW_UNSIGNED_MAP, ROW_UNSIGNED_MIDPOINTS),
+    ):
+        table[map_row.value] = codecs.dynamic_map(signed)
+        table[midpoint_row.value, : CODES8.value - 1] = codecs.dynamic_midpoints(signed)
+    return table.to(device)
+
+
+@triton.jit
+def broadcast_blocks8(values, BLOCK: tl.constexpr):
+    """Per-block values ([BLOCK // BLOCK8]) as [BLOCK], each over its block."""
+    return tl.reshape(tl.broadcast_to(values[:, None], (BLOCK // BLOCK8, BLOCK8)), (BLOCK,))
+
+
+@triton.jit
+def decode8(codes, absmax, table, SIGNED: tl.constexpr):
+    """fp32 values of uint8 code bits: map[code] * absmax, the block's absmax
+    of each element (blockwise8.h)."""
+    row = ROW_SIGNED_MAP if SIGNED else ROW_UNSIGNED_MAP
+    return tl.load(table + row * CODES8 + codes.to(tl.int32)) * absmax
+
+
+@triton.jit
+def block_absmax8(x, mask, BLOCK: tl.constexpr):
+    """The absmax of each BLOCK8 elements of x ([BLOCK // BLOCK8]): the max of
+    their magnitude bits, an integer max in which a NaN's bits lie above
+    inf's, as blockwise8.h's magnitude_bits; elements outside `mask` (None:
+    all inside) count as 0."""
+    bits = x.to(tl.int32, bitcast=True) & F32_ABS_MASK
+    if mask is not None:
+        bits = tl.where(mask, bits, 0)
+    most = tl.max(tl.reshape(bits, (BLOCK // BLOCK8, BLOCK8)), axis=1)
+    return most.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def encode8(x, absmax, table, SIGNED: tl.constexpr, BLOCK: tl.constexpr):
+    """The uint8 codes of x ([BLOCK]) given each block's absmax
+    ([BLOCK // BLOCK8]): x / absmax (IEEE; an all-zero block divides by 1),
+    then the count of midpoints strictly below it by blockwise8.h's
+    encode_code8 search, eight branch-free halvings whose compares are the
+    same on every backend (a NaN compares below none: code 0). The CPU and
+    CUDA kernels run encode_code8_fast, which tests/test_state_dtypes.py holds
+    to this search's codes on every float of [-1, 1]."""
+    divisor = broadcast_blocks8(tl.where(absmax == 0.0, 1.0, absmax), BLOCK)
+    normalized = tl.div_rn(x, divisor)
+    midpoints = table + (ROW_SIGNED_MIDPOINTS if SIGNED else ROW_UNSIGNED_MIDPOINTS) * CODES8
+    index = tl.zeros((BLOCK,), dtype=tl.int32)
+    for step in tl.static_range(SEARCH_STEPS):
+        half = (CODES8 // 2) >> step
+        index += tl.where(normalized > tl.load(midpoints + index + (half - 1)), half, 0)
+    return index.to(tl.uint8)
 
 
 # --- master-weight stores ---------------------------------------------------------------

@@ -177,3 +177,46 @@ def spawn_gloo(worker: Callable, world_size: int, *args) -> None:
     import torch.multiprocessing as mp
 
     mp.spawn(_gloo_entry, args=(worker, world_size, free_port(), args), nprocs=world_size)
+
+
+def train_tiny_gpt2(steps: int = 300, dtype: torch.dtype = torch.float32, **group) -> list[float]:
+    """Issue 10's quality run: a tiny random GPT-2 (2 layers, width 64, 8,192
+    token embedding rows, so most matrices are 8-bit under state_dtype="int8")
+    with params of `dtype` on generated tokens (a fixed random bigram chain),
+    fusedopt.AdamW lr 3e-3 with the group keys `group`; the loss curve."""
+    import fusedopt
+
+    transformers = pytest.importorskip("transformers")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        config = transformers.GPT2Config(
+            vocab_size=8192,
+            n_positions=64,
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        model = transformers.GPT2LMHeadModel(config).to(dtype)
+        gen = torch.Generator().manual_seed(1)
+        successor = torch.randint(0, 8192, (8192, 4), generator=gen)
+        opt = fusedopt.AdamW([{"params": list(model.parameters()), **group}], lr=3e-3)
+        losses = []
+        for k in range(steps):
+            g = torch.Generator().manual_seed(100 + k)
+            tokens = [torch.randint(0, 8192, (16,), generator=g)]
+            for _ in range(31):
+                pick = torch.randint(0, 4, (16,), generator=g)
+                tokens.append(successor[tokens[-1], pick])
+            batch = torch.stack(tokens, dim=1)
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+        return losses
+    finally:
+        torch.set_num_threads(threads)

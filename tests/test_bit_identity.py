@@ -50,7 +50,16 @@ from helpers import clone_params, draw_grads, make_params  # noqa: E402
 
 TESTING_BUILT = importlib.util.find_spec("fusedopt._testing") is not None
 if TESTING_BUILT:
-    from test_cuda_emulation import LR, cpu_op, emulate, full_hyper, make_case, variants
+    from test_cuda_emulation import (
+        LR,
+        blockwise_lists,
+        cpu_op,
+        emulate,
+        emulate_lists,
+        full_hyper,
+        make_case,
+        variants,
+    )
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 STEPS = 2  # the second from the states the first left
@@ -283,6 +292,52 @@ def test_rule_bf16_states_three_backends_same_bits(name, dtype, scaled):
     rounded to nearest even once, on all three."""
     case = make_case(name, OP_SIZES, dtype, full_hyper(name), state_dtype=torch.bfloat16)
     _assert_three_same(_three_ways(case, scaled=scaled))
+
+
+# 8-bit blockwise states: the Triton block must hold whole 256-element state
+# blocks; 1300 = two full programs of 512 and a masked tail of 276 (CUDA: 5
+# warps' blocks and a 20-element one).
+OP_BLOCK_8BIT = 512
+OP_SIZES_8BIT = (1300, 0)
+
+
+@needs_testing
+@pytest.mark.parametrize("scaled", [False, True], ids=["plain", "grad_scaler"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", RULES)
+def test_rule_8bit_states_three_backends_same_bits(name, dtype, scaled):
+    """Each rule with every state used and stored as 8-bit blockwise codes
+    (Note [8-bit blocks in a program] in kernels/mta.py, Note [8-bit blocks
+    on the GPU] in mta/traversal.h): the same params, grads, codes and absmax
+    on all three, over two steps."""
+    case = make_case(name, OP_SIZES_8BIT, dtype, full_hyper(name))
+    lists = blockwise_lists(case)
+    copies = {b: [[t.clone() for t in ts] for ts in lists] for b in ("cpu", "triton", "cuda")}
+    launcher = mta.Launcher()
+    for k in range(STEPS):
+        gen = torch.Generator().manual_seed(1000 + k)
+        grads = [torch.randn(p.shape, generator=gen) for p in case.params]
+        for copy in copies.values():
+            for g, new in zip(copy[1], grads):
+                g.copy_((new * SCALE if scaled else new).to(dtype))
+        extra = {}
+        if scaled:
+            extra = dict(grad_scale=torch.tensor(SCALE), found_inf=torch.tensor(0.0))
+        case.rule.op(*copies["cpu"], lr=LR, **case.hyper, **extra)
+        launcher.step(
+            rules.get(name),
+            *copies["triton"],
+            lr=LR,
+            hyper=case.hyper,
+            block=OP_BLOCK_8BIT,
+            **extra,
+        )
+        emulate_lists(case, copies["cuda"], **extra)
+    want = [t for ts in copies["cpu"] for t in ts]
+    for backend in ("triton", "cuda"):
+        got = [t for ts in copies[backend] for t in ts]
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_same_bits(g, w, f"{backend} tensor {i}")
 
 
 @needs_testing

@@ -40,6 +40,7 @@ import pytest
 import torch
 from _op_hyper import OP_HYPER, scalar_states
 from fusedopt._C import kernel_arg_bytes
+from fusedopt.reference import codecs
 from fusedopt.registry import RULES, Rule
 
 pytest.importorskip(
@@ -750,20 +751,104 @@ def test_bf16_state_view_takes_the_scalar_path(name):
     assert_same(case, on_cpu)
 
 
-def test_blockwise_states_are_refused_with_a_reason():
+# --- 8-bit blockwise states (Note [8-bit blocks on the GPU] in mta/traversal.h) -------
+
+LANE8 = 8  # elements per lane of the warp that steps a block (kLane8)
+# Zero-size first and last, one element, a short block, one past 4096 (a
+# one-element last block), one past a chunk, two chunks and 5.
+EIGHT_BIT_SIZES = [0, 1, 300, 4097, 65537, 2 * CHUNK + 5, 0]
+
+
+def blockwise_lists(case: Case, nan_at=None) -> list[list[torch.Tensor]]:
+    """The op's lists with the case's states as 8-bit codes, then each one's
+    absmax (signed map for states of either sign, unsigned for the rule's
+    never-negative ones); `nan_at` (tensor, element): a NaN grad there."""
+    codes, absmax = [], []
+    for key, tensors in case.states.items():
+        signed = key not in case.rule.nonnegative
+        for t in tensors:
+            values = t.float() if signed else t.float().abs()
+            c, a = codecs.new_8bit(values, values, signed)
+            codes.append(c)
+            absmax.append(a)
+    grads = [g.clone() for g in case.grads]
+    if nan_at is not None:
+        grads[nan_at[0]][nan_at[1]] = float("nan")
+    return [list(case.params), grads, codes + absmax, list(case.steps)]
+
+
+def emulate_lists(
+    case: Case, lists, *, grad_scale=None, found_inf=None, threads=512, grid=None
+) -> dict[str, int]:
+    op = getattr(torch.ops.fusedopt_testing, f"{case.rule.name}_emulate_step_")
+    stats = op(
+        *lists,
+        lr=torch.tensor(LR),
+        **case.hyper,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+        steps_in_kernel=False,
+        lr_in_kernel=False,
+        threads_per_block=threads,
+        max_grid_blocks=grid,
+    )
+    return dict(zip(STATS, stats, strict=True))
+
+
+def assert_same_bits(lists, want_lists):
+    for got, want in zip(
+        (t for ts in lists for t in ts), (t for ts in want_lists for t in ts), strict=True
+    ):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(got.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))
+
+
+@pytest.mark.parametrize("threads, grid", [(512, None), (64, 3)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", RULES)
+def test_8bit_states_match_cpu_op(name, dtype, threads, grid):
+    """8-bit blockwise states, a warp per block: every element updated once,
+    one vector access per lane and stream (codes: an 8-byte pack; p and g: one
+    16-byte pack of 16-bit values, two of fp32), and the CPU backend's bits in
+    params, codes and absmax, a NaN in the one-element last block of 4097
+    included; with 2 warps a block and a persistent grid of 3 blocks too."""
+    case = make_case(name, EIGHT_BIT_SIZES, dtype, full_hyper(name))
+    lists = blockwise_lists(case, nan_at=(EIGHT_BIT_SIZES.index(4097), 4096))
+    on_cpu = [[t.clone() for t in ts] for ts in lists]
+    before = [c.clone() for c in lists[2][: len(lists[2]) // 2]]
+    stats = emulate_lists(case, lists, threads=threads, grid=grid)
+    assert_clean(stats, EIGHT_BIT_SIZES)
+    packs = 2 if dtype == torch.float32 else 1
+    full_lanes = sum(
+        min(CHUNK, n - s) // LANE8 for n in EIGHT_BIT_SIZES for s in range(0, n, CHUNK)
+    )
+    assert stats["vector"] == full_lanes * (3 * packs + 2 * len(case.states))
+    case.rule.op(*on_cpu, lr=LR, **case.hyper)
+    assert_same_bits(lists, on_cpu)
+    moved = sum(int((c != old).sum()) for c, old in zip(lists[2], before))
+    assert moved > 0, "no code changed"
+
+
+def test_8bit_threads_are_whole_warps():
     case = make_case("adam", [300], torch.float32, full_hyper("adam"))
-    codes = [torch.zeros(300, dtype=torch.int8) for _ in range(3)]
-    absmax = [torch.zeros(2) for _ in range(3)]
-    with pytest.raises(RuntimeError, match="8-bit blockwise states"):
-        torch.ops.fusedopt_testing.adam_emulate_step_(
-            case.params,
-            case.grads,
-            codes + absmax,
-            case.steps,
-            lr=torch.tensor(LR),
-            **case.hyper,
-            steps_in_kernel=False,
-            lr_in_kernel=False,
-            threads_per_block=512,
-            max_grid_blocks=None,
-        )
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        emulate_lists(case, blockwise_lists(case), threads=48)
+
+
+@pytest.mark.parametrize("name", RULES)
+def test_8bit_unaligned_view_takes_the_scalar_path(name):
+    """A param one element into its storage: the scalar path throughout, the
+    CPU backend's bits."""
+    n = 4099
+    case = make_case(name, [n + 1], torch.float32, full_hyper(name))
+    case.params[0] = case.params[0][1:]
+    case.grads[0] = case.grads[0][1:].clone()
+    for key in case.states:
+        case.states[key][0] = case.states[key][0][1:].clone()
+    lists = blockwise_lists(case)
+    on_cpu = [[t.clone() for t in ts] for ts in lists]
+    stats = emulate_lists(case, lists)
+    assert_clean(stats, [n])
+    assert stats["vector"] == 0
+    case.rule.op(*on_cpu, lr=LR, **case.hyper)
+    assert_same_bits(lists, on_cpu)

@@ -1,10 +1,11 @@
 """Static checks on the compiled CUDA kernels (nothing CUDA runs here): every
 architecture of the build is in the library, and for every rule of
-fusedopt.registry.RULES its six kernels (fusedopt_<rule>_{fp32,bf16,fp16}
-with fp32 states, and the same with the suffix _sbf16 for bf16 states) use
-128-bit global loads and stores for fp32 data (64-bit for 16-bit params,
-grads and states), nothing spills to local memory, and the register count keeps two
-512-thread blocks resident per SM; the advance kernels too
+fusedopt.registry.RULES its nine kernels (fusedopt_<rule>_{fp32,bf16,fp16}
+with fp32 states, and the same with the suffix _sbf16 for bf16 states, _s8
+for 8-bit blockwise states) use 128-bit global loads and stores for fp32 data
+(64-bit for 16-bit params, grads and states, and for 8-bit codes), nothing
+spills to local memory, and the register count keeps two 512-thread blocks
+resident per SM (one for the 8-bit kernels); the advance kernels too
 (fusedopt_step_increment, and fusedopt_<rule>_advance of the rules with
 scalar states), and each 16-bit dtype's master-weight kernels (suffixes
 _master, _kahan, _sround: STORE_KERNELS).
@@ -33,7 +34,7 @@ from _cuda_tools import (
     sass_loops,
 )
 from fusedopt._C import cuda_archs, cuda_built
-from fusedopt.registry import RULES
+from fusedopt.registry import REDUCTION_RULES, RULES
 
 # test_cuda_build.py fails when a build that should have CUDA kernels lacks them.
 pytestmark = pytest.mark.skipif(
@@ -43,17 +44,21 @@ pytestmark = pytest.mark.skipif(
 # "80-real" -> 80; "120" (no -real) also embeds PTX.
 ARCHS = [int(a.split("-")[0]) for a in cuda_archs.split(",") if a]
 PTX_ARCHS = [int(a) for a in cuda_archs.split(",") if a and not a.endswith("-real")]
-# Param dtype, then "_sbf16" where the states are bf16 (Note [state dtypes] in
-# csrc/include/fusedopt/core/storage.h).
+# Param dtype, then "_sbf16" where the states are bf16, "_s8" where they are
+# 8-bit blockwise (Note [state dtypes] in csrc/include/fusedopt/core/storage.h).
 PARAM_DTYPES = ("fp32", "bf16", "fp16")
-DTYPES = PARAM_DTYPES + tuple(f"{dtype}_sbf16" for dtype in PARAM_DTYPES)
+DTYPES = (
+    PARAM_DTYPES
+    + tuple(f"{dtype}_sbf16" for dtype in PARAM_DTYPES)
+    + tuple(f"{dtype}_s8" for dtype in PARAM_DTYPES)
+)
 KERNELS = [f"fusedopt_{rule}_{dtype}" for rule in RULES for dtype in DTYPES]
 # A 16-bit param's master-weight kernels (Note [master weights] in
 # core/master.h): master weights and Kahan, and stochastic rounding for bf16.
 STORE_SUFFIXES = {
     dtype: ("_master", "_kahan", "_sround") if dtype.startswith("bf16") else ("_master", "_kahan")
     for dtype in DTYPES
-    if not dtype.startswith("fp32")
+    if not dtype.startswith("fp32") and not dtype.endswith("_s8")
 }
 STORE_KERNELS = [
     f"fusedopt_{rule}_{dtype}{suffix}"
@@ -71,6 +76,8 @@ KNOWN_SPILLS = {
     for dtype in ("bf16", "fp16", "bf16_sbf16", "fp16_sbf16")
     for suffix in ("_master", "_kahan")
 }
+# The kernels that store no 16-bit value: fp32 params with fp32 or 8-bit states.
+FP32_ONLY = ("fp32", "fp32_s8")
 # Note [the advance launch] in mta/args.h: one kernel shared by the rules
 # without scalar states, one per rule with them.
 ADVANCE_KERNELS = ["fusedopt_step_increment"] + [
@@ -80,6 +87,8 @@ ADVANCE_KERNELS = ["fusedopt_step_increment"] + [
 # two blocks per SM resident (50% occupancy, enough to saturate HBM with 5-8
 # outstanding 16-byte loads per thread).
 MAX_REGISTERS = 64
+# The 8-bit state kernels: one block per SM (mta::kMinBlocksPerSm8), 128.
+MAX_REGISTERS_8 = 128
 
 
 def vector_accesses(rule: str, dtype: str) -> dict[int, int]:
@@ -92,8 +101,15 @@ def vector_accesses(rule: str, dtype: str) -> dict[int, int]:
     states = len(RULES[rule].states)
     param, _, state = dtype.partition("_")
     widths = {128: 0, 64: 0}
-    widths[128 if param == "fp32" else 64] += 2
-    widths[64 if state == "sbf16" else 128] += states
+    if state == "s8":
+        # A lane's 8 elements (Note [8-bit blocks on the GPU] in
+        # mta/traversal.h): p and g two 16-byte packs of fp32, one of 16-bit;
+        # each state's codes one 8-byte pack.
+        widths[128] += 2 * (2 if param == "fp32" else 1)
+        widths[64] += states
+    else:
+        widths[128 if param == "fp32" else 64] += 2
+        widths[64 if state == "sbf16" else 128] += states
     return {width: count for width, count in widths.items() if count}
 
 
@@ -170,7 +186,8 @@ def test_no_spills_and_bounded_registers():
             assert res is not None, f"no resource usage for {kernel} on sm_{arch}"
             if res["STACK"] > KNOWN_SPILLS.get((arch, kernel), 0) or res["LOCAL"] != 0:
                 failures.append(f"{kernel} sm_{arch} spills: {res}")
-            if res["REG"] > MAX_REGISTERS:
+            limit = MAX_REGISTERS_8 if kernel.endswith("_s8") else MAX_REGISTERS
+            if res["REG"] > limit:
                 failures.append(f"{kernel} sm_{arch}: {res['REG']} registers")
     assert not failures, "\n".join(failures)
 
@@ -184,16 +201,33 @@ def test_no_contraction_and_no_fp64_in_the_element_loops(rule, arch):
     it calls (the slow paths of division and square root). The kernels do
     hold FP64 (scalars_in_kernel in mta/traversal.h, once per thread and
     chunk, and CUDA's pow): outside the loops, which the check tells apart
-    (Adam's, the control, has some)."""
+    (Adam's, the control, has some).
+
+    The FFMA count is not read in the 8-bit kernels ("_s8"): their encoder
+    divides a lane's 8 values by their block's divisor, and ptxas computes
+    its reciprocal once for the 8 divisions (sm_90: 46 MUFU.RCP for 78 FCHK
+    in SGD's block loop), and divides by the constant 0.9f with no MUFU at
+    all (blockwise8.h, encode_code8_fast), so contracted_fmas' 3 per FCHK + 2
+    per RCP miscounts there (64 "contracted" in SGD's, all of them divisions'
+    by their operands). Their PTX is held to no fma.rn.f32 and every fp32
+    mul/add/sub .rn (test_ptx_is_uncontracted_ieee), which ptxas may not
+    contract."""
     code_of = _sass_code(arch)
     for dtype in DTYPES:
         kernel = f"fusedopt_{rule}_{dtype}"
         code = code_of[kernel]
         loops = [body for body in sass_loops(code) if len(body) > 1]  # not the trap after EXIT
-        assert len(loops) >= 2, f"{kernel} sm_{arch}: want a vector and a tail loop"
+        if dtype.endswith("_s8"):
+            # One loop over a chunk's blocks, both paths inside (Note [8-bit
+            # blocks on the GPU]); the code-table copy's loop may be unrolled.
+            assert loops, f"{kernel} sm_{arch}: want the block loop"
+        else:
+            assert len(loops) >= 2, f"{kernel} sm_{arch}: want a vector and a tail loop"
         for body in loops:
             where = f"{kernel} sm_{arch} loop at {body[0].address:#x}"
-            assert contracted_fmas(body) == 0, f"{where}: {contracted_fmas(body)} contracted FMAs"
+            if not dtype.endswith("_s8"):
+                fmas = contracted_fmas(body)
+                assert fmas == 0, f"{where}: {fmas} contracted FMAs"
             fp64 = [i.opcode for i in body + sass_called(code, body) if is_fp64(i.opcode)]
             assert not fp64, f"{where}: FP64 {sorted(set(fp64))}"
         if rule == "adam":
@@ -206,7 +240,7 @@ def test_16_bit_stores_round_to_nearest_even(arch):
     (a rounding modifier, .RZ/.RM/.RP, would show in the opcode)."""
     code_of = _sass_code(arch)
     for rule in RULES:
-        for dtype in DTYPES[1:]:
+        for dtype in (d for d in DTYPES if d not in FP32_ONLY):
             kernel = f"fusedopt_{rule}_{dtype}"
             converts = [i.opcode for i in code_of[kernel] if i.opcode.startswith("F2FP")]
             assert converts, f"{kernel} sm_{arch}: no F2FP"
@@ -227,7 +261,8 @@ def test_ptx_is_uncontracted_ieee(rule):
         body = entries[kernel]
         facts = ptx_facts(body)
         assert facts["fma_f32"] == facts["free_f32"] == facts["inexact"] == 0, (kernel, facts)
-        assert facts["cvt_other_16"] == 0 and (facts["cvt_rn_16"] > 0) == (dtype != "fp32"), (
+        stores_16 = dtype not in FP32_ONLY
+        assert facts["cvt_other_16"] == 0 and (facts["cvt_rn_16"] > 0) == stores_16, (
             kernel,
             facts,
         )
@@ -304,3 +339,89 @@ def test_the_readers_see_what_they_must_refuse():
     facts = ptx_facts(ptx_entries(ptx)["k"])
     assert facts == dict(fma_f32=1, free_f32=1, inexact=1, cvt_rn_16=0, cvt_other_16=1)
     assert ".f64" in ptx_loops(ptx_entries(ptx)["k"])[0]
+
+
+# --- the reduction rules' kernels (csrc/cuda/factored.cu, mta/factored.h) -------
+# fusedopt_<rule>_<pass>_<dtype> for the passes over items, one statistics and
+# one finish kernel per rule.
+FACTORED_RULES = [name for name, rule in REDUCTION_RULES.items() if "cuda" in rule.backends]
+FACTORED_ITEM_PASSES = ("reduce_inputs", "reduce_updates", "apply")
+FACTORED_KERNELS = [
+    f"fusedopt_{rule}_{step}_{dtype}"
+    for rule in FACTORED_RULES
+    for step in FACTORED_ITEM_PASSES
+    for dtype in PARAM_DTYPES
+] + [f"fusedopt_{rule}_{step}" for rule in FACTORED_RULES for step in ("statistics", "finish")]
+# Registers measured (nvcc 13.0, cuobjdump -res-usage), sm_80/90/100/120, no
+# stack or local memory anywhere: reduce_inputs 40-54/40-48/64/46 (fp32 the
+# most), reduce_updates 38-46/38-48/40/39, apply 40/40/32/40, statistics
+# 48 on all four, finish 32/32/32/36. 64 keeps four 256-thread blocks per SM
+# resident (50% occupancy), the element kernels' bound (MAX_REGISTERS).
+MAX_FACTORED_REGISTERS = 64
+# The double sums of Note [deterministic blocked reductions]: an fp32 value
+# widened (F2F.F64.F32) and added (DADD), nothing else in double, in the
+# loops of the reduction passes.
+SUM_FP64 = {"DADD", "F2F.F64.F32"}
+
+
+def _uncontracted(body) -> bool:
+    """No FFMA beyond those of IEEE division, reciprocal and square root
+    (contracted_fmas), less the exact probe FFMA R, RZ, R, R of the
+    statistics kernel's double division (0 * x + y)."""
+    probes = sum(1 for i in body if i.opcode == "FFMA" and ", RZ," in f", {i.operands}")
+    return contracted_fmas(body) - probes <= 0
+
+
+@pytest.mark.skipif(not FACTORED_RULES, reason="no reduction rule has CUDA kernels")
+def test_factored_kernels_do_not_spill_and_bound_their_registers():
+    usage = _resource_usage()
+    failures = []
+    for arch in ARCHS:
+        for kernel in FACTORED_KERNELS:
+            res = usage.get((f"sm_{arch}", kernel))
+            assert res is not None, f"no resource usage for {kernel} on sm_{arch}"
+            if res["STACK"] != 0 or res["LOCAL"] != 0:
+                failures.append(f"{kernel} sm_{arch} spills: {res}")
+            if res["REG"] > MAX_FACTORED_REGISTERS:
+                failures.append(f"{kernel} sm_{arch}: {res['REG']} registers")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.skipif(not FACTORED_RULES, reason="no reduction rule has CUDA kernels")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_factored_kernels_are_uncontracted_with_fp64_only_in_the_sums(arch):
+    """Every loop of every factored kernel: no contracted FMA (the fp32 math
+    is the cpu backend's, bit for bit); the element pass without any FP64;
+    the reduction passes' loops with FP64 only in the double sums, which they
+    must have (the order that makes the bits the CPU's)."""
+    code_of = _sass_code(arch)
+    for kernel in FACTORED_KERNELS:
+        code = code_of[kernel]
+        loops = [body for body in sass_loops(code) if len(body) > 1]
+        assert loops, f"{kernel} sm_{arch}: no loop found"
+        fp64 = set()
+        for body in loops:
+            where = f"{kernel} sm_{arch} loop at {body[0].address:#x}"
+            assert _uncontracted(body), f"{where}: {contracted_fmas(body)} contracted FMAs"
+            fp64 |= {i.opcode for i in body + sass_called(code, body) if is_fp64(i.opcode)}
+        if "_apply_" in kernel:
+            assert not fp64, f"{kernel} sm_{arch}: FP64 {sorted(fp64)} in the element pass"
+        elif "_reduce_" in kernel:
+            assert "DADD" in fp64 and fp64 <= SUM_FP64, f"{kernel} sm_{arch}: {sorted(fp64)}"
+
+
+@pytest.mark.skipif(not FACTORED_RULES, reason="no reduction rule has CUDA kernels")
+@pytest.mark.skipif(not PTX_ARCHS, reason="the build embeds no PTX")
+def test_factored_ptx_is_uncontracted_ieee():
+    """The embedded PTX of every factored kernel: as test_ptx_is_uncontracted_ieee
+    (no fma.rn.f32, every fp32 mul/add/sub with .rn, nothing approximate or
+    flushed, 16-bit stores by cvt.rn), and no .f64 in the element pass."""
+    entries = _ptx_entries()
+    for kernel in FACTORED_KERNELS:
+        facts = ptx_facts(entries[kernel])
+        assert facts["fma_f32"] == facts["free_f32"] == facts["inexact"] == 0, (kernel, facts)
+        assert facts["cvt_other_16"] == 0, (kernel, facts)
+        stores_16 = "_apply_" in kernel and not kernel.endswith("_fp32")
+        assert (facts["cvt_rn_16"] > 0) == stores_16, (kernel, facts)
+        if "_apply_" in kernel:
+            assert ".f64" not in entries[kernel], kernel

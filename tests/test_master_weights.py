@@ -33,7 +33,7 @@ from _cuda_tools import REPO, run_cuobjdump
 from _op_hyper import OP_HYPER, op_lists
 from fusedopt import backends
 from fusedopt.reference import master
-from helpers import draw_grads, make_params
+from helpers import draw_grads, make_params, train_tiny_gpt2
 
 POLICIES = master.POLICIES
 SIZES = [1, 3, 257, (5, 7)]
@@ -226,7 +226,7 @@ CPU_CASES = {
 }
 # Across the CPU's 64K-element chunks (binding/cpu_step.h kCpuChunkSize): a
 # chunk boundary inside a param checks the element index of Philox's counter.
-CPU_SIZES = [1, 3, 257, (2, 3, 5, 7), (1 << 16) + 5]
+CPU_SIZES = [1, 3, 257, (2, 3, 5, 7), (1 << 16) + 5, (3, 1500)]
 
 
 def _cpu_rule(rule):
@@ -425,26 +425,20 @@ def test_kernel_backends_take_the_store_but_not_with_8bit_states(policy):
         assert policy in cls.store_policies
     bucket = backends.Bucket(torch.device("cuda"), torch.bfloat16, True, "int8", policy)
     for name in ("cuda", "triton"):
-        reason = backends._no_blockwise_kernels(bucket, name)
+        reason = backends._no_blockwise_store(bucket, name)
         assert reason is not None and f"{policy}=True with 8-bit states" in reason
     cpu_bucket = backends.Bucket(torch.device("cpu"), torch.bfloat16, True, "fp32", policy)
     assert backends.resolve("auto", cpu_bucket).backend.name == "cpu"
 
 
+@pytest.mark.parametrize("case", ["adamw", "lion"])
 @pytest.mark.parametrize("policy", POLICIES)
-def test_cpu_with_8bit_states_is_refused_and_auto_takes_the_reference(policy):
-    """The cpu backend's 8-bit loop has no store policy: "auto" steps such a
-    group on the reference backend, an explicit cpu says why."""
-    params = make_params([5000], torch.bfloat16)
-    group = {"params": params, policy: True, "state_dtype": "int8"}
-    opt = fusedopt.AdamW([group], lr=1e-3)
-    params[0].grad = torch.ones_like(params[0])
-    opt.step()
-    [(_, bucket, _, choice)] = opt.last_step()
-    assert (bucket.store, bucket.state_dtype, choice.backend.name) == (policy, "int8", "reference")
-    explicit = fusedopt.AdamW([dict(group)], lr=1e-3, backend="cpu")
-    with pytest.raises(ValueError, match="8-bit states: the cpu backend's 8-bit loop"):
-        explicit.step()
+def test_cpu_equals_reference_8bit_states(policy, case):
+    """8-bit states under a policy: each block decoded, stepped by the store
+    loop, re-encoded (its params over 4,096 elements, two of them across a
+    chunk boundary, so that 8-bit states are kept and Philox's element index
+    runs on across blocks and chunks)."""
+    _lockstep(policy, torch.bfloat16, case, state_dtype="int8")
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
@@ -716,3 +710,23 @@ def test_cuda_emulation_equals_cpu(policy, dtype, rule, scaler, steps_in_kernel)
             assert torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8)), (
                 f"{name} {i}"
             )
+
+
+@pytest.mark.slow
+def test_tiny_gpt2_300_steps_within_1_percent():
+    """Issue 10's criterion: 300 steps of the tiny GPT-2 (helpers.train_tiny_gpt2)
+    in bf16 with each policy end within 1% of the fp32 run's loss (mean of the
+    last 20 steps). Measured (2026-11-23, ~35 s per run): fp32 6.1485; bf16
+    params with kahan_sum 6.1234 (-0.41%), stochastic_rounding 6.1240
+    (-0.40%), master_weights 6.1227 (-0.42%). At this lr (3e-3) plain bf16
+    also ends within 1% (6.1505): this run checks that no policy hurts; the
+    MLP test above, at a smaller lr, is the one that shows what they save."""
+    fp32 = train_tiny_gpt2()
+    final = {"fp32": sum(fp32[-20:]) / 20}
+    for policy in POLICIES:
+        curve = train_tiny_gpt2(dtype=torch.bfloat16, **{policy: True})
+        print(policy, [round(curve[i], 4) for i in (0, 50, 100, 200, 299)])
+        final[policy] = sum(curve[-20:]) / 20
+    print(final)
+    for policy in POLICIES:
+        assert abs(final[policy] - final["fp32"]) <= 0.01 * final["fp32"], final

@@ -85,6 +85,8 @@ def test_testing_ops_are_one_per_rule_plus_the_launch_plan_and_the_norm():
     )
     ops = {n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fusedopt_testing::")}
     want = {f"fusedopt_testing::{r}_emulate_step_" for r in RULES}
+    # The reduction rules' CUDA passes (tests/test_adafactor.py).
+    want |= {f"fusedopt_testing::{r}_emulate_factored_step_" for r in REDUCTION_RULES}
     assert ops == want | {"fusedopt_testing::launch_plan", "fusedopt_testing::grad_norm_emulate"}
 
 

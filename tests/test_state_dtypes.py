@@ -10,10 +10,11 @@ blockwise, fusedopt.reference.codecs), the math in fp32 either way.
     and reference, against the reference (cpu = triton bit for bit; the
     op-level three-backend bit identity is tests/test_bit_identity.py);
   - 8-bit states: the CPU loop's decode and encode equal the plain-PyTorch
-    codec bit for bit, for every rule; AdamW8bit against an independent
+    codec bit for bit, for every rule, and the Triton kernel (interpreter)
+    equals the CPU loop bit for bit (the CUDA kernels' body:
+    tests/test_cuda_emulation.py); AdamW8bit against an independent
     plain-PyTorch re-implementation of bitsandbytes' blockwise scheme;
-    tensors under the 8-bit threshold; the backends without 8-bit kernels
-    refuse with a reason;
+    tensors under the 8-bit threshold; triton accepts 8-bit CUDA buckets;
   - state_dict: torch's layout by default (loadable by torch.optim.AdamW),
     the compact form (codes and absmax), bf16 states saved as bf16, fp32
     states loaded into a bf16 or 8-bit group converted; a bad state_dtype;
@@ -35,7 +36,7 @@ from _op_hyper import OP_HYPER
 from cases import CASES
 from fusedopt.reference import codecs
 from fusedopt.registry import RULES
-from helpers import draw_grads, make_params
+from helpers import draw_grads, make_params, train_tiny_gpt2
 
 BNB = importlib.util.find_spec("bitsandbytes") is not None
 TRITON = importlib.util.find_spec("triton") is not None
@@ -349,11 +350,61 @@ def test_report_names_a_calls_state_dtype():
 
 
 @pytest.mark.skipif(not TRITON, reason="needs triton")
-def test_backends_without_8bit_kernels_say_why():
-    p = torch.nn.Parameter(torch.randn(5000))
-    p.grad = torch.randn_like(p)
-    with pytest.raises(ValueError, match="no 8-bit blockwise state kernels"):
-        fusedopt.AdamW8bit([p], backend="triton").step()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", [n for n in RULES if RULES[n].states and not RULES[n].state_shape])
+def test_triton_8bit_equals_cpu_bit_for_bit(name, dtype):
+    """The Triton kernel's 8-bit step (interpreter; Note [8-bit blocks in a
+    program] in kernels/mta.py) = the CPU op's: params, codes and absmax bit
+    for bit, every rule with every state used, on a short block, a tail and
+    programs that are full (vector path) and masked."""
+    from fusedopt import backends
+
+    rule, hyper, params, grads, codes, absmax, counts = _op_case(name, EIGHT_BIT_SIZES, dtype)
+    lr = 1e-2
+    cpu = [[t.clone() for t in ts] for ts in (params, grads, codes, absmax, counts)]
+    rule.op(cpu[0], cpu[1], cpu[2] + cpu[3], cpu[4], lr=lr, **hyper)
+    backends.get("triton").step(
+        rule, params, grads, codes + absmax, counts, lr=lr, hyper=dict(hyper)
+    )
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    for p, q in zip(params, cpu[0]):
+        assert torch.equal(p.view(bits), q.view(bits))
+    for got, want in zip(codes, cpu[2]):
+        assert torch.equal(got, want)
+    for got, want in zip(absmax, cpu[3]):
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.skipif(not TRITON, reason="needs triton")
+def test_adamw8bit_triton_equals_cpu_over_steps():
+    """AdamW8bit on the triton backend (interpreter) and on cpu: the same bits
+    after 3 steps, an 8-bit tensor with a tail and a small fp32-state one."""
+    runs = []
+    for backend in ("triton", "cpu"):
+        params = make_params((1000, 4096 + 300), dtype=torch.float32)
+        opt = fusedopt.AdamW8bit(params, lr=1e-2, backend=backend)
+        for k in range(STEPS):
+            for p, g in zip(params, draw_grads(params, k)):
+                p.grad = g
+            opt.step()
+        runs.append((params, opt))
+    (params, opt), (cpu_params, cpu) = runs
+    assert opt.state[params[1]]["exp_avg"].dtype == torch.int8
+    for p, q in zip(params, cpu_params):
+        assert torch.equal(p, q)
+        for key, value in cpu.state[q].items():
+            assert torch.equal(opt.state[p][key], value), key
+
+
+@pytest.mark.skipif(not TRITON, reason="needs triton")
+def test_gpu_backends_accept_8bit_buckets():
+    """int8 states on CUDA tensors: triton serves them (and cuda, where built
+    and a GPU is seen; "auto" tries cuda, then triton)."""
+    from fusedopt import backends
+
+    bucket = backends.Bucket(torch.device("cuda"), torch.float32, True, "int8")
+    assert backends.get("triton").unsupported_reason(bucket) is None
+    assert backends.AUTO_ORDER["cuda"][:2] == ("cuda", "triton")
 
 
 def test_8bit_classes_refuse_what_they_do_not_do():
@@ -526,46 +577,6 @@ def test_short_training_ends_near_fp32():
         assert abs(got - fp32) <= 0.02 * fp32, (state_dtype, got, fp32)
 
 
-def _train_tiny_gpt2(state_dtype: str, steps: int = 300) -> list[float]:
-    """The issue's quality run: a tiny random GPT-2 (2 layers, width 64, 8,192
-    token embedding rows, so most matrices are 8-bit) on generated tokens (a
-    fixed random bigram chain), AdamW lr 3e-3; the loss curve."""
-    transformers = pytest.importorskip("transformers")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        config = transformers.GPT2Config(
-            vocab_size=8192,
-            n_positions=64,
-            n_embd=64,
-            n_layer=2,
-            n_head=4,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-        model = transformers.GPT2LMHeadModel(config)
-        gen = torch.Generator().manual_seed(1)
-        successor = torch.randint(0, 8192, (8192, 4), generator=gen)
-        opt = fusedopt.AdamW(model.parameters(), lr=3e-3, state_dtype=state_dtype)
-        losses = []
-        for k in range(steps):
-            g = torch.Generator().manual_seed(100 + k)
-            tokens = [torch.randint(0, 8192, (16,), generator=g)]
-            for _ in range(31):
-                pick = torch.randint(0, 4, (16,), generator=g)
-                tokens.append(successor[tokens[-1], pick])
-            batch = torch.stack(tokens, dim=1)
-            loss = model(input_ids=batch, labels=batch).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
-        return losses
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_tiny_gpt2_300_steps_within_1_percent():
     """Issue 10's criterion: 300 steps of a tiny GPT-2 with bf16 and 8-bit
@@ -574,7 +585,7 @@ def test_tiny_gpt2_300_steps_within_1_percent():
     8-bit 6.1601 (+0.19%); the curves at steps 0/50/100/200/299: fp32 9.010,
     8.812, 8.427, 7.363, 5.886; bf16 9.010, 8.812, 8.429, 7.376, 5.907; 8-bit
     9.010, 8.815, 8.439, 7.372, 5.905."""
-    curves = {sd: _train_tiny_gpt2(sd) for sd in ("fp32", "bf16", "int8")}
+    curves = {sd: train_tiny_gpt2(state_dtype=sd) for sd in ("fp32", "bf16", "int8")}
     final = {sd: sum(c[-20:]) / 20 for sd, c in curves.items()}
     print({sd: [round(c[i], 4) for i in (0, 50, 100, 200, 299)] for sd, c in curves.items()})
     print(final)
@@ -627,14 +638,14 @@ int main(int argc, char** argv) {
 """
 
 
-def _run_encoder_check(tmp_path, stride: int) -> None:
+def _run_encoder_check(tmp_path, stride: int, check: str = ENCODER_CHECK) -> None:
     import shutil
     import subprocess
 
     if shutil.which("g++") is None:
         pytest.skip("needs g++ to compile the encoder check")
     source = tmp_path / "check.cpp"
-    source.write_text("#include <cstdlib>\n" + ENCODER_CHECK)
+    source.write_text("#include <cstdlib>\n" + check)
     binary = tmp_path / "check"
     build = ["g++", "-std=c++20", "-O2", f"-I{REPO / 'csrc/include'}", str(source), "-o"]
     subprocess.run([*build, str(binary)], check=True)
@@ -653,3 +664,87 @@ def test_fast_encoder_is_the_binary_search(tmp_path):
 def test_fast_encoder_is_the_binary_search_everywhere(tmp_path):
     """The same on every float of [-1, 1] (and every NaN): ~3 min."""
     _run_encoder_check(tmp_path, 1)
+
+
+# --- the CPU encoders of every ISA at the codes' edges --------------------------------
+
+KEYED_CHECK = ENCODER_CHECK.replace("encode_code8_fast<S>(x, mids)", "encode_code8_keyed<S>(x)")
+assert KEYED_CHECK != ENCODER_CHECK, "ENCODER_CHECK no longer calls encode_code8_fast"
+
+
+def test_keyed_encoder_is_the_binary_search(tmp_path):
+    """encode_code8_keyed (Note [keyed encoder]: the AVX-512 loop's encoder,
+    lane by lane) = encode_code8 (the definition) on every 97th float bit
+    pattern of [-1, 1] and every midpoint's neighbourhood, both maps."""
+    _run_encoder_check(tmp_path, 97, KEYED_CHECK)
+
+
+@pytest.mark.slow
+def test_keyed_encoder_is_the_binary_search_everywhere(tmp_path):
+    """The same on every float of [-1, 1] (and every NaN): ~3 min."""
+    _run_encoder_check(tmp_path, 1, KEYED_CHECK)
+
+
+# Each CPU loop's codes at every midpoint, its 8 float neighbours either side
+# and 1 / -1 (SGD's first-step buffer is the grad: signed map; Adagrad's sum
+# from zero is g * g: unsigned), against the codec on the same fp32 values.
+# Blocks of 255 probes and a 1.0, so x / absmax is the probe itself; short
+# last block: the AVX-512 encoder's masked lanes.
+EDGE_CODES_SCRIPT = r"""
+import sys
+import torch
+import fusedopt
+from fusedopt.reference import codecs
+from fusedopt.registry import RULES
+
+def probes(signed):
+    mids = codecs.dynamic_midpoints(signed)
+    bits = mids.view(torch.int32)
+    near = torch.cat([(bits + d).view(torch.float32) for d in range(-8, 9)])
+    x = torch.cat([near, torch.tensor([1.0, -1.0, 0.0, -0.0, float("nan")])])
+    per_block = codecs.BLOCK - 1
+    x = torch.cat([x, torch.zeros(-x.numel() % per_block)]).view(-1, per_block)
+    x = torch.cat([x, torch.ones(x.shape[0], 1)], dim=1).reshape(-1)
+    return x[: x.numel() - 77]
+
+for name, hyper, signed in [
+    ("sgd", dict(momentum=0.9, dampening=0.0, weight_decay=0.0, weight_decay_mode=1,
+                 lr_max=0.125, nesterov=False, maximize=False, first_step=True), True),
+    ("adagrad", dict(lr_decay=0.0, eps=1e-10, weight_decay=0.0, weight_decay_mode=1,
+                     lr_max=0.125, maximize=False), False),
+]:
+    rule = RULES[name]
+    x = probes(signed)
+    grad = x if signed else x.abs().sqrt()
+    param = torch.zeros_like(x)
+    codes, absmax = codecs.new_8bit(torch.zeros_like(x), x, signed)
+    counts = [torch.tensor(0.0) for _ in range(rule.scalar_lists)]
+    fp32 = [codecs.decode_8bit(codes, absmax)]
+    rule.op([param.clone()], [grad.clone()], fp32, [c.clone() for c in counts], lr=1e-2, **hyper)
+    rule.op([param], [grad.clone()], [codes, absmax], counts, lr=1e-2, **hyper)
+    want_c, want_a = torch.empty_like(codes), torch.empty_like(absmax)
+    codecs.encode_8bit(fp32[0], want_c, want_a)
+    assert torch.equal(absmax.view(torch.int32), want_a.view(torch.int32)), name
+    differ = (codes != want_c).nonzero().flatten()
+    assert differ.numel() == 0, (name, fp32[0][differ[:5]].tolist())
+print(fusedopt._extension.cpu_isa())
+"""
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2", "baseline"])
+def test_cpu_8bit_codes_at_every_midpoint_every_isa(isa):
+    """The 8-bit encoders of the AVX-512 (keyed, intrinsics), AVX2 and
+    baseline loops give the codec's codes on each midpoint's neighbourhood
+    (FUSEDOPT_CPU_ISA lowers the ISA in a subprocess)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    if isa != "default":
+        env["FUSEDOPT_CPU_ISA"] = isa
+    run = subprocess.run(
+        [sys.executable, "-c", EDGE_CODES_SCRIPT], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert isa == "default" or run.stdout.strip() in (isa, "baseline")

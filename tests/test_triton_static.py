@@ -147,6 +147,27 @@ def test_16_bit_stores_round_to_nearest_even(facts):
             assert 0 < extra <= BF16_EXTRA_INSTRUCTIONS, (name, extra)
 
 
+def test_8bit_state_kernels(facts):
+    """8-bit blockwise states (Note [8-bit blocks in a program] in
+    kernels/mta.py), compiled for sm_90 (triton_aot.TARGETS_8BIT) for every
+    rule and param dtype: fp32 only (no FP64), uncontracted IEEE arithmetic,
+    no native bf16 convert, and fp32 params' full blocks with 128-bit loads
+    and stores of p and g (the codes are 4 bytes a thread); spills and
+    registers: test_no_spills_and_bounded_registers."""
+    variants = {n: f for n, f in facts.items() if "_element8_" in n}
+    for name in RULES:
+        used = max(rules.get(name).STATE_SETS, key=lambda mask: bin(mask).count("1"))
+        for dtype in PARAM_BYTES:
+            assert f"sm90/{name}_element8_{dtype}_used{used:b}_table0" in variants
+    for name, f in variants.items():
+        assert f["f64"] == 0 and f["sass_fp64"] == 0, (name, f)
+        assert f["fma_f32"] == 0 and f["free_f32"] == 0, (name, f)
+        assert f["sass_contracted_fmas"] == 0 and f["inexact"] == 0, (name, f)
+        assert f["cvt_bf16"] == 0 and f["cvt_other_16"] == 0, (name, f)
+        if "_fp32_" in name:
+            assert f["ld_v4"] >= 2 and f["st_v4"] >= 2, (name, f)
+
+
 def test_v4_count_tells_vectorized_from_not(facts):
     """The counter can fail: the step-count kernel gathers through addresses
     and has no 128-bit access."""

@@ -8,11 +8,13 @@ ships in triton's wheel. Every rule of fusedopt.registry is compiled, for each
 param dtype and each of its state sets (STATE_SETS), with a GradScaler
 (grad_scale and found_inf in memory, the heaviest variant); the per-tensor
 table variant (Note [per-tensor scalars] in kernels/mta.py) only changes
-scalar loads, so it is compiled for fp32 params alone. The master-weight
-stores (STORE_POLICY: 1 master weights, 2 Kahan, 3 stochastic rounding) are
-compiled apart, with the argument --stores (their own run, so that each stays
-within its test's time limit): for sm_90, each rule's largest state set (the
-most registers) in bf16 and fp16 (stochastic rounding bf16 only), named
+scalar loads, so it is compiled for fp32 params alone. 8-bit blockwise
+states ("element8") are compiled for each param dtype with the rule's largest
+state set. The master-weight stores (STORE_POLICY: 1 master weights, 2
+Kahan, 3 stochastic rounding) are compiled apart, with the argument --stores
+(their own run, so that each stays within its test's time limit): for sm_90,
+each rule's largest state set (the most registers) in bf16 and fp16
+(stochastic rounding bf16 only), named
 <target>/<rule>_store<policy>_<dtype>_used<mask>.
 """
 
@@ -48,6 +50,9 @@ TARGETS = {
     "sm100": GPUTarget("cuda", 100, 32),
     "sm120": GPUTarget("cuda", 120, 32),
 }
+# The 8-bit state kernels' targets: Hopper alone, as each of the 33 variants
+# takes ~12 s to compile on the CI machines' 2 shared cores.
+TARGETS_8BIT = ("sm90",)
 PARAM_DTYPES = {"fp32": tl.float32, "bf16": tl.bfloat16, "fp16": tl.float16}
 # The master-weight policies (StorePolicy codes) and the param dtypes each takes.
 STORE_VARIANTS = {1: ("bf16", "fp16"), 2: ("bf16", "fp16"), 3: ("bf16",)}
@@ -70,9 +75,22 @@ def _source(fn, signature: dict, constexprs: dict, aligned_args: tuple[str, ...]
     )
 
 
-def element_source(rule, dtype: str, used: int, in_table: bool, store: int = 0) -> ASTSource:
-    """The element kernel as the launcher runs it with a GradScaler, its
-    params stored by policy `store` (a StorePolicy code)."""
+def signed_states(name: str) -> int:
+    """The SIGNED mask of a rule's 8-bit states: every state but its
+    never-negative ones (fusedopt.registry.Rule.nonnegative)."""
+    rule = rules.get(name)
+    return sum(
+        1 << k for k, state in enumerate(rule.STATE_NAMES) if state not in RULES[name].nonnegative
+    )
+
+
+def element_source(
+    rule, dtype: str, used: int, in_table: bool, signed: int | None = None, store: int = 0
+) -> ASTSource:
+    """The element kernel as the launcher runs it with a GradScaler; with
+    `signed` (the SIGNED mask), with 8-bit blockwise states; its params
+    stored by policy `store` (a StorePolicy code)."""
+    blockwise = signed is not None
     signature = {
         "tensor_table": "*i64",
         "block_table": "*i64",
@@ -87,7 +105,8 @@ def element_source(rule, dtype: str, used: int, in_table: bool, store: int = 0) 
         "PER_TENSOR": rule.PerTensor,
         "USED": used,
         "PARAM_DTYPE": PARAM_DTYPES[dtype],
-        "STATE_DTYPE": tl.float32,
+        "STATE_DTYPE": tl.uint8 if blockwise else tl.float32,
+        "SIGNED": signed if blockwise else 0,
         "PER_TENSOR_IN_TABLE": in_table,
         "HAS_GRAD_SCALE": True,
         "HAS_FOUND_INF": True,
@@ -98,7 +117,13 @@ def element_source(rule, dtype: str, used: int, in_table: bool, store: int = 0) 
         constexprs["per_tensor"] = None
     else:
         signature["per_tensor"] = _fp32_tuple(rule.PerTensor)
-    aligned = ("tensor_table", "block_table", "per_tensor_table", "store_table")
+    if blockwise:
+        signature["codec"] = "*fp32"
+    else:
+        constexprs["codec"] = None
+    aligned = ("tensor_table", "block_table", "per_tensor_table", "store_table") + (
+        ("codec",) if blockwise else ()
+    )
     return _source(mta._element_kernel, signature, constexprs, aligned)
 
 
@@ -215,7 +240,7 @@ def stores() -> dict:
         used = max(rule.STATE_SETS, key=lambda mask: bin(mask).count("1"))
         for store, dtypes in STORE_VARIANTS.items():
             for dtype in dtypes:
-                source = element_source(rule, dtype, used, False, store)
+                source = element_source(rule, dtype, used, False, store=store)
                 out[f"sm90/{name}_store{store}_{dtype}_used{used:b}"] = facts(
                     source, TARGETS["sm90"], mta.NUM_WARPS
                 )
@@ -237,6 +262,13 @@ def main() -> None:
                         variant = f"{name}_element_{dtype}_used{used:b}_table{int(in_table)}"
                         source = element_source(rule, dtype, used, in_table)
                         out[f"{target_name}/{variant}"] = facts(source, target, mta.NUM_WARPS)
+            # 8-bit blockwise states (Note [8-bit blocks in a program]): every
+            # param dtype with the rule's largest state set, for TARGETS_8BIT.
+            used = max(rule.STATE_SETS, key=lambda mask: bin(mask).count("1"))
+            for dtype in PARAM_DTYPES if target_name in TARGETS_8BIT else ():
+                source = element_source(rule, dtype, used, False, signed_states(name))
+                variant = f"{name}_element8_{dtype}_used{used:b}_table0"
+                out[f"{target_name}/{variant}"] = facts(source, target, mta.NUM_WARPS)
             out[f"{target_name}/{name}_prologue"] = facts(prologue_source(rule), target, 4)
             # Rules with scalar states advance them in a count kernel of their
             # own (Note [scalar states] in csrc/include/fusedopt/core/rule.h).

@@ -73,7 +73,7 @@ uint32_t signed_code_mask(const StepArgs& a, uint32_t mask, int n_states) {
   return signed_mask;
 }
 
-StorePolicy check_store(const char* rule, const StepArgs& a, StateDtype state_dtype) {
+StorePolicy check_store(const char* rule, const StepArgs& a) {
   const StorePolicy policy = a.store_policy;
   const size_t n = a.params.size();
   TORCH_CHECK(policy >= StorePolicy::kNone && policy <= StorePolicy::kStochasticRounding,
@@ -93,8 +93,6 @@ StorePolicy check_store(const char* rule, const StepArgs& a, StateDtype state_dt
   const at::ScalarType dtype = a.params[0].scalar_type();
   TORCH_CHECK(dtype == at::kBFloat16 || dtype == at::kHalf, "fusedopt: ", rule,
               ": a master-weight policy applies to bfloat16 and float16 params, got ", dtype);
-  TORCH_CHECK(state_dtype != StateDtype::kInt8Blockwise, "fusedopt: ", rule,
-              ": a master-weight policy with 8-bit states is not implemented");
   TORCH_CHECK(!rounding || dtype == at::kBFloat16, "fusedopt: ", rule,
               ": stochastic rounding applies to bfloat16 params, got ", dtype);
   const at::ScalarType want = policy == StorePolicy::kKahanSum ? dtype : at::kFloat;

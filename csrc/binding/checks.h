@@ -59,11 +59,10 @@ double cpu_scalar(const at::Tensor& t, const char* name);
 // after the loops as it does state_steps (Philox's counter takes count + 1).
 // On a GPU the kernels read it in memory and a launch after the element
 // launches advances it (unless found_inf): no host sync, capturable, as the
-// device step counts; `store_tags` the
-// params' tags and `rounding_seed` the seed's 64 bits, for stochastic rounding
-// only. Checks them, and that the params are bf16/fp16 (bf16 for stochastic
-// rounding) and the states not 8-bit; the policy.
-StorePolicy check_store(const char* rule, const StepArgs& a, StateDtype state_dtype);
+// device step counts; `store_tags` the params' tags and `rounding_seed` the
+// seed's 64 bits, for stochastic rounding only. Checks them, and that the
+// params are bf16/fp16 (bf16 for stochastic rounding); the policy.
+StorePolicy check_store(const char* rule, const StepArgs& a);
 
 // A backend (or rule) whose store has no policies yet: refuses any.
 void check_no_store(const char* rule, const StepArgs& a, const char* what);

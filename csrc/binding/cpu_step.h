@@ -31,7 +31,7 @@ void step_cpu(const char* rule, const StepArgs& a) {
   const uint32_t mask = state_mask<R>(config);
   const std::vector<const char*> names = used_state_names<R>(mask);
   const StateDtype state_dtype = names.empty() ? StateDtype::kFloat32 : state_dtype_of(a);
-  const StorePolicy store = check_store(rule, a, state_dtype);
+  const StorePolicy store = check_store(rule, a);
   check_lists(rule, a, names, kScalarLists<R>, c10::DeviceType::CPU, state_dtype);
   check_steps_on(a, c10::Device(c10::kCPU));
   const double scale = a.grad_scale.has_value() ? checked_grad_scale(*a.grad_scale) : 0.0;

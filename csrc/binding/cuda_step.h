@@ -27,9 +27,10 @@ inline const float* device_scalar_ptr(const at::Tensor& t, const char* name, c10
 }
 
 // The blocks a launch's grid has at most on `device` (grid_blocks in
-// mta/launches.h): kMinBlocksPerSm per SM, all resident at once. The SM count
-// is asked of the driver once per device and kept, so a step pays nothing for it.
-inline int32_t resident_blocks(c10::DeviceIndex device) {
+// mta/launches.h): `per_sm` per SM (the kernels' __launch_bounds__), all
+// resident at once. The SM count is asked of the driver once per device and
+// kept, so a step pays nothing for it.
+inline int32_t resident_blocks(c10::DeviceIndex device, int32_t per_sm = mta::kMinBlocksPerSm) {
   static std::array<std::atomic<int32_t>, C10_COMPILE_TIME_MAX_GPUS> sm_counts{};
   std::atomic<int32_t>& cached = sm_counts.at(static_cast<size_t>(device));
   int32_t sms = cached.load(std::memory_order_relaxed);
@@ -39,7 +40,7 @@ inline int32_t resident_blocks(c10::DeviceIndex device) {
     sms = static_cast<int32_t>(count);
     cached.store(sms, std::memory_order_relaxed);
   }
-  return mta::kMinBlocksPerSm * sms;
+  return per_sm * sms;
 }
 
 template <class R>
@@ -54,10 +55,11 @@ void step_cuda(const char* rule, const StepArgs& a) {
   const typename R::Config config = R::config(a.hyper.data());
   const uint32_t mask = state_mask<R>(config);
   const StateDtype state_dtype = state_dtype_of(a);
-  TORCH_CHECK(state_dtype != StateDtype::kInt8Blockwise, "fusedopt: ", rule,
-              ": 8-bit blockwise states have no CUDA kernels yet (the cpu and reference "
-              "backends step them)");
-  const StorePolicy store = check_store(rule, a, state_dtype);
+  const StorePolicy store = check_store(rule, a);
+  TORCH_CHECK(store == StorePolicy::kNone || state_dtype != StateDtype::kInt8Blockwise,
+              "fusedopt: ", rule,
+              ": a master-weight policy with 8-bit states has no CUDA kernels yet (the cpu "
+              "and reference backends step it)");
   check_lists(rule, a, used_state_names<R>(mask), kScalarLists<R>, c10::DeviceType::CUDA,
               state_dtype);
   if (a.params.empty()) return;
@@ -83,10 +85,15 @@ void step_cuda(const char* rule, const StepArgs& a) {
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   const ParamDtype dtype = param_dtype(a.params[0].scalar_type());
-  const int32_t max_blocks = resident_blocks(device.index());
+  const int32_t max_blocks = resident_blocks(
+      device.index(), work.launches8.empty() ? mta::kMinBlocksPerSm : mta::kMinBlocksPerSm8);
   for (const mta::Launch<R>& launch : work.launches) {
     const int32_t n_blocks = mta::grid_blocks(launch.args.header.n_chunks, max_blocks);
     C10_CUDA_CHECK(cuda::launch_elements<R>(launch.args, n_blocks, dtype, state_dtype, stream));
+  }
+  for (const mta::Launch<R, mta::Slot8<R>>& launch : work.launches8) {
+    const int32_t n_blocks = mta::grid_blocks(launch.args.header.n_chunks, max_blocks);
+    C10_CUDA_CHECK(cuda::launch_elements8<R>(launch.args, n_blocks, dtype, stream));
   }
   for (const mta::AdvanceArgs<R>& args : work.advances) {
     C10_CUDA_CHECK(cuda::launch_advance<R>(args, stream));

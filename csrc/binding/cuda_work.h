@@ -27,7 +27,9 @@ struct CudaScalarSources {
 
 template <class R>
 struct CudaWork {
+  // The element launches: `launches`, or with 8-bit blockwise states `launches8`.
   std::vector<mta::Launch<R>> launches;
+  std::vector<mta::Launch<R, mta::Slot8<R>>> launches8;
   std::vector<mta::AdvanceArgs<R>> advances;  // empty unless steps_in_kernel
   // Stochastic rounding's rounding_step counts, advanced on the device after
   // the element launches (Note [store arguments] in checks.h).
@@ -64,10 +66,15 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
                 a.params[i].numel(), " elements; the CUDA kernels take fewer than ",
                 mta::kMaxNumel, " (2^31 chunks of ", mta::kChunkSize, ")");
   }
+  // Note [state dtypes]: 8-bit blockwise states come as each used state's
+  // codes, then each one's absmax (checks.h, state_dtype_of).
+  const bool blockwise = state_dtype_of(a) == StateDtype::kInt8Blockwise;
+  const size_t n_used = used_state_names<R>(mask).size();
   mta::LaunchHeader<R> header{};
   header.config = config;
   header.launch = R::launch(config);
   header.state_mask = mask;
+  header.signed_mask = blockwise ? signed_code_mask(a, mask, R::kStates) : 0u;
   header.lr = sources.lr;
   header.lr_value = sources.lr_value;
   header.grad_scale = sources.grad_scale;
@@ -77,15 +84,23 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
   header.rounding_seed = static_cast<uint64_t>(a.rounding_seed);
   CudaWork<R> work;
   std::vector<float*> rounding_steps;
-  std::vector<mta::Slot<R>> slots(n);
+  // Slot8s: the Slots, and their absmax (null unless the states are 8-bit).
+  std::vector<mta::Slot8<R>> slots(n);
   std::vector<float*> device_steps;
   std::vector<float*> device_scalar_states;  // tensor-major: mta::build_advances
   for (size_t i = 0; i < n; ++i) {
-    mta::Slot<R>& slot = slots[i];
+    mta::Slot8<R>& slot = slots[i];
     slot.param = a.params[i].data_ptr();
     slot.grad = a.grads[i].data_ptr();
     for (int k = 0, used = 0; k < R::kStates; ++k) {
-      slot.state[k] = (mask >> k) & 1u ? a.states[used++ * n + i].data_ptr() : nullptr;
+      slot.state[k] = nullptr;
+      slot.absmax[k] = nullptr;
+      if (!((mask >> k) & 1u)) continue;
+      slot.state[k] = a.states[used * n + i].data_ptr();
+      if (blockwise) {
+        slot.absmax[k] = static_cast<float*>(a.states[(n_used + used) * n + i].data_ptr());
+      }
+      ++used;
     }
     slot.numel = a.params[i].numel();
     slot.store = nullptr;
@@ -118,7 +133,12 @@ CudaWork<R> prepare_cuda(const StepArgs& a, const typename R::Config& config, ui
     }
     if (step != nullptr) work.host_steps.push_back(step);
   }
-  work.launches = mta::build_launches<R>(slots, header);
+  if (blockwise) {
+    work.launches8 = mta::build_launches<R>(slots, header);
+  } else {
+    work.launches =
+        mta::build_launches<R>(std::vector<mta::Slot<R>>(slots.begin(), slots.end()), header);
+  }
   work.store_advances = mta::build_increments(rounding_steps, sources.found_inf);
   if (sources.steps_in_kernel) {
     work.advances = mta::build_advances<R>(device_steps, device_scalar_states, header);

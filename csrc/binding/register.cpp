@@ -63,7 +63,7 @@ TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_IMPL_CPU)
 #undef FUSEDOPT_IMPL_CPU
   m.impl("grad_norm", &grad_norm_cpu);
-  // The reduction rules' CPU passes (factored_step.h); no CUDA kernel yet.
+  // The reduction rules' CPU passes (factored_step.h).
 #define FUSEDOPT_IMPL_FACTORED_CPU(Type, name) FUSEDOPT_IMPL(Type, name, factored_step_cpu)
   FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_IMPL_FACTORED_CPU)
 #undef FUSEDOPT_IMPL_FACTORED_CPU
@@ -75,6 +75,10 @@ TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_IMPL_CUDA)
 #undef FUSEDOPT_IMPL_CUDA
   m.impl("grad_norm", &grad_norm_cuda);
+  // The reduction rules' CUDA passes (factored_step.h).
+#define FUSEDOPT_IMPL_FACTORED_CUDA(Type, name) FUSEDOPT_IMPL(Type, name, factored_step_cuda)
+  FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_IMPL_FACTORED_CUDA)
+#undef FUSEDOPT_IMPL_FACTORED_CUDA
 }
 #endif
 #undef FUSEDOPT_IMPL

@@ -11,7 +11,8 @@
 //   (c) reduce_updates     the sum of U^2 (the RMS clip)
 //   (d) apply              the element pass
 // (a) and (c) run over items, (b) over tensors, (d) over items; every sum is
-// deterministic (Note [deterministic blocked reductions] in reduce.h).
+// deterministic (Note [deterministic blocked reductions] in
+// fusedopt/core/blocked_sums.h).
 #pragma once
 
 #include <cstdint>
@@ -22,8 +23,13 @@
 
 namespace fusedopt::cpu {
 
-// The states of a factored rule, in its kStateNames order.
-enum FactoredState : int { kRowStat, kColStat, kFullStat, kMomentum, kFactoredStates };
+// The states of a factored rule (fusedopt/core/blocked_sums.h).
+using ::fusedopt::FactoredState;
+using ::fusedopt::kColStat;
+using ::fusedopt::kFactoredStates;
+using ::fusedopt::kFullStat;
+using ::fusedopt::kMomentum;
+using ::fusedopt::kRowStat;
 
 // One param: `batch` row-major matrices of rows x cols (factored), or a vector
 // of cols elements (batch = rows = 1). Dense and contiguous.

@@ -15,7 +15,9 @@
 //       traversal (mta/traversal.h) on CPU tensors, by a host loop over the
 //       grid: each launch runs grid_blocks(n_chunks, max_grid_blocks) blocks
 //       (mta/launches.h; the CUDA op's cap is kMinBlocksPerSm x the SMs, None
-//       here: one block per chunk); returns [launches, chunks, grid blocks,
+//       here: one block per chunk; with 8-bit blockwise states each block
+//       runs a warp of 32 lanes at a time, so threads_per_block is whole
+//       warps); returns [launches, chunks, grid blocks,
 //       vector accesses, scalar accesses, misaligned accesses, out-of-range
 //       updates, elements never updated, elements updated more than once,
 //       advance launches (Note [the advance launch] in mta/args.h)]
@@ -27,6 +29,13 @@
 //       one after another, then the shared-memory tree level by level, then
 //       the finishing block; returns the norm and [launches, chunks, grid
 //       blocks, vector accesses, scalar accesses, misaligned accesses]
+//   fusedopt_testing::<rule>_emulate_factored_step_(<the step op's arguments>)
+//       -> int[]
+//       a reduction rule's CUDA passes (mta/factored.h) on CPU tensors: the
+//       op's checks and plan (binding/factored_step.h), then each kernel's
+//       grid-stride loop, each block's 256 threads one after another per
+//       phase, as its barriers separate them; lr as a float32 tensor, read as
+//       the kernels read a device lr; returns [items, params]
 #include <Python.h>
 #include <torch/library.h>
 
@@ -38,8 +47,12 @@
 #include <vector>
 
 #include "binding/cuda_work.h"
+#include "binding/factored_step.h"
 #include "binding/norm_op.h"
+#include "fusedopt/core/blockwise8.h"
+#include "fusedopt/mta/factored.h"
 #include "fusedopt/mta/traversal.h"
+#include "fusedopt/rules/reduction_registry.h"
 #include "fusedopt/rules/registry.h"
 
 namespace fusedopt::testing {
@@ -107,20 +120,55 @@ struct EmulationObserver {
   }
 };
 
+// The tag of 8-bit blockwise states for emulate_launches: its blocks run a
+// warp (32 lanes) per call of the traversal, so that each block's absmax is
+// the max over the warp's lanes, as __reduce_max_sync makes it in a kernel
+// (Note [8-bit blocks on the GPU] in mta/traversal.h), with the host's code tables.
+struct Blockwise8 {};
+
+template <class R, typename P, typename S, StorePolicy kStore>
+void emulate_block(const mta::LaunchArgs<R>& args, int32_t block, int32_t n_blocks,
+                   int32_t threads_per_block, EmulationObserver& observer) {
+  for (int32_t thread = 0; thread < threads_per_block; ++thread) {
+    mta::element_thread<R, P, S, kStore>(args, block, n_blocks, thread, threads_per_block,
+                                         observer);
+  }
+}
+
+// The same with 8-bit blockwise states (S is Blockwise8, and kStore kNone:
+// the op refuses a policy with 8-bit states; both taken so that
+// emulate_launches calls both alike).
+template <class R, typename P, typename S, StorePolicy kStore>
+void emulate_block(const mta::LaunchArgs8<R>& args, int32_t block, int32_t n_blocks,
+                   int32_t threads_per_block, EmulationObserver& observer) {
+  const mta::Codec8Tables tables{kSignedMap, kUnsignedMap, kSignedMidpoints, kUnsignedMidpoints};
+  for (int32_t warp = 0; warp < threads_per_block; warp += mta::kWarpSize) {
+    mta::element_lanes8<R, P, mta::kWarpSize>(args, block, n_blocks, warp, threads_per_block,
+                                              tables, observer);
+  }
+}
+
+// The launches of `work` that states stored as S take.
+template <typename S, class R>
+const auto& launches_of(const binding::CudaWork<R>& work) {
+  if constexpr (std::is_same_v<S, Blockwise8>) {
+    return work.launches8;
+  } else {
+    return work.launches;
+  }
+}
+
 // Runs every launch of `work` over a grid of grid_blocks(n_chunks,
 // max_grid_blocks) blocks of `threads_per_block` threads; returns the blocks run.
 template <class R, typename P, typename S, StorePolicy kStore>
 int64_t emulate_launches(const binding::CudaWork<R>& work, int32_t threads_per_block,
                          int32_t max_grid_blocks, EmulationObserver& observer) {
   int64_t blocks_run = 0;
-  for (const mta::Launch<R>& launch : work.launches) {
+  for (const auto& launch : launches_of<S>(work)) {
     observer.slot_tensors = &launch.tensors;
     const int32_t n_blocks = mta::grid_blocks(launch.args.header.n_chunks, max_grid_blocks);
     for (int32_t block = 0; block < n_blocks; ++block) {
-      for (int32_t thread = 0; thread < threads_per_block; ++thread) {
-        mta::element_thread<R, P, S, kStore>(launch.args, block, n_blocks, thread,
-                                             threads_per_block, observer);
-      }
+      emulate_block<R, P, S, kStore>(launch.args, block, n_blocks, threads_per_block, observer);
     }
     blocks_run += n_blocks;
   }
@@ -200,13 +248,16 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
   const typename R::Config config = R::config(a.hyper.data());
   const uint32_t mask = state_mask<R>(config);
   const StateDtype state_dtype = binding::state_dtype_of(a);
-  TORCH_CHECK(state_dtype != StateDtype::kInt8Blockwise,
-              "fusedopt: the CUDA traversal has no 8-bit blockwise states yet");
-  const StorePolicy store = binding::check_store(kName, a, state_dtype);
+  const StorePolicy store = binding::check_store(kName, a);
+  TORCH_CHECK(store == StorePolicy::kNone || state_dtype != StateDtype::kInt8Blockwise,
+              "fusedopt: the CUDA traversal has no master-weight store with 8-bit states");
   binding::check_lists(kName, a, binding::used_state_names<R>(mask), kScalarLists<R>,
                        c10::DeviceType::CPU, state_dtype);
   TORCH_CHECK(threads_per_block >= 1 && threads_per_block <= mta::kBlockSize,
               "fusedopt: threads_per_block must be in [1, ", mta::kBlockSize, "]");
+  TORCH_CHECK(state_dtype != StateDtype::kInt8Blockwise || threads_per_block % mta::kWarpSize == 0,
+              "fusedopt: with 8-bit blockwise states threads_per_block must be a multiple of ",
+              mta::kWarpSize, " (a warp steps each block), got ", threads_per_block);
   TORCH_CHECK(
       !max_grid_blocks.has_value() || (*max_grid_blocks >= 1 && *max_grid_blocks <= INT32_MAX),
       "fusedopt: max_grid_blocks must be None or in [1, 2^31)");
@@ -233,19 +284,29 @@ void emulate_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
     work = binding::prepare_cuda<R>(a, config, mask, sources, store);
     const int32_t threads = static_cast<int32_t>(threads_per_block);
     const int32_t grid_cap = static_cast<int32_t>(max_grid_blocks.value_or(INT32_MAX));
-    blocks_run = state_dtype == StateDtype::kBFloat16
-                     ? emulate_for_dtype<R, Bf16>(a, store, work, threads, grid_cap, observer)
-                     : emulate_for_dtype<R, float>(a, store, work, threads, grid_cap, observer);
+    switch (state_dtype) {
+      case StateDtype::kBFloat16:
+        blocks_run = emulate_for_dtype<R, Bf16>(a, store, work, threads, grid_cap, observer);
+        break;
+      case StateDtype::kInt8Blockwise:
+        blocks_run = emulate_for_dtype<R, Blockwise8>(a, store, work, threads, grid_cap, observer);
+        break;
+      case StateDtype::kFloat32:
+        blocks_run = emulate_for_dtype<R, float>(a, store, work, threads, grid_cap, observer);
+        break;
+    }
   }
   int64_t chunks = 0, never = 0, more = 0;
   for (const mta::Launch<R>& launch : work.launches) chunks += launch.args.header.n_chunks;
+  for (const auto& launch : work.launches8) chunks += launch.args.header.n_chunks;
   for (const std::vector<uint8_t>& counts : observer.updates) {
     for (uint8_t c : counts) {
       never += c == 0;
       more += c > 1;
     }
   }
-  const std::vector<int64_t> stats = {static_cast<int64_t>(work.launches.size()),
+  const size_t launches = work.launches.size() + work.launches8.size();
+  const std::vector<int64_t> stats = {static_cast<int64_t>(launches),
                                       chunks,
                                       blocks_run,
                                       observer.vector_accesses,
@@ -316,8 +377,86 @@ std::tuple<at::Tensor, std::vector<int64_t>> grad_norm_emulate(
            observer.vector_accesses, observer.scalar_accesses, observer.misaligned_accesses}};
 }
 
+// A block of the factored kernels on the CPU (mta/factored.h): a phase runs
+// thread 0, 1, ... in turn, which the barrier after it allows.
+struct HostBlock {
+  double lanes[mta::kFactoredThreads];
+  template <class F>
+  void each(F&& f) {
+    for (int32_t thread = 0; thread < mta::kFactoredThreads; ++thread) f(thread);
+  }
+};
+
+// The five kernels of a factored step, in launch order, each a loop over its
+// grid's units (items or params) as one block at a time.
+template <class R, typename P>
+void emulate_factored_kernels(const mta::FactoredArgs<R>& args) {
+  HostBlock block;
+  const auto items = [&](auto&& body) {
+    if (mta::factored_skip(args)) return;
+    for (int64_t k = 0; k < args.n_items; ++k) body(k);
+  };
+  items([&](int64_t k) { mta::reduce_inputs_item<R, P>(args, k, block); });
+  if (!mta::factored_skip(args)) {
+    for (int64_t i = 0; i < args.n_slots; ++i) mta::statistics_slot<R>(args, i, block);
+  }
+  items([&](int64_t k) { mta::reduce_updates_item<R, P>(args, k, block); });
+  if (!mta::factored_skip(args)) {
+    for (int64_t i = 0; i < args.n_slots; ++i) mta::finish_slot<R>(args, i);
+  }
+  items([&](int64_t k) { mta::apply_item<R, P>(args, k, block); });
+}
+
+template <class R, const char* kName>
+void emulate_factored_step(const c10::OperatorHandle&, torch::jit::Stack* stack) {
+  const StepArgs a = binding::peek_step_args<R>(*stack, 0);
+  TORCH_CHECK(a.lr_tensor.has_value() && a.lr_tensor->scalar_type() == at::kFloat &&
+                  a.lr_tensor->numel() == 1 && a.lr_tensor->device().is_cpu(),
+              "fusedopt: the emulation takes lr as a one-element float32 CPU tensor");
+  const double lr = binding::cpu_scalar(*a.lr_tensor, "lr");
+  HyperCheck ck;
+  R::check(a.hyper.data(), ck);
+  binding::check_hyper(kName, lr, ck);
+  const typename R::Config config = R::config(a.hyper.data());
+  const std::vector<cpu::FactoredTensor> tensors =
+      binding::checked_factored_tensors<R>(kName, a, config, c10::DeviceType::CPU);
+  std::vector<int64_t> stats = {0, static_cast<int64_t>(tensors.size())};
+  if (!tensors.empty()) {
+    binding::check_steps_on(a, c10::Device(c10::kCPU));
+    for (const std::optional<at::Tensor>& t : {a.grad_scale, a.found_inf}) {
+      TORCH_CHECK(!t.has_value() ||
+                      (t->numel() == 1 && t->scalar_type() == at::kFloat && t->device().is_cpu()),
+                  "fusedopt: grad_scale and found_inf must be one-element float32 CPU tensors");
+    }
+    binding::FactoredCudaWork<R> work = binding::prepare_factored_cuda<R>(
+        a, config, tensors, a.lr_tensor->data_ptr<float>(), lr,
+        a.grad_scale.has_value() ? a.grad_scale->data_ptr<float>() : nullptr,
+        a.found_inf.has_value() ? a.found_inf->data_ptr<float>() : nullptr);
+    // The device buffer, here in doubles: 8-byte aligned as the layout wants.
+    std::vector<double> buffer((work.layout.total + sizeof(double) - 1) / sizeof(double));
+    char* base = reinterpret_cast<char*>(buffer.data());
+    mta::write_factored_tables(work.plan, work.layout, base);
+    mta::bind_factored_buffer(work.plan, work.layout, base, work.args);
+    switch (binding::param_dtype(a.params[0].scalar_type())) {
+      case ParamDtype::kFloat32:
+        emulate_factored_kernels<R, float>(work.args);
+        break;
+      case ParamDtype::kBFloat16:
+        emulate_factored_kernels<R, Bf16>(work.args);
+        break;
+      case ParamDtype::kFloat16:
+        emulate_factored_kernels<R, Fp16>(work.args);
+        break;
+    }
+    stats[0] = work.args.n_items;
+  }
+  torch::jit::drop(*stack, binding::step_arg_count<R>());
+  torch::jit::push(*stack, c10::IValue(stats));
+}
+
 #define FUSEDOPT_RULE_NAME(Type, name) constexpr char k##Type##Name[] = #name;
 FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_NAME)
+FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_RULE_NAME)
 #undef FUSEDOPT_RULE_NAME
 
 }  // namespace
@@ -335,6 +474,10 @@ TORCH_LIBRARY(fusedopt_testing, m) {
             .c_str());
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_DEF)
 #undef FUSEDOPT_DEF
+#define FUSEDOPT_DEF_FACTORED(Type, name) \
+  m.def(binding::step_schema<Type>(#name "_emulate_factored_step_", "Tensor", "", "int[]").c_str());
+  FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_DEF_FACTORED)
+#undef FUSEDOPT_DEF_FACTORED
 }
 
 // launch_plan takes no tensor: the backend-select key reaches it.
@@ -348,6 +491,12 @@ TORCH_LIBRARY_IMPL(fusedopt_testing, CPU, m) {
          torch::CppFunction::makeFromBoxedFunction<&emulate_step<Type, k##Type##Name>>());
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_IMPL)
 #undef FUSEDOPT_IMPL
+#define FUSEDOPT_IMPL_FACTORED(Type, name) \
+  m.impl(                                  \
+      #name "_emulate_factored_step_",     \
+      torch::CppFunction::makeFromBoxedFunction<&emulate_factored_step<Type, k##Type##Name>>());
+  FUSEDOPT_FOR_EACH_REDUCTION_RULE(FUSEDOPT_IMPL_FACTORED)
+#undef FUSEDOPT_IMPL_FACTORED
   m.impl("grad_norm_emulate", &grad_norm_emulate);
 }
 

@@ -126,17 +126,12 @@ def _kernel_dtype_reason(bucket: Bucket) -> str | None:
     return None
 
 
-def _no_blockwise_kernels(bucket: Bucket, name: str) -> str | None:
-    """Why a backend without 8-bit blockwise kernels cannot step a bucket."""
+def _no_blockwise_store(bucket: Bucket, name: str) -> str | None:
+    """Why a GPU backend cannot step a bucket with 8-bit states and a policy."""
     if bucket.store != master.NONE and bucket.state_dtype == INT8_BLOCKWISE:
         return (
-            f"{bucket.store}=True with 8-bit states: the {name} backend's 8-bit loop has no "
-            "master-weight store; the reference backend steps it"
-        )
-    if bucket.state_dtype == INT8_BLOCKWISE:
-        return (
-            f"the {name} backend has no 8-bit blockwise state kernels yet (state_dtype='int8'); "
-            "the cpu and reference backends step them"
+            f"{bucket.store}=True with 8-bit states: the {name} backend's 8-bit kernels have no "
+            "master-weight store yet; the cpu and reference backends step it"
         )
     return None
 
@@ -204,11 +199,6 @@ class CpuBackend(_CompiledOpBackend):
     def unsupported_reason(self, bucket):
         if bucket.device.type != "cpu":
             return f"params are on {bucket.device}; the cpu backend steps CPU tensors"
-        if bucket.store != master.NONE and bucket.state_dtype == INT8_BLOCKWISE:
-            return (
-                f"{bucket.store}=True with 8-bit states: the cpu backend's 8-bit loop has no "
-                "master-weight store yet; the reference backend steps it"
-            )
         return _kernel_dtype_reason(bucket)
 
 
@@ -233,11 +223,11 @@ class CudaBackend(_CompiledOpBackend):
     def unsupported_reason(self, bucket):
         if bucket.device.type != "cuda":
             return f"params are on {bucket.device}; the cuda backend steps CUDA tensors"
-        reason = _kernel_dtype_reason(bucket)
+        reason = _kernel_dtype_reason(bucket) or _no_blockwise_store(bucket, "cuda")
         if reason is None:
             capability = torch.cuda.get_device_capability(bucket.device)
             reason = self.arch_reason(capability, _extension.cuda_archs())
-        return reason or _no_blockwise_kernels(bucket, "cuda")
+        return reason
 
     @staticmethod
     def arch_reason(capability: tuple[int, int], archs: str) -> str | None:

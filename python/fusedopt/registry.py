@@ -335,7 +335,7 @@ REDUCTION_RULES: dict[str, Rule] = {
             used_states=_adafactor_states,
             reference=adafactor_reference,
             state_shape=_adafactor_state_shape,
-            backends=("reference", "cpu", "triton"),
+            backends=("reference", "cpu", "cuda", "triton"),
         ),
     )
 }

@@ -109,7 +109,7 @@ class TritonBackend(backends.Backend):
             )
         if bucket.device.type not in ("cuda", "cpu"):
             return f"params are on {bucket.device}; the triton backend steps CUDA tensors"
-        return backends._kernel_dtype_reason(bucket) or backends._no_blockwise_kernels(
+        return backends._kernel_dtype_reason(bucket) or backends._no_blockwise_store(
             bucket, "triton"
         )
 

@@ -18,6 +18,9 @@
 
 #include <cstdint>
 #include <cstring>
+#if !defined(__CUDACC__)
+#include <bit>
+#endif
 
 #include "fusedopt/core/macros.h"
 
@@ -391,5 +394,131 @@ FUSEDOPT_HD float absmax_of_bits(uint32_t bits) {
   std::memcpy(&f, &bits, sizeof(f));
   return f;
 }
+
+// Magnitude bits above these are a NaN's.
+constexpr uint32_t kInfinityBits = 0x7F800000u;
+
+// Note [keyed encoder]: the code of x with one table load, for the CPU's
+// AVX-512 encoder (csrc/cpu/loop.cpp: encode_block8 is encode_code8_keyed
+// lane by lane; tests/test_state_dtypes.py checks this scalar form against
+// the binary search on every float of [-1, 1]). The code is a step function
+// of x's bits: cut the magnitudes of [2^-24, 1] into keys by their top bits
+// (the exponent and the first kKeyMantissaBits8 mantissa bits); a key's bit
+// range holds at most one midpoint of either sign (make_code8_keys checks it
+// at compile time), so code = (midpoints below the key's range) + (1 if x is
+// past the one inside). One entry per key and sign: that count above bit
+// kKeyShift8, the inside midpoint's bits below it (its other bits are the
+// key's), or, with no midpoint inside, bits no x of the range is past. The
+// tables are built at compile time from the midpoints, the one source of
+// truth. The signed map's two signs are interleaved in one table: one gather
+// per 16 lanes (a table per sign, two gathers: 0.81 ns per element instead
+// of 0.44; loop.cpp has the measurements). The CUDA kernels keep
+// encode_code8_fast: a 12 KB table indexed per lane serializes in constant
+// memory. Host-only (std::bit_cast in a constant expression: C++20, and the
+// CUDA build is C++17).
+#if !defined(__CUDACC__)
+
+// The keys' range: below 2^-24 (under every midpoint's magnitude, the least
+// 0x1.5cf754p-23) every x of a sign has one code; |x / absmax| <= 1.
+constexpr uint32_t kKeyLowBits8 = 0x33800000u;   // 2^-24
+constexpr uint32_t kKeyHighBits8 = 0x3F800000u;  // 1.0
+// Mantissa bits in a key: the fewest with at most one midpoint per key's range
+// (static_assert below). The unsigned map's top decade has 128 codes 0.007
+// apart, 7 bits; the signed map's 64 codes 0.014 apart, 6 bits, halves its
+// table so both fit a 32 KB L1 data cache together (12 KB each).
+template <bool kSigned>
+constexpr int32_t kKeyMantissaBits8 = kSigned ? 6 : 7;
+template <bool kSigned>
+constexpr int32_t kKeyShift8 = 23 - kKeyMantissaBits8<kSigned>;
+// A clamped magnitude's key: its bits above kKeyShift8, counted from 2^-24's.
+template <bool kSigned>
+constexpr uint32_t key8(uint32_t magnitude) {
+  constexpr int32_t shift = kKeyShift8<kSigned>;
+  return (magnitude >> shift) - (kKeyLowBits8 >> shift);
+}
+template <bool kSigned>
+constexpr int32_t kKeys8 = static_cast<int32_t>(key8<kSigned>(kKeyHighBits8)) + 1;
+// Entries per key: the signed map's positive and negative x interleaved.
+template <bool kSigned>
+constexpr int32_t kSigns8 = kSigned ? 2 : 1;
+
+template <bool kSigned>
+struct Code8Keys {
+  uint32_t entry[kKeys8<kSigned> * kSigns8<kSigned>];
+  bool one_midpoint_per_key;
+};
+
+// Walks the keys upwards with four cursors into the sorted midpoints: those
+// below the key's range, those at most its top (positive x); those below its
+// mirror, those at most its mirror's top (negative x).
+template <bool kSigned>
+constexpr Code8Keys<kSigned> make_code8_keys(const float* midpoints) {
+  constexpr int32_t shift = kKeyShift8<kSigned>;
+  constexpr uint32_t low_bits = (1u << shift) - 1u;
+  Code8Keys<kSigned> keys{};
+  keys.one_midpoint_per_key = true;
+  int32_t below = 0, at_most_top = 0;
+  int32_t below_mirror = kCodes8 - 1, at_most_mirror = kCodes8 - 1;
+  for (int32_t key = 0; key < kKeys8<kSigned>; ++key) {
+    const uint32_t first_bits = ((kKeyLowBits8 >> shift) + static_cast<uint32_t>(key)) << shift;
+    const float first = std::bit_cast<float>(first_bits);
+    const float last = std::bit_cast<float>(first_bits | low_bits);
+    while (below < kCodes8 - 1 && midpoints[below] < first) ++below;
+    while (at_most_top < kCodes8 - 1 && midpoints[at_most_top] <= last) ++at_most_top;
+    while (below_mirror > 0 && !(midpoints[below_mirror - 1] < -last)) --below_mirror;
+    while (at_most_mirror > 0 && !(midpoints[at_most_mirror - 1] <= -first)) --at_most_mirror;
+    const int32_t inside = at_most_top - below;
+    const int32_t inside_mirror = at_most_mirror - below_mirror;
+    if (inside > 1 || (kSigned && inside_mirror > 1)) keys.one_midpoint_per_key = false;
+    // No midpoint inside: a positive x is never past low_bits, a negative
+    // x's magnitude never under 0.
+    const uint32_t positive =
+        inside == 1 ? std::bit_cast<uint32_t>(midpoints[below]) & low_bits : low_bits;
+    keys.entry[key * kSigns8<kSigned>] = static_cast<uint32_t>(below) << shift | positive;
+    if (kSigned) {
+      const uint32_t negative =
+          inside_mirror == 1 ? std::bit_cast<uint32_t>(midpoints[below_mirror]) & low_bits : 0u;
+      keys.entry[key * kSigns8<kSigned> + 1] =
+          static_cast<uint32_t>(below_mirror) << shift | negative;
+    }
+  }
+  return keys;
+}
+
+inline constexpr Code8Keys<true> kSignedKeys = make_code8_keys<true>(kSignedMidpoints);
+inline constexpr Code8Keys<false> kUnsignedKeys = make_code8_keys<false>(kUnsignedMidpoints);
+static_assert(kSignedKeys.one_midpoint_per_key && kUnsignedKeys.one_midpoint_per_key,
+              "a key's range holds two midpoints: kKeyMantissaBits8 needs one more bit");
+
+template <bool kSigned>
+constexpr const Code8Keys<kSigned>& code8_keys() {
+  if constexpr (kSigned) {
+    return kSignedKeys;
+  } else {
+    return kUnsignedKeys;
+  }
+}
+
+// encode_code8's code of x, from its key's entry (Note [keyed encoder]).
+template <bool kSigned>
+inline int32_t encode_code8_keyed(float x) {
+  constexpr int32_t shift = kKeyShift8<kSigned>;
+  constexpr uint32_t low_bits = (1u << shift) - 1u;
+  const uint32_t bits = std::bit_cast<uint32_t>(x);
+  const uint32_t negative = bits >> 31;
+  uint32_t magnitude = bits & kMagnitudeBits;
+  const bool nan = magnitude > kInfinityBits;
+  magnitude = magnitude < kKeyLowBits8 ? kKeyLowBits8 : magnitude;
+  magnitude = magnitude > kKeyHighBits8 ? kKeyHighBits8 : magnitude;
+  const uint32_t key = key8<kSigned>(magnitude);
+  const uint32_t entry = code8_keys<kSigned>().entry[kSigned ? 2 * key + negative : key];
+  const uint32_t inside = (magnitude & ~low_bits) | (entry & low_bits);
+  const bool past = negative ? magnitude < inside : magnitude > inside;
+  const int32_t code = static_cast<int32_t>(entry >> shift) + (past ? 1 : 0);
+  // A NaN, and (unsigned map) a negative x, lie below every midpoint.
+  return nan || (!kSigned && negative) ? 0 : code;
+}
+
+#endif  // !defined(__CUDACC__)
 
 }  // namespace fusedopt

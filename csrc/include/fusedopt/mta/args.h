@@ -28,6 +28,16 @@ constexpr int32_t kBlockSize = 512;
 // how many blocks per SM a launch's persistent grid has (grid_blocks in
 // mta/launches.h): every block of the grid is resident from the start.
 constexpr int32_t kMinBlocksPerSm = 2;
+// The same for the kernels of 8-bit blockwise states: one block, so ptxas may
+// give a thread 128 registers. A thread holds 8 elements, and each state's 8
+// stepped values until its warp's max (Note [8-bit blocks on the GPU] in
+// mta/traversal.h): capped at 64 registers, Adam's fp32 kernel spilled 284 B
+// (sm_90, nvcc 13); at 128 it takes 128 and RMSprop 122, and no 8-bit kernel
+// spills on sm_80 to sm_120 (at most 118, 128, 126, 106 registers). Bytes in
+// flight per SM (an estimate, not a measurement): 512 threads x (p and g: 2 x
+// 32 B, codes: 3 x 8 B) = 44 KB for fp32 Adam, against 2 x 512 x 5 x 16 B =
+// 80 KB for its fp32-state kernel.
+constexpr int32_t kMinBlocksPerSm8 = 1;
 
 // The kernel-parameter space: 32,764 bytes since CUDA 12.1 on Volta and newer
 // (CUDA C++ Programming Guide, "Function Parameters"; needs a driver >= 530,
@@ -60,8 +70,8 @@ template <class R>
 struct Slot : SlotScalarStates<kScalarStates<R>> {
   void* param;             // fp32, bf16 or fp16 (the launch's dtype)
   void* grad;              // the param's dtype; written back only when unscaling
-  // fp32 or bf16 (the launch's state dtype: Note [state dtypes] in
-  // core/storage.h); null where the step uses no such state.
+  // fp32, bf16 or 8-bit codes (the launch's state dtype: Note [state dtypes]
+  // in core/storage.h); null where the step uses no such state.
   void* state[R::kStates > 0 ? R::kStates : 1];
   const float* step;       // the count in device memory, or null when the host owns it
   int64_t numel;           // 64-bit: tensors over 2^31 elements are real
@@ -77,6 +87,16 @@ struct Slot : SlotScalarStates<kScalarStates<R>> {
   void* store;
 };
 
+// One tensor of a launch with 8-bit blockwise states: a Slot and each state's
+// fp32 absmax, one per kBlock8 elements (core/blockwise8.h; null where the
+// step uses no such state). A type of its own, so that the slots of fp32 and
+// bf16 launches keep their size (Adam's would grow from 80 to 104 B: 2000 x
+// 4096 params in 11 launches instead of 8).
+template <class R>
+struct Slot8 : Slot<R> {
+  float* absmax[R::kStates > 0 ? R::kStates : 1];
+};
+
 // The launch-wide fields of LaunchArgs, apart so that their size is known
 // when the table sizes are derived from what is left.
 template <class R>
@@ -84,6 +104,8 @@ struct LaunchHeader {
   typename R::Config config;  // for the scalars computed in the kernel
   typename R::Launch launch;
   uint32_t state_mask;        // the states this step loads and stores (core/rule.h)
+  // 8-bit blockwise states: bit k set when state k's codes use the signed map.
+  uint32_t signed_mask;
   // lr: read from device memory when non-null (capturable, a tensor lr), else lr_value.
   const float* lr;
   double lr_value;
@@ -114,32 +136,36 @@ constexpr size_t kSlotShareNumerator = 5, kSlotShareDenominator = 8;
 constexpr size_t kMaxSlotsPerLaunch = 256;
 constexpr size_t kChunkEntryBytes = sizeof(uint8_t) + sizeof(int32_t);
 
-template <class R>
+template <class R, class S = Slot<R>>
 constexpr int32_t slots_per_launch() {
   const size_t share = (kMaxKernelArgBytes - sizeof(LaunchHeader<R>)) * kSlotShareNumerator /
-                       kSlotShareDenominator / sizeof(Slot<R>);
+                       kSlotShareDenominator / sizeof(S);
   return static_cast<int32_t>(share < kMaxSlotsPerLaunch ? share : kMaxSlotsPerLaunch);
 }
 
-template <class R>
+template <class R, class S = Slot<R>>
 constexpr int32_t chunks_per_launch() {
   // 16 bytes of slack for the padding between the arrays.
-  return static_cast<int32_t>((kMaxKernelArgBytes - sizeof(LaunchHeader<R>) -
-                               slots_per_launch<R>() * sizeof(Slot<R>) - 16) /
-                              kChunkEntryBytes);
+  return static_cast<int32_t>(
+      (kMaxKernelArgBytes - sizeof(LaunchHeader<R>) - slots_per_launch<R, S>() * sizeof(S) - 16) /
+      kChunkEntryBytes);
 }
 
-template <class R>
+// S: the slot type, Slot<R>, or Slot8<R> for 8-bit blockwise states (LaunchArgs8).
+template <class R, class S = Slot<R>>
 struct LaunchArgs {
-  static constexpr int32_t kSlots = slots_per_launch<R>();
-  static constexpr int32_t kChunks = chunks_per_launch<R>();
+  static constexpr int32_t kSlots = slots_per_launch<R, S>();
+  static constexpr int32_t kChunks = chunks_per_launch<R, S>();
   LaunchHeader<R> header;
-  Slot<R> slots[kSlots];
+  S slots[kSlots];
   // Entry e of the table is chunk chunk_index[e] of slots[chunk_slot[e]]
   // (core/launch_plan.h); block b of the grid takes entries b, b + grid, ...
   int32_t chunk_index[kChunks];
   uint8_t chunk_slot[kChunks];
 };
+
+template <class R>
+using LaunchArgs8 = LaunchArgs<R, Slot8<R>>;
 
 // Note [the advance launch]: step counts in device memory are advanced after
 // all of a call's element launches have read them (Note [step-count protocol],
@@ -210,6 +236,10 @@ constexpr bool check_launch_args() {
   static_assert(LaunchArgs<R>::kSlots >= 1 && LaunchArgs<R>::kSlots <= 256,
                 "chunk_slot is a uint8");
   static_assert(sizeof(LaunchArgs<R>) <= kMaxKernelArgBytes,
+                "a launch's metadata must fit the kernel-parameter space");
+  static_assert(LaunchArgs8<R>::kSlots >= 1 && LaunchArgs8<R>::kSlots <= 256,
+                "chunk_slot is a uint8");
+  static_assert(sizeof(LaunchArgs8<R>) <= kMaxKernelArgBytes,
                 "a launch's metadata must fit the kernel-parameter space");
   static_assert(sizeof(AdvanceArgs<R>) <= kMaxKernelArgBytes,
                 "an advance launch's tensors must fit the kernel-parameter space");

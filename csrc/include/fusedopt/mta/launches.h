@@ -15,9 +15,10 @@ namespace fusedopt::mta {
 // int32 (core/launch_plan.h).
 constexpr int64_t kMaxNumel = static_cast<int64_t>(INT32_MAX) * kChunkSize;
 
-template <class R>
+// S: the slot type (LaunchArgs).
+template <class R, class S = Slot<R>>
 struct Launch {
-  LaunchArgs<R> args;            // args.header.n_chunks: the entries of its chunk table
+  LaunchArgs<R, S> args;         // args.header.n_chunks: the entries of its chunk table
   std::vector<int32_t> tensors;  // index into the call's list of each slot
 };
 
@@ -55,16 +56,16 @@ inline int32_t grid_blocks(int32_t n_chunks, int32_t max_blocks) {
 // The launches of one call: `header` holds the call-wide fields; each
 // launch's slots and chunk table are filled from `slots` (one per param,
 // zero-size ones included; they take no slot).
-template <class R>
-std::vector<Launch<R>> build_launches(const std::vector<Slot<R>>& slots,
-                                      const LaunchHeader<R>& header) {
+template <class R, class S>
+std::vector<Launch<R, S>> build_launches(const std::vector<S>& slots,
+                                         const LaunchHeader<R>& header) {
   std::vector<int64_t> numels(slots.size());
   for (size_t i = 0; i < slots.size(); ++i) numels[i] = slots[i].numel;
-  std::vector<Launch<R>> launches;
+  std::vector<Launch<R, S>> launches;
   for (const LaunchPlan& plan :
        plan_launches(numels.data(), static_cast<int32_t>(numels.size()), kChunkSize,
-                     LaunchArgs<R>::kSlots, LaunchArgs<R>::kChunks)) {
-    Launch<R>& launch = launches.emplace_back();
+                     LaunchArgs<R, S>::kSlots, LaunchArgs<R, S>::kChunks)) {
+    Launch<R, S>& launch = launches.emplace_back();
     launch.args.header = header;
     launch.args.header.n_chunks = static_cast<int32_t>(plan.chunk_slot.size());
     launch.tensors = plan.tensors;

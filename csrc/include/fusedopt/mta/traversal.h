@@ -5,12 +5,14 @@
 // (csrc/testing/) calls it in a loop over a small grid, so the index math, the
 // grid's share-out of the chunks and the vector/scalar path choice run on the
 // CPU in tests. Threads never communicate (no shared memory,
-// no barriers), so running them one after another is the same computation.
+// no barriers), so running them one after another is the same computation,
+// but for 8-bit blockwise states: Note [8-bit blocks on the GPU] below.
 //
 // The math is R::update; this file only moves bytes. Per element: read p, g
 // and each used state, write p and each used state; a GradScaler's unscaled
 // grad is stored back too. Bytes: 4 per fp32 access, 2 per bf16/fp16 p or g
-// and per bf16 state.
+// and per bf16 state, 1 per 8-bit code (+ 8 per state and block of kBlock8
+// elements: its absmax read and written).
 //
 // `Observer` sees every access (its address and width) and every updated
 // element; the kernels pass one that does nothing, the emulation one that
@@ -20,6 +22,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "fusedopt/core/blockwise8.h"
 #include "fusedopt/core/master.h"
 #include "fusedopt/core/rule.h"
 #include "fusedopt/core/storage.h"
@@ -399,6 +402,27 @@ FUSEDOPT_HD void chunk_thread(const LaunchArgs<R>& args, int32_t entry, int32_t 
   }
 }
 
+// What a launch's threads read once, for all of their chunks: GradScaler's
+// tensors, and the chunks to step. An inf or NaN found: nothing is read or
+// written, grads included, as in torch's fused optimizers. found_inf is folded
+// into the loop bound, not an early `return`: in the SASS (nvcc 13,
+// sm_80/sm_90/sm_100) the fold issues the found_inf and grad_scale loads back
+// to back and waits once, where the `return` waited for found_inf before
+// issuing the grad_scale load. Either way the first element loads wait for
+// found_inf (a skipped step reads nothing), once per launch now rather than
+// once per chunk.
+struct LaunchGate {
+  Unscale unscale;
+  int32_t n_chunks;  // 0 when found_inf is set
+};
+
+template <class R>
+FUSEDOPT_HD LaunchGate launch_gate(const LaunchHeader<R>& h) {
+  const bool found_inf = h.found_inf != nullptr && *h.found_inf != 0.0f;
+  const Unscale unscale{h.grad_scale != nullptr, h.grad_scale != nullptr ? *h.grad_scale : 1.0f};
+  return {unscale, found_inf ? 0 : h.n_chunks};
+}
+
 // Thread `thread` (of `n_threads`) of block `block` (of `n_blocks`) of one
 // launch: a persistent grid (grid_blocks in mta/launches.h) whose block b
 // takes the table's entries b, b + n_blocks, ... With n_blocks = n_chunks it
@@ -406,20 +430,284 @@ FUSEDOPT_HD void chunk_thread(const LaunchArgs<R>& args, int32_t entry, int32_t 
 template <class R, typename P, typename S, StorePolicy kStore, typename Observer>
 FUSEDOPT_HD void element_thread(const LaunchArgs<R>& args, int32_t block, int32_t n_blocks,
                                 int32_t thread, int32_t n_threads, Observer& observer) {
+  const LaunchGate gate = launch_gate(args.header);
+  for (int32_t entry = block; entry < gate.n_chunks; entry += n_blocks) {
+    chunk_thread<R, P, S, kStore>(args, entry, thread, n_threads, gate.unscale, observer);
+  }
+}
+
+// Note [8-bit blocks on the GPU]: with 8-bit blockwise states (core/
+// blockwise8.h) a block's codes can be written only once its new absmax is
+// known, the max over all kBlock8 of its stepped elements. One warp steps one
+// block: each of its 32 lanes holds kLane8 = 8 consecutive elements in
+// registers (one 16-byte pack of a 16-bit param or grad, two of an fp32 one, an
+// 8-byte pack of codes), steps them, and the warp's max of their magnitude bits
+// (core/blockwise8.h: NaN-propagating, the CPU's integer max) comes from
+// __reduce_max_sync; then each lane encodes and stores its 8 codes, lane 0 the
+// absmax. Warps never wait for each other: a warp's lanes meet only in that max
+// (the kernel's one barrier is before the first chunk, once its code tables are
+// in shared memory). Its launches take Slot8s (mta/args.h) and run one block
+// per SM (kMinBlocksPerSm8). The traversal is written for kLanes consecutive
+// lanes of one warp per call: a kernel thread is kLanes = 1 (the max over its
+// lanes is its own, then the warp's); the CPU emulation runs a whole warp per
+// call, kLanes = 32, where the max over its lanes is the warp's. A chunk
+// (kChunkSize, a multiple of kBlock8) holds whole blocks, so a block never
+// straddles chunks, nor a warp's block two chunks.
+constexpr int32_t kWarpSize = 32;
+constexpr int32_t kLane8 = kBlock8 / kWarpSize;
+static_assert(kLane8 * kWarpSize == kBlock8, "a warp's lanes hold a block exactly");
+static_assert(kChunkSize % kBlock8 == 0, "8-bit state blocks never straddle chunks");
+static_assert(kBlockSize % kWarpSize == 0, "a block of threads is whole warps");
+
+// Unrolls a loop over a rule's states in the kernels: without it nvcc 13 kept
+// the 8-bit path's loops over states rolled, and its per-state arrays (the
+// chunk's stream addresses, the lanes' stepped values) in local memory, a
+// 176 B stack frame for Adam on sm_90 even with 128 registers free.
+#if defined(__CUDA_ARCH__)
+#define FUSEDOPT_UNROLL _Pragma("unroll")
+#else
+#define FUSEDOPT_UNROLL
+#endif
+
+// The four code tables (core/blockwise8.h). The kernels pass copies in shared
+// memory: a warp's 32 lanes index them by data, and __constant__ memory
+// serializes distinct addresses within a warp (CUDA C++ Programming Guide,
+// "Constant Memory"); the emulation passes the host tables.
+struct Codec8Tables {
+  const float* signed_map;
+  const float* unsigned_map;
+  const float* signed_midpoints;
+  const float* unsigned_midpoints;
+};
+
+// One chunk's buffers with 8-bit states, offset to the chunk's first element.
+template <class R, typename P>
+struct ChunkBuffers8 {
+  P* param;
+  P* grad;
+  uint8_t* codes[R::kStates > 0 ? R::kStates : 1];  // null where unused
+  float* absmax[R::kStates > 0 ? R::kStates : 1];   // the chunk's first block's
+};
+
+// A lane's codes: one 8-byte pack on the vector path, else one byte at a time.
+template <int N, typename Observer>
+FUSEDOPT_HD void load_codes(const uint8_t* src, const Contiguous<N>& at, uint8_t (&dst)[N],
+                            Observer& observer) {
+  const Pack<uint8_t, N>* pack = reinterpret_cast<const Pack<uint8_t, N>*>(src + at.first);
+  assume_global(pack);
+  observer.access(pack, static_cast<int>(sizeof(Pack<uint8_t, N>)), true);
+  const Pack<uint8_t, N> codes = *pack;
+  for (int j = 0; j < N; ++j) dst[j] = codes.v[j];
+}
+
+template <int N, typename Observer>
+FUSEDOPT_HD void load_codes(const uint8_t* src, const Strided<N>& at, uint8_t (&dst)[N],
+                            Observer& observer) {
+  assume_global(src);
+  for (int r = 0; r < N; ++r) {
+    dst[r] = 0;
+    if (at.has(r)) {
+      observer.access(src + at.index(r), 1, false);
+      dst[r] = src[at.index(r)];
+    }
+  }
+}
+
+template <int N, typename Observer>
+FUSEDOPT_HD void store_codes(uint8_t* dst, const Contiguous<N>& at, const uint8_t (&src)[N],
+                             Observer& observer) {
+  Pack<uint8_t, N>* pack = reinterpret_cast<Pack<uint8_t, N>*>(dst + at.first);
+  assume_global(pack);
+  Pack<uint8_t, N> codes;
+  for (int j = 0; j < N; ++j) codes.v[j] = src[j];
+  observer.access(pack, static_cast<int>(sizeof(Pack<uint8_t, N>)), true);
+  *pack = codes;
+}
+
+template <int N, typename Observer>
+FUSEDOPT_HD void store_codes(uint8_t* dst, const Strided<N>& at, const uint8_t (&src)[N],
+                             Observer& observer) {
+  assume_global(dst);
+  for (int r = 0; r < N; ++r) {
+    if (!at.has(r)) continue;
+    observer.access(dst + at.index(r), 1, false);
+    dst[at.index(r)] = src[r];
+  }
+}
+
+// The states of one lane's kLane8 elements, in fp32 registers.
+template <class R>
+using LaneStates8 = float[kLane8][R::kStates > 0 ? R::kStates : 1];
+
+// One lane's kLane8 elements of block `block8` of the chunk, `count` of them
+// inside it: decode, unscale, update, store p (and the unscaled g); s keeps
+// the stepped states for the encoding, bits the largest magnitude of each
+// state's `count` elements.
+template <class R, typename P, typename Group, typename Observer>
+FUSEDOPT_HD void lane8_step(const ChunkBuffers8<R, P>& b, const Group& at, int32_t count,
+                            int32_t block8, const LaunchHeader<R>& h, const Codec8Tables& tables,
+                            const Unscale& unscale, const typename R::PerTensor& scalars,
+                            LaneStates8<R>& s, uint32_t (&bits)[R::kStates > 0 ? R::kStates : 1],
+                            Observer& observer) {
+  const RuntimeStates used{h.state_mask};
+  float p[kLane8], g[kLane8];
+  load_floats(b.param, at, p, observer);
+  load_floats(b.grad, at, g, observer);
+  FUSEDOPT_UNROLL
+  for (int k = 0; k < R::kStates; ++k) {
+    bits[k] = 0;
+    for (int j = 0; j < kLane8; ++j) s[j][k] = 0.0f;
+    if (!used.has(k)) continue;
+    uint8_t codes[kLane8];
+    load_codes(b.codes[k], at, codes, observer);
+    assume_global(b.absmax[k]);
+    observer.access(b.absmax[k] + block8, static_cast<int>(sizeof(float)), false);
+    const float scale = b.absmax[k][block8];
+    const float* map = (h.signed_mask >> k) & 1u ? tables.signed_map : tables.unsigned_map;
+    for (int j = 0; j < kLane8; ++j) s[j][k] = map[codes[j]] * scale;
+  }
+  if (unscale.on) {
+    for (int j = 0; j < kLane8; ++j) g[j] = g[j] / unscale.scale;
+    store_floats(b.grad, at, g, observer);
+  }
+  for (int j = 0; j < kLane8; ++j) R::update(p[j], g[j], s[j], used, h.launch, scalars);
+  store_floats(b.param, at, p, observer);
+  FUSEDOPT_UNROLL
+  for (int k = 0; k < R::kStates; ++k) {
+    if (!used.has(k)) continue;
+    for (int j = 0; j < kLane8; ++j) {
+      const uint32_t magnitude = magnitude_bits(s[j][k]);
+      bits[k] = j < count && magnitude > bits[k] ? magnitude : bits[k];
+    }
+  }
+}
+
+// One lane's codes of its kLane8 stepped elements, given the block's absmax.
+template <class R, typename P, typename Group, typename Observer>
+FUSEDOPT_HD void lane8_encode(const ChunkBuffers8<R, P>& b, const Group& at,
+                              const LaunchHeader<R>& h, const Codec8Tables& tables,
+                              const LaneStates8<R>& s,
+                              const float (&absmax)[R::kStates > 0 ? R::kStates : 1],
+                              Observer& observer) {
+  const RuntimeStates used{h.state_mask};
+  FUSEDOPT_UNROLL
+  for (int k = 0; k < R::kStates; ++k) {
+    if (!used.has(k)) continue;
+    const float divisor = encode_divisor(absmax[k]);
+    uint8_t codes[kLane8];
+    if ((h.signed_mask >> k) & 1u) {
+      for (int j = 0; j < kLane8; ++j) {
+        codes[j] = static_cast<uint8_t>(
+            encode_code8_fast<true>(s[j][k] / divisor, tables.signed_midpoints));
+      }
+    } else {
+      for (int j = 0; j < kLane8; ++j) {
+        codes[j] = static_cast<uint8_t>(
+            encode_code8_fast<false>(s[j][k] / divisor, tables.unsigned_midpoints));
+      }
+    }
+    store_codes(b.codes[k], at, codes, observer);
+  }
+}
+
+// A block's absmax per state from its lanes' magnitude bits: the max over
+// this call's kLanes lanes, then (in a kernel, kLanes = 1) over the warp's.
+template <int kLanes, int kS>
+FUSEDOPT_HD void block_absmax(const uint32_t (&bits)[kLanes][kS], float (&absmax)[kS]) {
+  FUSEDOPT_UNROLL
+  for (int k = 0; k < kS; ++k) {
+    uint32_t most = 0;
+    for (int l = 0; l < kLanes; ++l) most = bits[l][k] > most ? bits[l][k] : most;
+#if defined(__CUDA_ARCH__)
+    most = __reduce_max_sync(0xFFFFFFFFu, most);
+#endif
+    absmax[k] = absmax_of_bits(most);
+  }
+}
+
+// Lanes [thread, thread + kLanes) of one warp (of `n_threads` threads, whole
+// warps) on table entry `entry`: Note [8-bit blocks on the GPU]. The warp
+// steps blocks warp, warp + n_warps, ... of the chunk; every lane of a warp
+// runs the same blocks, so all 32 reach each warp max.
+template <class R, typename P, int kLanes, typename Observer>
+FUSEDOPT_HD void chunk_lanes8(const LaunchArgs8<R>& args, int32_t entry, int32_t thread,
+                              int32_t n_threads, const Unscale& unscale, const Codec8Tables& tables,
+                              Observer& observer) {
+  constexpr int kS = R::kStates > 0 ? R::kStates : 1;
   const LaunchHeader<R>& h = args.header;
-  // GradScaler's tensors, read once per thread for all of its chunks. An inf
-  // or NaN found: nothing is read or written, grads included, as in torch's
-  // fused optimizers. found_inf is folded into the loop bound, not an early
-  // `return`: in the SASS (nvcc 13, sm_80/sm_90/sm_100) the fold issues the
-  // found_inf and grad_scale loads back to back and waits once, where the
-  // `return` waited for found_inf before issuing the grad_scale load. Either
-  // way the first element loads wait for found_inf (a skipped step reads
-  // nothing), once per launch now rather than once per chunk.
-  const bool found_inf = h.found_inf != nullptr && *h.found_inf != 0.0f;
-  const Unscale unscale{h.grad_scale != nullptr, h.grad_scale != nullptr ? *h.grad_scale : 1.0f};
-  const int32_t n_chunks = found_inf ? 0 : h.n_chunks;
-  for (int32_t entry = block; entry < n_chunks; entry += n_blocks) {
-    chunk_thread<R, P, S, kStore>(args, entry, thread, n_threads, unscale, observer);
+  const int32_t slot_index = args.chunk_slot[entry];
+  const Slot8<R>& slot = args.slots[slot_index];
+  const int64_t chunk_start = static_cast<int64_t>(args.chunk_index[entry]) * kChunkSize;
+  const int64_t left = slot.numel - chunk_start;
+  const int32_t n = static_cast<int32_t>(left < kChunkSize ? left : kChunkSize);
+  const typename R::PerTensor scalars =
+      h.scalars_on_device ? scalars_in_kernel<R>(h, slot) : slot.scalars;
+  ChunkBuffers8<R, P> b{
+      static_cast<P*>(slot.param) + chunk_start, static_cast<P*>(slot.grad) + chunk_start, {}, {}};
+  // As chunk_thread: the vector path needs every buffer 16-byte aligned (a
+  // lane's 8 codes are an 8-byte pack; 16 keeps one rule for all streams).
+  bool aligned = is_aligned16(b.param) && is_aligned16(b.grad);
+  FUSEDOPT_UNROLL
+  for (int k = 0; k < R::kStates; ++k) {
+    if (slot.state[k] == nullptr) continue;
+    b.codes[k] = static_cast<uint8_t*>(slot.state[k]) + chunk_start;
+    b.absmax[k] = slot.absmax[k] + chunk_start / kBlock8;
+    aligned = aligned && is_aligned16(b.codes[k]);
+  }
+  const int32_t warp = thread / kWarpSize;
+  const int32_t n_warps = n_threads / kWarpSize;
+  const int32_t first_lane = thread % kWarpSize;
+  const int32_t n_blocks8 = (n + kBlock8 - 1) / kBlock8;
+  for (int32_t block8 = warp; block8 < n_blocks8; block8 += n_warps) {
+    float s[kLanes][kLane8][kS];
+    uint32_t bits[kLanes][kS];
+    for (int l = 0; l < kLanes; ++l) {
+      const int32_t first = block8 * kBlock8 + (first_lane + l) * kLane8;
+      const int32_t rest = n - first;
+      const int32_t count = rest < 0 ? 0 : (rest < kLane8 ? rest : kLane8);
+      if (aligned && count == kLane8) {
+        lane8_step(b, Contiguous<kLane8>{first}, count, block8, h, tables, unscale, scalars, s[l],
+                   bits[l], observer);
+      } else {
+        lane8_step(b, Strided<kLane8>{first, 1, n}, count, block8, h, tables, unscale, scalars,
+                   s[l], bits[l], observer);
+      }
+    }
+    float absmax[kS];
+    block_absmax<kLanes, kS>(bits, absmax);
+    for (int l = 0; l < kLanes; ++l) {
+      const int32_t first = block8 * kBlock8 + (first_lane + l) * kLane8;
+      if (aligned && first + kLane8 <= n) {
+        const Contiguous<kLane8> at{first};
+        lane8_encode(b, at, h, tables, s[l], absmax, observer);
+        report_updated(observer, slot_index, chunk_start, at);
+      } else {
+        const Strided<kLane8> at{first, 1, n};
+        lane8_encode(b, at, h, tables, s[l], absmax, observer);
+        report_updated(observer, slot_index, chunk_start, at);
+      }
+      if (first_lane + l != 0) continue;
+      // Every lane read the old absmax before the warp max.
+      const RuntimeStates used{h.state_mask};
+      FUSEDOPT_UNROLL
+      for (int k = 0; k < R::kStates; ++k) {
+        if (!used.has(k)) continue;
+        observer.access(b.absmax[k] + block8, static_cast<int>(sizeof(float)), false);
+        b.absmax[k][block8] = absmax[k];
+      }
+    }
+  }
+}
+
+// element_thread with 8-bit blockwise states, for lanes [thread, thread +
+// kLanes) of one warp of block `block`.
+template <class R, typename P, int kLanes, typename Observer>
+FUSEDOPT_HD void element_lanes8(const LaunchArgs8<R>& args, int32_t block, int32_t n_blocks,
+                                int32_t thread, int32_t n_threads, const Codec8Tables& tables,
+                                Observer& observer) {
+  const LaunchGate gate = launch_gate(args.header);
+  for (int32_t entry = block; entry < gate.n_chunks; entry += n_blocks) {
+    chunk_lanes8<R, P, kLanes>(args, entry, thread, n_threads, gate.unscale, tables, observer);
   }
 }
 

@@ -2,8 +2,8 @@
 // (torch/optim/_adafactor.py, `_single_tensor_adafactor`), with transformers'
 // options (fusedopt/optim/adafactor.py). Not elementwise: a reduction rule
 // (Note [reduction rules] in python/fusedopt/registry.py). One step is four
-// passes, the reductions being generic traversals (cpu/reduce.h) and the math
-// below the only place it is written:
+// passes, the reductions being generic traversals (core/blocked_sums.h) and
+// the math below the only place it is written:
 //   (a) per row and per column sums of g^2 of a factored param ([..., m, n]),
 //       and the sum of p^2 of every param (its RMS);
 //   (b) per tensor: the row/column EMAs (row_var, col_var: m + n values) and
@@ -78,20 +78,25 @@ struct Adafactor {
   // the traversal's choice), and exp_avg with first_moment.
   static bool state_used(int k, const Config& c) { return k != kExpAvg || c.first_moment; }
 
-  // --- per tensor, on the host in double, from fp64 lr and the count after
-  // this step, as torch forms them from Python floats ---------------------
+  // --- per tensor, in double, from fp64 lr and the count after this step,
+  // as torch forms them from Python floats: on the host (cpu), or once per
+  // tensor in the CUDA statistics kernel, which reads the count on the
+  // device (mta/factored.h) --------------------------------------------------
 
   // 1 - beta2_t = t^beta2_decay: the weight of the new mean in the EMAs.
-  static double ema_weight(const Config& c, double step) { return std::pow(step, c.beta2_decay); }
+  static FUSEDOPT_HD_MEMBER double ema_weight(const Config& c, double step) {
+    return std::pow(step, c.beta2_decay);
+  }
 
-  static double relative_step_size(const Config& c, double lr, double step) {
+  static FUSEDOPT_HD_MEMBER double relative_step_size(const Config& c, double lr, double step) {
     if (!c.relative_step) return lr;
     const double cap = c.warmup_init ? kWarmupRate * step : lr;
     return std::fmin(cap, 1.0 / std::sqrt(step));
   }
 
   // alpha = max(eps2, RMS(p)) rho; `param_sq` is the sum of p^2 before this step.
-  static double alpha(const Config& c, double lr, double step, double param_sq, double numel) {
+  static FUSEDOPT_HD_MEMBER double alpha(const Config& c, double lr, double step, double param_sq,
+                                         double numel) {
     const double rho = relative_step_size(c, lr, step);
     if (!c.scale_parameter) return rho;
     return std::fmax(c.eps2, std::sqrt(param_sq) / std::sqrt(numel)) * rho;
@@ -114,7 +119,8 @@ struct Adafactor {
     float beta1, one_minus_beta1;
   };
 
-  static PerTensor per_tensor(const Config& c, double lr, double step, double eps1) {
+  static FUSEDOPT_HD_MEMBER PerTensor per_tensor(const Config& c, double lr, double step,
+                                                 double eps1) {
     const double decay = c.weight_decay != 0.0 ? 1.0 - lr * c.weight_decay : 1.0;
     return {static_cast<float>(ema_weight(c, step)), static_cast<float>(eps1 * eps1),
             static_cast<float>(decay), 0.0f, static_cast<float>(c.beta1),
@@ -122,7 +128,8 @@ struct Adafactor {
   }
 
   // s = alpha / max(1, RMS(U) / d), from pass (c)'s sum of U^2.
-  static float step_size(const Config& c, double alpha, double update_sq, double numel) {
+  static FUSEDOPT_HD_MEMBER float step_size(const Config& c, double alpha, double update_sq,
+                                            double numel) {
     const double rms = std::sqrt(update_sq) / (std::sqrt(numel) * c.d);
     return static_cast<float>(alpha / std::fmax(1.0, rms));
   }
