@@ -50,6 +50,29 @@ double checked_grad_scale(const at::Tensor& grad_scale);
 // A one-element CPU tensor's value as a double (grad_scale, found_inf, lr).
 double cpu_scalar(const at::Tensor& t, const char* name);
 
+// A call's lr and the rule's config, checked (check_hyper): `lr` the float
+// overload's, or a tensor lr's value read on the host; with `device_lr` a
+// tensor lr on a GPU stays there (lr_on_device, lr 0) and is not
+// range-checked, as reading it would sync the host.
+template <class R>
+struct CheckedHyper {
+  double lr;
+  bool lr_on_device;
+  typename R::Config config;
+};
+
+template <class R>
+CheckedHyper<R> checked_hyper(const char* rule, const StepArgs& a, bool device_lr) {
+  const bool lr_on_device =
+      device_lr && a.lr_tensor.has_value() && !a.lr_tensor->device().is_cpu();
+  const double lr =
+      a.lr_tensor.has_value() && !lr_on_device ? cpu_scalar(*a.lr_tensor, "lr") : a.lr;
+  HyperCheck ck;
+  R::check(a.hyper.data(), ck);
+  check_hyper(rule, lr_on_device ? 0.0 : lr, ck);
+  return {lr, lr_on_device, R::config(a.hyper.data())};
+}
+
 // Note [store arguments]: how the op receives a master-weight policy (Note
 // [master weights] in core/master.h), in four named arguments after found_inf:
 // `store_policy` (a StorePolicy), and per param in `store` its master

@@ -23,11 +23,7 @@ constexpr int64_t kCpuMinParallelElements = 1 << 15;
 
 template <class R>
 void step_cpu(const char* rule, const StepArgs& a) {
-  const double lr = a.lr_tensor.has_value() ? cpu_scalar(*a.lr_tensor, "lr") : a.lr;
-  HyperCheck ck;
-  R::check(a.hyper.data(), ck);
-  check_hyper(rule, lr, ck);
-  const typename R::Config config = R::config(a.hyper.data());
+  const auto [lr, lr_on_device, config] = checked_hyper<R>(rule, a, false);
   const uint32_t mask = state_mask<R>(config);
   const std::vector<const char*> names = used_state_names<R>(mask);
   const StateDtype state_dtype = names.empty() ? StateDtype::kFloat32 : state_dtype_of(a);

@@ -45,14 +45,7 @@ inline int32_t resident_blocks(c10::DeviceIndex device, int32_t per_sm = mta::kM
 
 template <class R>
 void step_cuda(const char* rule, const StepArgs& a) {
-  const bool lr_on_device = a.lr_tensor.has_value() && !a.lr_tensor->device().is_cpu();
-  const double lr =
-      a.lr_tensor.has_value() && !lr_on_device ? cpu_scalar(*a.lr_tensor, "lr") : a.lr;
-  HyperCheck ck;
-  R::check(a.hyper.data(), ck);
-  // A device lr is not range-checked: reading it would sync the host.
-  check_hyper(rule, lr_on_device ? 0.0 : lr, ck);
-  const typename R::Config config = R::config(a.hyper.data());
+  const auto [lr, lr_on_device, config] = checked_hyper<R>(rule, a, true);
   const uint32_t mask = state_mask<R>(config);
   const StateDtype state_dtype = state_dtype_of(a);
   const StorePolicy store = check_store(rule, a);

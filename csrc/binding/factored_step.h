@@ -154,11 +154,7 @@ std::vector<cpu::FactoredTensor> checked_factored_tensors(const char* rule, cons
 
 template <class R>
 void factored_step_cpu(const char* rule, const StepArgs& a) {
-  const double lr = a.lr_tensor.has_value() ? cpu_scalar(*a.lr_tensor, "lr") : a.lr;
-  HyperCheck ck;
-  R::check(a.hyper.data(), ck);
-  check_hyper(rule, lr, ck);
-  const typename R::Config config = R::config(a.hyper.data());
+  const auto [lr, lr_on_device, config] = checked_hyper<R>(rule, a, false);
   std::vector<cpu::FactoredTensor> tensors =
       checked_factored_tensors<R>(rule, a, config, c10::DeviceType::CPU);
   const size_t n = tensors.size();
@@ -245,14 +241,7 @@ FactoredCudaWork<R> prepare_factored_cuda(const StepArgs& a, const typename R::C
 #ifdef FUSEDOPT_WITH_CUDA
 template <class R>
 void factored_step_cuda(const char* rule, const StepArgs& a) {
-  const bool lr_on_device = a.lr_tensor.has_value() && !a.lr_tensor->device().is_cpu();
-  const double lr =
-      a.lr_tensor.has_value() && !lr_on_device ? cpu_scalar(*a.lr_tensor, "lr") : a.lr;
-  HyperCheck ck;
-  R::check(a.hyper.data(), ck);
-  // A device lr is not range-checked: reading it would sync the host.
-  check_hyper(rule, lr_on_device ? 0.0 : lr, ck);
-  const typename R::Config config = R::config(a.hyper.data());
+  const auto [lr, lr_on_device, config] = checked_hyper<R>(rule, a, true);
   const std::vector<cpu::FactoredTensor> tensors =
       checked_factored_tensors<R>(rule, a, config, c10::DeviceType::CUDA);
   if (tensors.empty()) return;
