@@ -52,7 +52,7 @@ from collections import OrderedDict
 import torch
 import triton
 import triton.language as tl
-from fusedopt.kernels.mta import _TORCH_TO_TRITON, FP_FUSION, _address, _device_guard
+from fusedopt.kernels.mta import _TORCH_TO_TRITON, FP_FUSION, _address, _device_guard, upload
 from fusedopt.kernels.storage import from_float, to_float
 from torch import Tensor
 
@@ -760,20 +760,13 @@ class _Plan:
         self.widest = int(host[:, COL_COLS.value].mul(host[:, COL_FACTORED.value]).max())
         index = torch.arange(n, dtype=torch.int32)
         tiles_per_param = torch.diff(host[:, COL_FIRST_TILE.value], append=torch.tensor([tiles]))
+        self.captured_uploads: list[Tensor] = []
         self.tile_table = self._upload(torch.repeat_interleave(index, tiles_per_param))
         self.item_table = self._upload(torch.repeat_interleave(index, host[:, COL_ITEMS.value]))
         self.numels = torch.tensor([p.numel() for p in params], dtype=torch.float64).to(device)
-        self.captured_uploads: list[Tensor] = []
 
     def _upload(self, host: Tensor) -> Tensor:
-        out = torch.empty_like(host, device=self.device)
-        if not out.is_cuda:
-            return out.copy_(host)
-        pinned = host.pin_memory()
-        out.copy_(pinned, non_blocking=True)
-        if torch.cuda.is_current_stream_capturing():
-            self.captured_uploads.append(pinned)
-        return out
+        return upload(host, self.device, self.captured_uploads)
 
     def tensor_table(self, grads) -> Tensor:
         """The tensor table with this step's grads, on the device."""

@@ -606,6 +606,20 @@ def state_mask(rule: ModuleType, config) -> int:
     return sum(1 << k for k in range(len(rule.STATE_NAMES)) if rule.state_used(k, config))
 
 
+def upload(host: Tensor, device, captured_uploads: list[Tensor]) -> Tensor:
+    """A copy of the CPU tensor `host` on `device`: from pinned memory without
+    blocking on a GPU, the pinned copy kept in `captured_uploads` while a CUDA
+    graph captures (the graph replays from it); a plain copy elsewhere."""
+    out = torch.empty_like(host, device=device)
+    if not out.is_cuda:
+        return out.copy_(host)
+    pinned = host.pin_memory()
+    out.copy_(pinned, non_blocking=True)
+    if torch.cuda.is_current_stream_capturing():
+        captured_uploads.append(pinned)
+    return out
+
+
 class _Plan:
     """The tables of one tensor set (Note [plan validity]), uploaded as Note
     [table uploads] says.
@@ -688,14 +702,7 @@ class _Plan:
         self.n_blocks = 0
 
     def _upload(self, host: Tensor) -> Tensor:
-        out = torch.empty_like(host, device=self.device)
-        if not out.is_cuda:
-            return out.copy_(host)
-        pinned = host.pin_memory()
-        out.copy_(pinned, non_blocking=True)
-        if torch.cuda.is_current_stream_capturing():
-            self.captured_uploads.append(pinned)
-        return out
+        return upload(host, self.device, self.captured_uploads)
 
     def refresh(self, grads: Sequence[Tensor], block: int) -> None:
         """Points the grad column at this step's grads, re-derives the
